@@ -1,0 +1,17 @@
+"""graphopt: optimizers compiled to standard ONNX update graphs, run by ONNX Runtime.
+
+>>> import numpy as np, graphopt
+>>> w = graphopt.Parameter(np.zeros(4, np.float32))
+>>> opt = graphopt.optim.Adam([w], lr=1e-2)
+>>> w.grad = np.ones(4, np.float32)
+>>> opt.step()
+>>> model = opt.export()        # the same update as a plain ONNX model
+"""
+
+from graphopt import names, optim, transforms
+from graphopt.parameter import Parameter
+from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
+
+__version__ = "0.1.0"
+
+__all__ = ["GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "__version__", "names", "optim", "transforms"]

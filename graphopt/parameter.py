@@ -1,0 +1,89 @@
+"""`Parameter`: a trainable numpy array and its gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphopt.symbolic.dtypes import FLOAT_DTYPES
+
+
+class Parameter:
+    """A trainable array, as ``torch.nn.Parameter`` is a trainable tensor.
+
+    ``data`` is a C-contiguous numpy array that optimizers update *in place*, so a
+    reference to it stays current after ``step()``. Assigning ``data`` copies the new
+    values into that array. ``grad`` is a numpy array of the same shape and dtype, or
+    None; a parameter whose grad is None is skipped by ``step()``.
+
+    >>> w = Parameter(np.zeros(3, np.float32), name="w")
+    >>> w.grad = np.ones(3, np.float32)
+    """
+
+    __slots__ = ("_data", "_grad", "name", "requires_grad")
+
+    def __init__(self, data: Any, *, name: str | None = None, requires_grad: bool = True):
+        array = np.array(data, copy=True, order="C")
+        if array.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Parameter{_label(name)}: expected a float16, float32 or float64 array, "
+                            f"got {array.dtype}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"Parameter: name must be a non-empty string, got {name!r}")
+        self._data = array
+        self._grad: np.ndarray | None = None
+        self.name = name
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        value = np.asarray(value)
+        if value.shape != self._data.shape:
+            raise ValueError(f"{self!r}.data: expected shape {self._data.shape}, got {value.shape}")
+        np.copyto(self._data, value, casting="same_kind")
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray | None) -> None:
+        self._grad = None if value is None else check_grad(self, value)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    def numpy(self) -> np.ndarray:
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"Parameter{_label(self.name)}(shape={self.shape}, dtype={self.dtype})"
+
+
+def _label(name: str | None) -> str:
+    return f" {name!r}" if name else ""
+
+
+def check_grad(param: Parameter | np.ndarray, grad: Any, label: str | None = None) -> np.ndarray:
+    """``grad`` if it is a numpy array of ``param``'s shape and dtype; else a clear error naming ``label``."""
+    who = label or repr(param)
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"gradient of {who}: expected a numpy array, got {type(grad).__name__}")
+    if grad.shape != param.shape:
+        raise ValueError(f"gradient of {who}: expected shape {param.shape}, got {grad.shape}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"gradient of {who}: expected dtype {param.dtype}, got {grad.dtype}")
+    return grad

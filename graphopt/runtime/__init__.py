@@ -1,0 +1,7 @@
+"""Runtime layer: ONNX Runtime sessions, providers and resident buffers."""
+
+from graphopt.runtime.buffer import Buffer
+from graphopt.runtime.providers import CPU, CUDA, Device, cuda_available, resolve_providers
+from graphopt.runtime.session import Executable, Runtime
+
+__all__ = ["Buffer", "CPU", "CUDA", "Device", "Executable", "Runtime", "cuda_available", "resolve_providers"]

@@ -1,0 +1,60 @@
+"""Functions over `Sym` beyond the arithmetic operators; each emits standard ONNX ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphopt.symbolic.errors import build_error
+from graphopt.symbolic.graph import broadcast_shapes
+from graphopt.symbolic.value import Sym
+
+
+def _graph_of(*operands: Any):
+    for x in operands:
+        if isinstance(x, Sym):
+            return x.graph
+    raise build_error("operand", "at least one operand must be a Sym")
+
+
+def sqrt(x: Sym) -> Sym:
+    return x.graph.unary("Sqrt", x)
+
+
+def maximum(a: Any, b: Any) -> Sym:
+    return _graph_of(a, b).elementwise("Max", a, b)
+
+
+def minimum(a: Any, b: Any) -> Sym:
+    return _graph_of(a, b).elementwise("Min", a, b)
+
+
+def where(condition: Sym, a: Any, b: Any) -> Sym:
+    """``a`` where ``condition`` holds, else ``b`` (broadcasting all three)."""
+    graph = _graph_of(condition, a, b)
+    if condition.dtype != np.dtype(bool):
+        raise build_error("Where", f"condition must be bool, got {condition!r}")
+    (a, b), dtype, weak = graph.unify("Where", [a, b])
+    shape = broadcast_shapes("Where", [condition.shape, a.shape, b.shape])
+    return graph.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
+
+
+def cast(x: Sym, dtype: Any, *, weak: bool = False) -> Sym:
+    """``x`` as ``dtype``; ``weak=True`` makes a scalar that yields to tensors' dtypes."""
+    return x.graph.cast(x, dtype, weak=weak)
+
+
+def sum_of_squares(x: Sym) -> Sym:
+    """``sum(x ** 2)`` over every element, as a scalar of ``x``'s dtype."""
+    return x.graph.op("ReduceSumSquare", [x], dtype=x.dtype, shape=(), attributes={"keepdims": 0})
+
+
+def clip(x: Sym, low: Any, high: Any) -> Sym:
+    """``min(max(x, low), high)`` with scalar bounds."""
+    graph = x.graph
+    (x, low, high), dtype, weak = graph.unify("Clip", [x, low, high])
+    for name, bound in (("low", low), ("high", high)):
+        if bound.shape != ():
+            raise build_error("Clip", f"bound {name} must be a scalar, got shape {list(bound.shape)}")
+    return graph.op("Clip", [x, low, high], dtype=dtype, shape=x.shape, weak=weak)

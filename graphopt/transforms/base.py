@@ -1,0 +1,116 @@
+"""The transform protocol: state slots, a symbolic `apply`, and `chain` to compose them.
+
+A transform is a small frozen dataclass. Its fields are *structure* (booleans such as
+``nesterov``), so two equal transforms emit the same graph and the dataclass itself is
+the cache key of a compiled update. Everything numeric a user may change between steps
+is read through `Context.hyper`, which makes it a scalar graph input.
+
+``apply(updates, ctx)`` receives one update `Sym` per tensor of a param group (the
+gradients, for the first transform) and returns the transformed updates. The last
+transform of an optimizer returns the step that is added to the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from graphopt import names
+from graphopt.symbolic import Graph, Sym
+
+Updates = list  # list[Sym], one per tensor of the group
+
+
+class Transform:
+    """Base class: declares state slots and emits its update rule with `apply`."""
+
+    slots: tuple[str, ...] = ()
+
+    def init(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        """Initial state of one parameter: every slot starts as zeros shaped like it."""
+        return {slot: np.zeros_like(param) for slot in self.all_slots()}
+
+    def all_slots(self) -> tuple[str, ...]:
+        return self.slots
+
+    def apply(self, updates: Updates, ctx: Context) -> Updates:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Chain(Transform):
+    """Apply ``transforms`` in order, each to the updates of the one before."""
+
+    transforms: tuple[Transform, ...]
+
+    def all_slots(self) -> tuple[str, ...]:
+        slots: list[str] = []
+        for t in self.transforms:
+            for slot in t.all_slots():
+                if slot in slots:
+                    raise ValueError(f"state slot {slot!r} is declared by two transforms of one chain")
+                slots.append(slot)
+        return tuple(slots)
+
+    def apply(self, updates: Updates, ctx: Context) -> Updates:
+        for t in self.transforms:
+            updates = t.apply(updates, ctx)
+        return updates
+
+
+def chain(*transforms: Transform | None) -> Chain:
+    """Compose transforms; ``None`` entries (switched-off options) are left out."""
+    return Chain(tuple(t for t in transforms if t is not None))
+
+
+class Context:
+    """What a transform sees while one param group's update is emitted.
+
+    ``params[i]`` is the value the final update is added to; decoupled weight decay
+    rewrites it. Hyperparameters, step counts and state slots are graph inputs,
+    created on first use and named ``<group>.<hyper>``, ``<param>.step`` and
+    ``<param>.<slot>``.
+    """
+
+    def __init__(self, graph: Graph, group: str, param_names: Sequence[str], params: Sequence[Sym],
+                 state: Sequence[dict[str, Sym]]):
+        self.graph = graph
+        self.group = group
+        self.param_names = list(param_names)
+        self.params = list(params)
+        self.state_in = [dict(s) for s in state]
+        self.state_out = [dict(s) for s in state]
+        self._hypers: dict[str, Sym] = {}
+        self._steps: dict[int, tuple[Sym, Sym]] = {}
+
+    def hyper(self, name: str) -> Sym:
+        """The group's hyperparameter ``name``: a float64 scalar input ``<group>.<name>``."""
+        if name not in self._hypers:
+            self._hypers[name] = self.graph.input(names.hyper(self.group, name), np.float64, (), weak=True)
+        return self._hypers[name]
+
+    @property
+    def hypers_used(self) -> tuple[str, ...]:
+        return tuple(self._hypers)
+
+    def step(self, i: int) -> Sym:
+        """``t``: how many updates tensor ``i`` has had, this one included (1 on the first)."""
+        if i not in self._steps:
+            previous = self.graph.input(names.step(self.param_names[i]), np.float64, (), weak=True)
+            self._steps[i] = (previous, previous + 1.0)
+        return self._steps[i][1]
+
+    @property
+    def steps_used(self) -> dict[int, Sym]:
+        return {i: t for i, (_, t) in self._steps.items()}
+
+    def state(self, i: int, slot: str) -> Sym:
+        """The current value of state ``slot`` of tensor ``i`` (as written so far this step)."""
+        return self.state_out[i][slot]
+
+    def set_state(self, i: int, slot: str, value: Sym) -> None:
+        if slot not in self.state_in[i]:
+            raise KeyError(f"state slot {slot!r} is not declared by any transform of group {self.group}")
+        self.state_out[i][slot] = value

@@ -1,0 +1,44 @@
+"""RMSprop's running average of squared gradients, centered and with momentum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphopt.symbolic import sqrt
+from graphopt.transforms.base import Context, Transform, Updates
+
+
+@dataclass(frozen=True)
+class ScaleByRms(Transform):
+    """RMSprop's direction (Hinton), torch's formula:
+
+    1. ``s <- alpha * s + (1 - alpha) * g * g``               (slot ``square_avg``)
+    2. if ``centered``: ``a <- alpha * a + (1 - alpha) * g``   (slot ``grad_avg``),
+       ``d <- sqrt(s - a * a) + eps``; else ``d <- sqrt(s) + eps``
+    3. if ``momentum``: ``b <- momentum * b + g / d`` and ``u <- b`` (slot ``momentum_buffer``);
+       else ``u <- g / d``
+    """
+
+    centered: bool = False
+    momentum: bool = False
+
+    def all_slots(self) -> tuple[str, ...]:
+        return ("square_avg",) + (("grad_avg",) if self.centered else ()) + (
+            ("momentum_buffer",) if self.momentum else ())
+
+    def apply(self, updates: Updates, ctx: Context) -> Updates:
+        alpha, eps = ctx.hyper("alpha"), ctx.hyper("eps")
+        result = []
+        for i, g in enumerate(updates):
+            s = alpha * ctx.state(i, "square_avg") + (1.0 - alpha) * (g * g)
+            ctx.set_state(i, "square_avg", s)
+            if self.centered:
+                a = alpha * ctx.state(i, "grad_avg") + (1.0 - alpha) * g
+                ctx.set_state(i, "grad_avg", a)
+                s = s - a * a
+            u = g / (sqrt(s) + eps)
+            if self.momentum:
+                u = ctx.hyper("momentum") * ctx.state(i, "momentum_buffer") + u
+                ctx.set_state(i, "momentum_buffer", u)
+            result.append(u)
+        return result

@@ -1,0 +1,63 @@
+"""Build the update model: one ONNX graph that updates every param group at once.
+
+Inputs and outputs follow `graphopt.names`. For every tensor the model computes
+``u = transform(grad)`` and ``p.new = p' + u``, where ``p'`` is ``p`` after decoupled
+weight decay (or ``p`` itself). Only the hyperparameters and step counts that some
+transform reads become inputs; every state slot of the chain is an input and an output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from graphopt import names
+from graphopt.symbolic import Graph
+from graphopt.transforms import Context, Transform
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A tensor to update: its I/O name, static shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A param group: its name, its transform chain and the tensors it updates this step."""
+
+    name: str
+    transform: Transform
+    params: tuple[ParamSpec, ...]
+
+
+def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None) -> onnx.ModelProto:
+    """The update model for ``groups`` (see the module docstring for its contract)."""
+    graph = Graph("graphopt_update")
+    for group in groups:
+        _emit_group(graph, group)
+    return graph.to_model(doc_string=doc_string)
+
+
+def _emit_group(graph: Graph, group: GroupSpec) -> None:
+    slots = group.transform.all_slots()
+    params, grads, state = [], [], []
+    for spec in group.params:
+        params.append(graph.input(spec.name, spec.dtype, spec.shape))
+        grads.append(graph.input(names.grad(spec.name), spec.dtype, spec.shape))
+        state.append({slot: graph.input(names.state(spec.name, slot), spec.dtype, spec.shape) for slot in slots})
+    ctx = Context(graph, group.name, [p.name for p in group.params], params, state)
+    updates = group.transform.apply(grads, ctx)
+    steps = ctx.steps_used
+    for i, spec in enumerate(group.params):
+        graph.output(names.new(spec.name), ctx.params[i] + updates[i])
+        for slot in slots:
+            graph.output(names.new(names.state(spec.name, slot)), ctx.state_out[i][slot])
+        if i in steps:
+            graph.output(names.new(names.step(spec.name)), steps[i])
