@@ -235,3 +235,8 @@ def test_state_dict_with_bad_hyperparameter_is_refused():
     with pytest.raises(ValueError, match=r"'betas\[0\]' must be in \[0, 1\)"):
         adam.load_state_dict(saved)
     assert adam.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_unavailable_provider_is_named():
+    with pytest.raises(ValueError, match=r"providers: 'NoSuchExecutionProvider' is not available"):
+        optim.Adam([_param()], providers=["NoSuchExecutionProvider"])

@@ -263,3 +263,28 @@ def test_state_dict_holds_only_arrays_and_python_scalars():
     assert saved["param_groups"][0]["params"] == [0]
     saved["state"][0]["exp_avg"][:] = 99  # a snapshot: changing it leaves the optimizer alone
     assert not np.any(optimizer.state[w]["exp_avg"] == 99)
+
+
+def test_state_dict_file_round_trip_without_pickle(tmp_path):
+    params = [_param(np.linspace(0, 1, 6).reshape(2, 3)), _param([0.5, -0.5])]
+    optimizer = optim.Adam([{"params": params[:1]}, {"params": params[1:], "lr_mult": 0.5}], amsgrad=True)
+    _train(optimizer, params, 3, seed=0)
+    path = tmp_path / "adam.npz"
+    graphopt.save_state_dict(optimizer.state_dict(), path)
+    loaded = graphopt.load_state_dict(path)
+    original = optimizer.state_dict()
+    assert loaded["param_groups"] == original["param_groups"]
+    for index, slots in original["state"].items():
+        assert loaded["state"][index].keys() == slots.keys()
+        for key, value in slots.items():
+            np.testing.assert_array_equal(loaded["state"][index][key], value)
+    optimizer.load_state_dict(loaded)  # loads back into the same layout
+    with np.load(path, allow_pickle=False) as archive:  # every member is a plain array
+        assert all(archive[name].dtype != object for name in archive.files)
+
+
+def test_loading_a_foreign_npz_is_refused(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not a graphopt state dict"):
+        graphopt.load_state_dict(path)

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from graphopt.runtime.buffer import Buffer
-from graphopt.runtime.providers import Device, device_of, resolve_providers
+from graphopt.runtime.providers import Device, device_of, provider_name, resolve_providers
 
 Array = np.ndarray | Buffer
 
@@ -60,6 +60,10 @@ class Runtime:
         options.intra_op_num_threads = self.intra_op_threads
         options.log_severity_level = 3
         session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+        wanted = provider_name(self.providers[0])
+        if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
+            raise RuntimeError(f"providers: {wanted} could not be initialised (no usable GPU?); "
+                               f"the session got {session.get_providers()}")
         self.sessions_built += 1
         return Executable(session)
 
