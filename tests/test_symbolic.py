@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphopt.symbolic import (IR_VERSION, OPSET, Graph, GraphBuildError, broadcast_shapes, clip, maximum, sqrt,
                                sum_of_squares, where)
@@ -138,3 +140,18 @@ def test_lowered_graph_is_final():
     assert g.to_model() is g.to_model()
     with pytest.raises(GraphBuildError, match="already lowered"):
         x * 2.0
+
+
+shape_strategy = st.lists(st.integers(1, 4), max_size=4).map(tuple)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(shape_strategy, min_size=1, max_size=3))
+def test_broadcast_shapes_agrees_with_numpy_property(shapes):
+    try:
+        expected = np.broadcast_shapes(*shapes)
+    except ValueError:
+        with pytest.raises(GraphBuildError, match="do not broadcast"):
+            broadcast_shapes("op", shapes)
+    else:
+        assert broadcast_shapes("op", shapes) == expected
