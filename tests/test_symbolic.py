@@ -155,3 +155,87 @@ def test_broadcast_shapes_agrees_with_numpy_property(shapes):
             broadcast_shapes("op", shapes)
     else:
         assert broadcast_shapes("op", shapes) == expected
+
+
+def _body_ops(model):
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    return [n.op_type for n in scan.attribute[0].g.node]
+
+
+def _scan_model(fuse, formula):
+    """Scan over rows of X and Y, with outer scalars b (weak) and t, emitting ``formula``."""
+    g = Graph()
+    big_x, big_y = g.input("X", np.float32, (None, 1, 8)), g.input("Y", np.float32, (None, 1, 8))
+    b, t = g.input("b", np.float64, (), weak=True), g.input("t", np.float64, (), weak=True)
+    body = g.subgraph("body", fuse=fuse)
+    x, y = body.input("x", np.float32, (1, 8)), body.input("y", np.float32, (1, 8))
+    body.output("out", formula(x, y, b, t))
+    (out,) = g.scan(body, [big_x, big_y])
+    g.output("OUT", out)
+    return g.to_model()
+
+
+def _adam_like(x, y, b, t):
+    m = b * x + (1.0 - b) * y
+    return y - 0.5 * -(m / (sqrt(y) / sqrt(1.0 - b ** t) + 1e-3) * (1.0 / (1.0 - b ** t)))
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_scan_body_hoists_scalar_math_and_matches_numpy(fuse):
+    model = _scan_model(fuse, _adam_like)
+    onnx.checker.check_model(model, full_check=True)
+    outer = [n.op_type for n in model.graph.node]
+    assert "Pow" in outer and outer.count("Pow") == 1  # b ** t: once, outside the body
+    body = _body_ops(model)
+    assert "Pow" not in body and "Cast" not in body
+    if fuse:
+        assert body == ["Mul", "Gemm", "Sqrt", "Gemm", "Div", "Gemm"]
+    rng = np.random.default_rng(0)
+    xv, yv = rng.random((5, 1, 8), np.float32), rng.random((5, 1, 8), np.float32) + 0.5
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"X": xv, "Y": yv, "b": np.array(0.9), "t": np.array(3.0)})
+    x64, y64 = xv.astype(np.float64), yv.astype(np.float64)
+    m = 0.9 * x64 + 0.1 * y64
+    expected = y64 + 0.5 * (m / (np.sqrt(y64) / np.sqrt(1 - 0.9 ** 3) + 1e-3) / (1 - 0.9 ** 3))
+    np.testing.assert_allclose(out, expected, rtol=2e-6)
+
+
+def test_fusion_needs_rows_and_leaves_literal_graphs_alone():
+    g = Graph(fuse=True)
+    x, y = g.input("x", np.float32, (3, 4)), g.input("y", np.float32, (3, 4))
+    s = g.input("s", np.float64, (), weak=True)
+    g.output("z", s * x + y)  # not a [1, K] row: no Gemm, but still one Mul and one Add
+    assert [n.op_type for n in g.to_model().graph.node] == ["Cast", "Mul", "Add"]
+    literal = Graph()
+    x = literal.input("x", np.float32, (1, 4))
+    s = literal.input("s", np.float64, (), weak=True)
+    literal.output("z", x / s * 2.0)
+    assert [n.op_type for n in literal.to_model().graph.node] == ["Cast", "Div", "Mul"]
+
+
+def test_identical_nodes_are_emitted_once():
+    g = Graph()
+    b, t = g.input("b", np.float64, (), weak=True), g.input("t", np.float64, (), weak=True)
+    g.output("a", (1.0 - b ** t) * (1.0 - b ** t))
+    assert [n.op_type for n in g.to_model().graph.node] == ["Pow", "Sub", "Mul"]
+
+
+def test_body_values_cannot_leak_into_the_outer_graph():
+    g = Graph()
+    big_x = g.input("X", np.float32, (None, 4))
+    body = g.subgraph("body")
+    x = body.input("x", np.float32, (4,))
+    with pytest.raises(GraphBuildError, match="belongs to another graph"):
+        g.output("bad", x)
+    body.output("y", x + 1.0)
+    (y,) = g.scan(body, [big_x])
+    with pytest.raises(GraphBuildError, match="already lowered"):
+        x * 2.0
+    with pytest.raises(GraphBuildError, match="does not stack rows"):
+        _bad_scan(g, big_x)
+
+
+def _bad_scan(g, big_x):
+    body = g.subgraph("b2")
+    body.output("z", body.input("x2", np.float32, (5,)) * 2.0)
+    return g.scan(body, [big_x])

@@ -16,7 +16,10 @@ class ScaleByAdam(Transform):
     2. ``v <- beta2 * v + (1 - beta2) * g * g``             (slot ``exp_avg_sq``)
     3. if ``amsgrad``: ``v_max <- max(v_max, v)``, and ``v_max`` replaces ``v`` below
        (slot ``max_exp_avg_sq``)
-    4. ``u <- (m / (1 - beta1 ** t)) / (sqrt(v) / sqrt(1 - beta2 ** t) + eps)``
+    4. ``u <- (m / (1 - beta1 ** t)) / (sqrt(v) / sqrt(1 - beta2 ** t) + eps)``, computed as
+       ``u <- (sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2))`` with ``c1 = 1 - beta1 ** t``,
+       ``c2 = 1 - beta2 ** t``: equal in exact arithmetic, and one pass fewer since the
+       corrections are scalars.
     """
 
     amsgrad: bool = False
@@ -36,6 +39,6 @@ class ScaleByAdam(Transform):
             if self.amsgrad:
                 v = maximum(ctx.state(i, "max_exp_avg_sq"), v)
                 ctx.set_state(i, "max_exp_avg_sq", v)
-            denom = sqrt(v) / sqrt(1.0 - beta2 ** t) + eps
-            result.append(m / denom * (1.0 / (1.0 - beta1 ** t)))
+            root_c2 = sqrt(1.0 - beta2 ** t)
+            result.append(m / (sqrt(v) + eps * root_c2) * (root_c2 / (1.0 - beta1 ** t)))
         return result
