@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,17 @@ class Parameter:
     values into that array. ``grad`` is a numpy array of the same shape and dtype, or
     None; a parameter whose grad is None is skipped by ``step()``.
 
+    An optimizer *adopts* its parameters: their values move into its flat buffers and
+    ``data`` becomes a view of them (so take references to ``data`` after building
+    the optimizer). From then on ``grad`` is None or a view of the optimizer's flat
+    gradient buffer: assigning an array copies it there, and accumulating in place
+    (``p.grad += g``) costs no copy at all.
+
     >>> w = Parameter(np.zeros(3, np.float32), name="w")
     >>> w.grad = np.ones(3, np.float32)
     """
 
-    __slots__ = ("_data", "_grad", "name", "requires_grad")
+    __slots__ = ("_data", "_grad", "_grad_storage", "_owner", "name", "requires_grad")
 
     def __init__(self, data: Any, *, name: str | None = None, requires_grad: bool = True):
         array = np.array(data, copy=True, order="C")
@@ -32,6 +39,8 @@ class Parameter:
             raise ValueError(f"Parameter: name must be a non-empty string, got {name!r}")
         self._data = array
         self._grad: np.ndarray | None = None
+        self._grad_storage: np.ndarray | None = None  # the adopting optimizer's gradient view
+        self._owner: weakref.ref | None = None
         self.name = name
         self.requires_grad = bool(requires_grad)
 
@@ -52,7 +61,28 @@ class Parameter:
 
     @grad.setter
     def grad(self, value: np.ndarray | None) -> None:
-        self._grad = None if value is None else check_grad(self, value)
+        if value is None:
+            self._grad = None
+            return
+        value = check_grad(self, value)
+        if self._grad_storage is not None and value is not self._grad_storage:
+            np.copyto(self._grad_storage, value)
+            value = self._grad_storage
+        self._grad = value
+
+    def _adopt(self, data: np.ndarray, grad: np.ndarray, owner: object) -> None:
+        """Move into ``data`` and take ``grad`` as gradient storage (views of ``owner``'s buffers)."""
+        current = self._owner() if self._owner is not None else None
+        if current is not None and current is not owner:
+            raise ValueError(f"{self!r} already belongs to another optimizer; a parameter can be "
+                             "optimized by one optimizer at a time")
+        np.copyto(data, self._data)
+        self._data = data
+        if self._grad is not None:
+            np.copyto(grad, self._grad)
+            self._grad = grad
+        self._grad_storage = grad
+        self._owner = weakref.ref(owner)
 
     @property
     def shape(self) -> tuple[int, ...]:

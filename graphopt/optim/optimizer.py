@@ -1,20 +1,19 @@
-"""`Optimizer`: torch.optim's interface over one compiled ONNX update graph.
+"""`Optimizer`: torch.optim's interface over compiled ONNX update graphs.
 
-The facade holds numpy-backed parameters and their param groups; each ``step()``
-runs one ONNX Runtime session that updates every group. The session is compiled
-once per *structure* (which transforms the groups chain, which tensors have
+The facade holds param groups; each group's tensors live in flat buffers
+(`graphopt.optim.flat`) that parameters, gradients and state are views of. A
+``step()`` runs each group's compiled update (`graphopt.optim.execution`), which is
+built once per *structure* (which transforms the group chains, which tensors have
 gradients) and reused while only hyperparameter values change: those are scalar
-inputs, fed from ``param_groups`` at every step.
+inputs, read from ``param_groups`` at every step.
 
-A step is all-or-nothing: inputs are validated first, outputs are written to
-buffers of the runtime, and parameters and state change only after the run
-succeeded.
+Everything that can be checked -- settings, gradients' shapes and dtypes -- is
+checked for every group before any update runs, so a step that raises for bad input
+changes nothing. The update itself then runs in place, as torch's does.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -22,8 +21,10 @@ import onnx
 
 from graphopt import names
 from graphopt.optim import validation
+from graphopt.optim.execution import Executor
+from graphopt.optim.flat import FlatGroup
 from graphopt.parameter import Parameter, check_grad
-from graphopt.runtime import Buffer, Executable, Runtime
+from graphopt.runtime import Runtime
 from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform
 from graphopt.update import GroupSpec, ParamSpec, build_update
 
@@ -37,30 +38,6 @@ required = _Required()
 """Default of a hyperparameter that every param group must set (SGD's ``lr``)."""
 
 GROUP_DEFAULTS = {"lr_mult": 1.0, "decay_mult": 1.0}
-_COMPILED_CACHE_SIZE = 8
-
-
-@dataclass
-class _ParamState:
-    """Per-parameter optimizer state: its step count and one buffer per state slot.
-
-    ``spare`` holds a second buffer per slot: a step writes the new state there and
-    the two are swapped once the step has succeeded (ping-pong).
-    """
-
-    step: int = 0
-    slots: dict[str, Buffer] = field(default_factory=dict)
-    spare: dict[str, Buffer] = field(default_factory=dict)
-    new_param: np.ndarray | None = None
-
-
-@dataclass
-class _GroupPlan:
-    """One group's part of a step: its settings, the parameters updated, their spec."""
-
-    group: dict[str, Any]
-    params: list[Parameter]
-    spec: GroupSpec
 
 
 class Optimizer:
@@ -70,21 +47,25 @@ class Optimizer:
     `_transform` which chain of transforms updates it. Group entries that are numbers
     are hyperparameters (scalar graph inputs); `_hyper_aliases` splits tuples such as
     ``betas`` into named scalars.
+
+    ``providers`` selects ONNX Runtime execution providers; ``runtime`` (a
+    `graphopt.runtime.Runtime`) sets threads and chunk size as well.
     """
 
     _hyper_aliases: Mapping[str, tuple[str, ...]] = {}
 
-    def __init__(self, params: Iterable[Any] | None, defaults: Mapping[str, Any], *,
-                 providers: Any = None):
+    def __init__(self, params: Iterable[Any] | None, defaults: Mapping[str, Any], *, providers: Any = None,
+                 runtime: Runtime | None = None):
+        if runtime is not None and providers is not None:
+            raise ValueError(f"{type(self).__name__}: give providers or runtime, not both")
         self.defaults = {**GROUP_DEFAULTS, **defaults}
         self.param_groups: list[dict[str, Any]] = []
-        self._states: dict[Parameter, _ParamState] = {}
+        self._flats: list[list[FlatGroup]] = []  # per group: its tensors' flat buffers, one per dtype
         self._names: dict[Parameter, str] = {}
         self._positions: dict[Parameter, tuple[int, int]] = {}  # (group index, index in group)
-        self._runtime = Runtime(providers)
-        self._compiled: OrderedDict[Any, Executable] = OrderedDict()
-        self._grad_sums: dict[Parameter, np.ndarray] = {}
-        self._spare_sums: dict[Parameter, np.ndarray] = {}
+        self._homes: dict[Parameter, tuple[FlatGroup, int]] = {}  # its flat buffers and index there
+        self._runtime = runtime or Runtime(providers)
+        self._executor = Executor(self._runtime)
         self._summing = False
         if params is not None:
             groups = list(params)
@@ -110,7 +91,7 @@ class Optimizer:
         """Add a group; keys it leaves out take the optimizer's defaults.
 
         ``lr_mult`` and ``decay_mult`` (default 1) multiply the group's ``lr`` and
-        ``weight_decay``.
+        ``weight_decay``. The group's parameters move into its flat buffers.
         """
         index = len(self.param_groups)
         where = f"{type(self).__name__} param group {index}"
@@ -125,8 +106,14 @@ class Optimizer:
                 raise ValueError(f"{where}: {key!r} is required and has no default")
         new_names = self._check_params(params, where)
         self._check_group(group, where)
+        flats = []
+        for dtype in dict.fromkeys(p.dtype for p in params):
+            flat = FlatGroup([p for p in params if p.dtype == dtype], self._runtime.chunk_size, self)
+            flats.append(flat)
+            self._homes.update({p: (flat, i) for i, p in enumerate(flat.params)})
         group["params"] = params
         self.param_groups.append(group)
+        self._flats.append(flats)
         self._names.update(new_names)
         self._positions.update({p: (index, i) for i, p in enumerate(params)})
 
@@ -139,6 +126,10 @@ class Optimizer:
             if p in result or p in self._names:
                 place = f"param group {self._positions[p][0]}" if p in self._positions else "this group"
                 raise ValueError(f"{where}: {p!r} is already in {place}; a parameter may be in one group only")
+            owner = p._owner() if p._owner is not None else None  # noqa: SLF001
+            if owner is not None and owner is not self:
+                raise ValueError(f"{where}: {p!r} already belongs to another optimizer; a parameter can be "
+                                 "optimized by one optimizer at a time")
             name = p.name or f"p{len(self._names) + len(result)}"
             if name in names_taken:
                 raise ValueError(f"{where}: two parameters are named {name!r}; names must be unique")
@@ -153,6 +144,10 @@ class Optimizer:
 
     def _parameters(self) -> list[Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
+
+    def _label(self, p: Parameter) -> str:
+        g, i = self._positions[p]
+        return f"parameter {self._names[p]!r} (params[{i}] of param group {g})"
 
     # -- gradients -------------------------------------------------------------
 
@@ -171,67 +166,59 @@ class Optimizer:
 
         The first call after a step (or ever) starts a new sum; later calls add to it.
         """
-        if not self._summing:  # a new sum: reuse the old buffers, forget which params had one
-            self._spare_sums, self._grad_sums = self._grad_sums, {}
-        for p in self._parameters():
-            if p.grad is None:
-                continue
-            grad = check_grad(p, p.grad, self._label(p))
-            if p in self._grad_sums:
-                self._grad_sums[p] += grad
-            else:
-                buffer = self._spare_sums.pop(p, None)
-                self._grad_sums[p] = grad.copy() if buffer is None else _copy_into(buffer, grad)
+        for flats in self._flats:
+            for flat in flats:
+                if not self._summing:
+                    flat.summed = [False] * len(flat.params)
+                sums = flat.sum_buffer()
+                for i, p in enumerate(flat.params):
+                    if p.grad is None:
+                        continue
+                    grad, total = self._stored_grad(p), flat.view(sums, i)
+                    if flat.summed[i]:
+                        total += grad
+                    else:
+                        np.copyto(total, grad)
+                        flat.summed[i] = True
         self._summing = True
 
     accumulate_grad = sum_grad
 
-    def _gradients(self) -> dict[Parameter, np.ndarray]:
-        if self._summing:
-            return dict(self._grad_sums)
-        return {p: check_grad(p, p.grad, self._label(p)) for p in self._parameters() if p.grad is not None}
+    def _stored_grad(self, p: Parameter) -> np.ndarray:
+        """``p``'s gradient, checked, in its flat buffer (copied there if it was set behind the setter)."""
+        grad = check_grad(p, p._grad, self._label(p))  # noqa: SLF001
+        storage = p._grad_storage  # noqa: SLF001
+        if grad is not storage:
+            np.copyto(storage, grad)
+            p._grad = storage  # noqa: SLF001
+        return storage
 
-    def _label(self, p: Parameter) -> str:
-        g, i = self._positions[p]
-        return f"parameter {self._names[p]!r} (params[{i}] of param group {g})"
+    def _gradients(self, flats: list[FlatGroup]) -> list[list[np.ndarray | None]]:
+        """Per flat buffer, each tensor's gradient (or gradient sum) view, or None."""
+        if self._summing:
+            return [[flat.view(flat.sums, i) if flat.summed[i] else None for i in range(len(flat.params))]
+                    for flat in flats]
+        return [[None if p.grad is None else self._stored_grad(p) for p in flat.params] for flat in flats]
 
     # -- the step ----------------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
         loss = closure() if closure is not None else None
-        grads = self._gradients()
-        plan = self._plan(lambda p: p in grads)
-        if not plan:
-            self._summing = False
-            return loss
-        executable = self._executable(plan)
-        feeds, outputs, new_states = self._bind(plan, grads)
-        executable.run(feeds, outputs)
-        self._commit(plan, new_states)
-        self._summing = False
-        return loss
-
-    def _plan(self, include: Callable[[Parameter], bool]) -> list[_GroupPlan]:
-        """Validate every group and describe the tensors this step updates."""
-        plan = []
+        plans = []
         for g, group in enumerate(self.param_groups):
             self._check_group(group, f"{type(self).__name__} param group {g}")
-            params = [p for p in group["params"] if include(p)]
-            if params:
-                specs = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in params)
-                plan.append(_GroupPlan(group, params, GroupSpec(names.group(g), self._transform(group), specs)))
-        return plan
-
-    def _executable(self, plan: list[_GroupPlan]) -> Executable:
-        key = tuple(item.spec for item in plan)
-        if key in self._compiled:
-            self._compiled.move_to_end(key)
-        else:
-            self._compiled[key] = self._runtime.compile(build_update(key))
-            if len(self._compiled) > _COMPILED_CACHE_SIZE:
-                self._compiled.popitem(last=False)
-        return self._compiled[key]
+            flats = self._flats[g]
+            names_of = [[self._names[p] for p in flat.params] for flat in flats]
+            plans.append(self._executor.plan(names.group(g), flats, self._transform(group),
+                                             self._hyperparameters(group), self._gradients(flats), names_of,
+                                             self._summing))
+        for plan in plans:
+            plan.run()
+        for plan in plans:
+            plan.commit()
+        self._summing = False
+        return loss
 
     def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, float]:
         """The group's numeric settings as named scalars (``betas`` -> ``beta1``, ``beta2``)."""
@@ -243,60 +230,22 @@ class Optimizer:
                 values[key] = float(value)
         return values
 
-    def _bind(self, plan: list[_GroupPlan], grads: Mapping[Parameter, np.ndarray]):
-        """Inputs and outputs of one run; new state buffers are returned, not yet kept."""
-        feeds: dict[str, Any] = {}
-        outputs: dict[str, Any] = {}
-        new_states: dict[Parameter, _ParamState] = {}
-        for item in plan:
-            for hyper, value in self._hyperparameters(item.group).items():
-                feeds[names.hyper(item.spec.name, hyper)] = np.array(value, np.float64)
-            slots = item.spec.transform.all_slots()
-            for p, pspec in zip(item.params, item.spec.params):
-                state = self._states.get(p) or new_states.setdefault(p, _ParamState())
-                missing = [s for s in slots if s not in state.slots]
-                if missing:  # new tensor, or a structure change that added a slot
-                    state = new_states[p] = self._with_slots(p, state, missing)
-                if state.new_param is None:
-                    state.new_param = np.empty_like(p.data)
-                feeds[pspec.name] = p.data
-                feeds[names.grad(pspec.name)] = grads[p]
-                feeds[names.step(pspec.name)] = np.array(state.step, np.float64)
-                outputs[names.new(pspec.name)] = state.new_param
-                outputs[names.new(names.step(pspec.name))] = np.empty((), np.float64)
-                for slot in slots:
-                    feeds[names.state(pspec.name, slot)] = state.slots[slot]
-                    outputs[names.new(names.state(pspec.name, slot))] = state.spare[slot]
-        return feeds, outputs, new_states
-
-    def _with_slots(self, p: Parameter, state: _ParamState, slots: list[str]) -> _ParamState:
-        extended = _ParamState(state.step, dict(state.slots), dict(state.spare), state.new_param)
-        for slot in slots:
-            extended.slots[slot] = self._runtime.zeros(p.shape, p.dtype)
-            extended.spare[slot] = self._runtime.zeros(p.shape, p.dtype)
-        return extended
-
-    def _commit(self, plan: list[_GroupPlan], new_states: dict[Parameter, _ParamState]) -> None:
-        self._states.update(new_states)
-        for item in plan:
-            slots = item.spec.transform.all_slots()
-            for p in item.params:
-                state = self._states[p]
-                np.copyto(p.data, state.new_param)
-                for slot in slots:
-                    state.slots[slot], state.spare[slot] = state.spare[slot], state.slots[slot]
-                state.step += 1
-
     # -- state -------------------------------------------------------------------
 
     @property
     def state(self) -> dict[Parameter, dict[str, Any]]:
         """Per-parameter state, as torch shows it: ``{'step': int, slot: array, ...}``.
 
-        On the CPU the arrays are the live buffers (valid until the next step); on a
-        GPU they are copies.
+        The arrays are views of the live state buffers; parameters that never took a
+        step have no entry.
         """
-        return {p: {"step": s.step, **{k: b.numpy() for k, b in s.slots.items()}} for p, s in self._states.items()}
+        result = {}
+        for flats in self._flats:
+            for flat in flats:
+                for i, p in enumerate(flat.params):
+                    if flat.steps[i]:
+                        result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in flat.slots.items()}}
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of state and settings made of numpy arrays and Python scalars only.
@@ -305,8 +254,8 @@ class Optimizer:
         with parameters numbered in group order, as in torch.
         """
         index = {p: i for i, p in enumerate(self._parameters())}
-        state = {index[p]: {"step": s.step, **{k: b.numpy().copy() for k, b in s.slots.items()}}
-                 for p, s in self._states.items()}
+        state = {index[p]: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in entry.items()}
+                 for p, entry in self.state.items()}
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[p] for p in g["params"]]}
                   for g in self.param_groups]
         return {"state": state, "param_groups": groups}
@@ -326,8 +275,13 @@ class Optimizer:
                   for i, saved in state_dict["state"].items()}
         for group, loaded in zip(self.param_groups, groups):
             group.update(loaded)
-        self._states = states
-        self._grad_sums, self._summing = {}, False
+        for p, (flat, i) in self._homes.items():
+            step, slots = states.get(p, (0, {}))
+            flat.steps[i] = step
+            for name in set(flat.slots) | set(slots):
+                view = flat.view(flat.slot(name), i)
+                view[...] = slots[name] if name in slots else 0
+        self._summing = False
 
     def _loaded_group(self, g: int, saved: Mapping[str, Any], kind: str) -> dict[str, Any]:
         where = f"{kind}.load_state_dict: param group {g}"
@@ -343,7 +297,7 @@ class Optimizer:
         return loaded
 
     def _loaded_state(self, i: int, saved: Mapping[str, Any], params: list[Parameter],
-                      groups: list[dict[str, Any]], kind: str) -> _ParamState:
+                      groups: list[dict[str, Any]], kind: str) -> tuple[int, dict[str, np.ndarray]]:
         if not 0 <= i < len(params):
             raise ValueError(f"{kind}.load_state_dict: state for parameter index {i}, but there are {len(params)}")
         p = params[i]
@@ -354,15 +308,14 @@ class Optimizer:
         if unexpected or "step" not in saved:
             raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {sorted(saved)}; "
                              "is it another optimizer's state dict?")
-        state = _ParamState(step=int(saved["step"]))
+        slots = {}
         for slot in set(saved) - {"step"}:
             array = np.asarray(saved[slot])
             if array.shape != p.shape or array.dtype.kind != "f":
                 raise ValueError(f"{where}: slot {slot!r} must be a float array of shape {p.shape}, "
                                  f"got {array.dtype} {array.shape}")
-            state.slots[slot] = self._runtime.buffer(array.astype(p.dtype, copy=True))
-            state.spare[slot] = self._runtime.zeros(p.shape, p.dtype)
-        return state
+            slots[slot] = array
+        return int(saved["step"]), slots
 
     # -- export --------------------------------------------------------------------
 
@@ -372,7 +325,12 @@ class Optimizer:
         Its inputs and outputs are named as `graphopt.names` describes; hyperparameters
         are float64 scalar inputs. State starts at zeros and steps at 0.
         """
-        specs = [item.spec for item in self._plan(lambda p: True)]
+        specs = []
+        for g, group in enumerate(self.param_groups):
+            self._check_group(group, f"{type(self).__name__} param group {g}")
+            if group["params"]:
+                params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
+                specs.append(GroupSpec(names.group(g), self._transform(group), params))
         model = build_update(specs, doc_string=f"graphopt {type(self).__name__} update; "
                                                "I/O names: see graphopt.names")
         if path is not None:
@@ -390,11 +348,6 @@ class Optimizer:
             settings = ", ".join(f"{k}={v}" for k, v in group.items() if k != "params")
             lines.append(f"  group {g}: {len(group['params'])} params, {settings}")
         return "\n".join(lines + [")"])
-
-
-def _copy_into(buffer: np.ndarray, values: np.ndarray) -> np.ndarray:
-    np.copyto(buffer, values)
-    return buffer
 
 
 def gradient_transforms(group: Mapping[str, Any]) -> list[Transform | None]:

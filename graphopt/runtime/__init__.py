@@ -2,6 +2,7 @@
 
 from graphopt.runtime.buffer import Buffer
 from graphopt.runtime.providers import CPU, CUDA, Device, cuda_available, resolve_providers
-from graphopt.runtime.session import Executable, Runtime
+from graphopt.runtime.session import DEFAULT_CHUNK, Executable, Runtime
 
-__all__ = ["Buffer", "CPU", "CUDA", "Device", "Executable", "Runtime", "cuda_available", "resolve_providers"]
+__all__ = ["Buffer", "CPU", "CUDA", "DEFAULT_CHUNK", "Device", "Executable", "Runtime", "cuda_available",
+           "resolve_providers"]

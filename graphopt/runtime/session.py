@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -42,22 +43,36 @@ class Executable:
         self.session.run_with_iobinding(binding)
 
 
-class Runtime:
-    """Execution providers, session options and buffer placement for compiled graphs.
+DEFAULT_CHUNK = 32768
+"""Elements per row of a chunked update. Chosen by measurement (docs/PERFORMANCE.md):
+the ~10 row-sized intermediates of an update stay in a core's L2 cache."""
 
+
+class Runtime:
+    """Execution providers, threads and chunk size for compiled graphs.
+
+    ``threads`` (default: the CPU count) is how many rows ranges of a chunked update
+    run at once, each on one ONNX Runtime thread; ``chunk_size`` is the row length.
     ``sessions_built`` counts sessions created, so callers can check that changing a
     hyperparameter reused the compiled update.
     """
 
-    def __init__(self, providers: str | Sequence[Any] | None = None, *, intra_op_threads: int = 0):
+    def __init__(self, providers: str | Sequence[Any] | None = None, *, threads: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK):
         self.providers = resolve_providers(providers)
         self.device: Device = device_of(self.providers)
-        self.intra_op_threads = intra_op_threads
+        self.threads = int(threads or os.cpu_count() or 1)
+        if self.threads < 1:
+            raise ValueError(f"Runtime: threads must be >= 1, got {threads}")
+        if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
+            raise ValueError(f"Runtime: chunk_size must be a positive multiple of 16, got {chunk_size!r}")
+        self.chunk_size = chunk_size
         self.sessions_built = 0
 
-    def compile(self, model: onnx.ModelProto) -> Executable:
+    def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0) -> Executable:
+        """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
         session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
         wanted = provider_name(self.providers[0])

@@ -57,7 +57,8 @@ class Graph:
     * scalar factors are folded: ``c * (s * x)`` -> ``(c * s) * x``, ``x / s`` ->
       ``(1 / s) * x``, ``-x`` -> ``(-1) * x``, the scalar products computed once;
     * ``s * x + y`` and ``y - s * x`` on ``[1, K]`` rows become one ``Gemm``, which
-      ONNX Runtime's CPU provider computes in a single pass.
+      ONNX Runtime's CPU provider computes in a single pass (unless ``x`` is an input
+      marked ``written_in_place``).
     """
 
     def __init__(self, name: str = "graphopt", *, parent: Graph | None = None, fuse: bool = False):
@@ -70,6 +71,7 @@ class Graph:
         self._inputs: list[ir.Value] = []
         self._outputs: list[tuple[str, Sym]] = []
         self._memo: dict[tuple, Sym] = {}  # emitted nodes by (op, input values, ...): values live with the graph
+        self._written_in_place: set[ir.Value] = set()
         self._captured: dict[ir.Value, Graph] = {}  # values of ancestor graphs this graph reads -> their graph
         self._final = False
         if parent is None:
@@ -85,11 +87,19 @@ class Graph:
 
     # -- interface ---------------------------------------------------------------
 
-    def input(self, name: str, dtype: Any, shape: Shape = (), *, weak: bool = False) -> Sym:
-        """Declare a graph input. ``weak`` marks a scalar whose dtype yields to tensors."""
+    def input(self, name: str, dtype: Any, shape: Shape = (), *, weak: bool = False,
+              written_in_place: bool = False) -> Sym:
+        """Declare a graph input.
+
+        ``weak`` marks a scalar whose dtype yields to tensors. ``written_in_place`` marks
+        a buffer that an output will overwrite: fusion then never makes it the ``B``
+        operand of a ``Gemm``, which ONNX Runtime cannot compute in place.
+        """
         self._claim(name)
         value = ir.val(name, to_ir(dtype), list(shape))
         self._inputs.append(value)
+        if written_in_place:
+            self._written_in_place.add(value)
         return Sym(self, value, dtype, shape, weak=weak)
 
     def output(self, name: str, sym: Sym) -> None:
@@ -270,6 +280,7 @@ class Graph:
             candidates = [(a, b, 1.0), (b, a, 1.0)] if op_type == "Add" else [(b, a, -1.0)]
             for product, y, sign in candidates:
                 if product.scaled is not None and _is_row(product.scaled[1]) and \
+                        product.scaled[1].value not in product.scaled[1].graph._written_in_place and \
                         (y.shape == product.shape or y.weak):
                     scalar, x = product.scaled
                     factor = self.reshape(self.cast(sign * scalar, x.dtype), (1, 1))

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from graphopt import names
-from graphopt.symbolic import Graph, Sym
+from graphopt.symbolic import Graph, Sym, cast, sum_of_squares
+from graphopt.symbolic.dtypes import SCALAR_DTYPE
 
 Updates = list  # list[Sym], one per tensor of the group
 
@@ -105,6 +106,18 @@ class Context:
     @property
     def steps_used(self) -> dict[int, Sym]:
         return {i: t for i, (_, t) in self._steps.items()}
+
+    def sum_of_squares(self, updates: Updates) -> Sym:
+        """``sum(u ** 2)`` over every element of every tensor of the group (weak float64)."""
+        total = None
+        for u in updates:
+            square = self.tensor_sum_of_squares(u)
+            total = square if total is None else total + square
+        return total
+
+    def tensor_sum_of_squares(self, u: Sym) -> Sym:
+        """``sum(u ** 2)`` over one tensor (weak float64)."""
+        return cast(sum_of_squares(u), SCALAR_DTYPE, weak=True)
 
     def state(self, i: int, slot: str) -> Sym:
         """The current value of state ``slot`` of tensor ``i`` (as written so far this step)."""

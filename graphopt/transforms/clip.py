@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphopt.symbolic import cast, clip, maximum, sqrt, sum_of_squares
-from graphopt.symbolic.dtypes import SCALAR_DTYPE
+from graphopt.symbolic import clip, maximum, sqrt
 from graphopt.transforms.base import Context, Transform, Updates
 
 
@@ -31,11 +30,7 @@ class ClipByNorm(Transform):
 
     def apply(self, updates: Updates, ctx: Context) -> Updates:
         limit = ctx.hyper("clip_norm")
-        squares = [cast(sum_of_squares(u), SCALAR_DTYPE, weak=True) for u in updates]
         if self.per_tensor:
-            return [u * (limit / maximum(sqrt(sq), limit)) for u, sq in zip(updates, squares)]
-        total = squares[0]
-        for sq in squares[1:]:
-            total = total + sq
-        factor = limit / maximum(sqrt(total), limit)
+            return [u * (limit / maximum(sqrt(ctx.tensor_sum_of_squares(u)), limit)) for u in updates]
+        factor = limit / maximum(sqrt(ctx.sum_of_squares(updates)), limit)
         return [u * factor for u in updates]

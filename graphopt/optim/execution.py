@@ -1,0 +1,194 @@
+"""Running one param group's update: the chunked fast path, or a graph per tensor.
+
+A group takes the **chunked** path (`graphopt.chunked`) when every tensor of it has a
+gradient, all have taken the same number of steps and its chain needs no per-tensor
+values: one Scan over the rows of its flat buffers, split between threads, every
+output written in place where `graphopt.inplace` proves it safe. Otherwise it takes
+the **per-tensor** path: the update model of `graphopt.update` over the tensors that
+have gradients, bound to views of the same flat buffers.
+
+Planning validates and binds everything without writing to parameters or state;
+``run()`` then updates them in place and ``commit()`` advances the step counts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import numpy as np
+
+from graphopt import names
+from graphopt.chunked import GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked
+from graphopt.inplace import in_place_pairs
+from graphopt.optim.flat import FlatGroup
+from graphopt.runtime import Executable, Runtime
+from graphopt.runtime.parallel import RowParallel
+from graphopt.transforms import Transform
+from graphopt.update import GroupSpec, ParamSpec, build_update
+
+_CACHE_SIZE = 8
+
+
+class Executor:
+    """Compiled updates and their bindings, cached by structure."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self._chunked: dict[ChunkedSpec, tuple | None] = {}
+        self._per_tensor: OrderedDict[GroupSpec, tuple[Executable, set]] = OrderedDict()
+
+    def plan(self, group: str, flats: list[FlatGroup], transform: Transform, hypers: Mapping[str, float],
+             grads: list[list[np.ndarray | None]], names_of: list[list[str]], summing: bool) -> _Plan:
+        """How ``group`` is updated this step.
+
+        ``grads[f][i]`` is the gradient of tensor ``i`` of ``flats[f]`` (a view of the flat
+        gradient buffer, or of the sum buffer when ``summing``), or None.
+        """
+        if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1:
+            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row)) for f in flats]
+            if all(c is not None for c in compiled):
+                return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
+        return _TensorPlan(self, group, flats, transform, hypers, grads, names_of)
+
+    def _compiled_chunked(self, spec: ChunkedSpec):
+        if spec not in self._chunked:
+            try:
+                models = build_chunked(spec)
+            except NotChunkable:
+                self._chunked[spec] = None
+            else:
+                update = self.runtime.compile(models.update, intra_op_threads=1)
+                reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
+                pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
+                self._chunked[spec] = (update, reduce, in_place_pairs(models.update.graph, pairs))
+        return self._chunked[spec]
+
+    def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
+        if spec in self._per_tensor:
+            self._per_tensor.move_to_end(spec)
+        else:
+            model = build_update([spec])
+            pairs = [(p.name, names.new(p.name)) for p in spec.params]
+            pairs += [(names.state(p.name, s), names.new(names.state(p.name, s)))
+                      for p in spec.params for s in spec.transform.all_slots()]
+            self._per_tensor[spec] = (self.runtime.compile(model), in_place_pairs(model.graph, pairs))
+            if len(self._per_tensor) > _CACHE_SIZE:
+                self._per_tensor.popitem(last=False)
+        return self._per_tensor[spec]
+
+
+class _Plan:
+    def run(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def commit(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _scalar(store: dict[str, np.ndarray], name: str, value: float) -> np.ndarray:
+    """The bound 0-d array for scalar input ``name``, holding ``value`` (rebinding never needed)."""
+    array = store.get(name)
+    if array is None:
+        array = store[name] = np.zeros((), np.float64)
+    array[...] = value
+    return array
+
+
+class _ChunkedPlan(_Plan):
+    """All of a group's tensors, row by row, in place, split between threads."""
+
+    def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
+                 hypers: Mapping[str, float], compiled, summing: bool):
+        self.flats = flats
+        self.runs = []
+        self.total_name = names.hyper(group, SUM_OF_SQUARES)
+        slots = transform.all_slots()
+        threads = executor.runtime.threads
+        for flat, (update, reduce, safe) in zip(flats, compiled):
+            grad_rows = flat.rows(flat.sums if summing else flat.grads)
+            scalars = flat.scalars
+            for key, value in hypers.items():
+                _scalar(scalars, names.hyper(group, key), value)
+            _scalar(scalars, names.step(group), flat.steps[0])
+            if reduce is not None:
+                _scalar(scalars, self.total_name, 0.0)
+            buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(flat.slot(s)) for s in slots}}
+            key = (update, summing, slots)
+            if key not in flat.runners:
+                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, threads)
+            self.runs.append(flat.runners[key])
+
+    @staticmethod
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads):
+        rows = {GRADS: grad_rows, **buffers}
+        copies = []
+        for name, buffer in buffers.items():
+            target = buffer if (name, names.new(name)) in safe else np.empty_like(buffer)
+            rows[names.new(name)] = target
+            if target is not buffer:
+                copies.append((target, buffer))
+        runner = RowParallel(update, rows, scalars, threads)
+        reducer, partials = None, None
+        if reduce is not None:
+            partials = [np.zeros((), np.float64) for _ in runner.ranges]
+            reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
+        return runner, copies, (reducer, partials) if reducer is not None else None
+
+    def run(self) -> None:
+        reductions = [r[2] for r in self.runs if r[2] is not None]
+        if reductions:  # the group's sum of squares, over all its flat buffers, feeds every update
+            total = 0.0
+            for reducer, partials in reductions:
+                reducer.run()
+                total += float(sum(partials))
+            for flat in self.flats:
+                flat.scalars[self.total_name][...] = total
+        for runner, copies, _ in self.runs:
+            runner.run()
+            for source, target in copies:
+                np.copyto(target, source)
+
+    def commit(self) -> None:
+        for flat in self.flats:
+            flat.steps = [s + 1 for s in flat.steps]
+
+
+class _TensorPlan(_Plan):
+    """The tensors that have gradients, one update graph input per tensor, bound to views."""
+
+    def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
+                 hypers: Mapping[str, float], grads, names_of):
+        self.active = [(f, i) for f, gs in zip(flats, grads) for i, g in enumerate(gs) if g is not None]
+        if not self.active:
+            self.executable = None
+            return
+        specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in self.active)
+        self.executable, safe = executor.per_tensor(GroupSpec(group, transform, specs))
+        slots = transform.all_slots()
+        self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
+        self.outputs: dict[str, np.ndarray] = {}
+        self.copies = []
+        for (flat, i), spec in zip(self.active, specs):
+            self.feeds[names.grad(spec.name)] = grads[flats.index(flat)][i]
+            self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)
+            self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
+            pairs = [(spec.name, flat.view(flat.data, i))]
+            pairs += [(names.state(spec.name, s), flat.view(flat.slot(s), i)) for s in slots]
+            for name, view in pairs:
+                self.feeds[name] = view
+                target = view if (name, names.new(name)) in safe else np.empty_like(view)
+                self.outputs[names.new(name)] = target
+                if target is not view:
+                    self.copies.append((target, view))
+
+    def run(self) -> None:
+        if self.executable is None:
+            return
+        self.executable.run(self.feeds, self.outputs)
+        for source, target in self.copies:
+            np.copyto(target, source)
+
+    def commit(self) -> None:
+        for flat, i in self.active:
+            flat.steps[i] += 1

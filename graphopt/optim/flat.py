@@ -1,0 +1,58 @@
+"""`FlatGroup`: the tensors of one param group (one dtype) in flat buffers of whole rows.
+
+Parameters, gradients, gradient sums and every state slot of the group are each one
+contiguous buffer of ``rows * row`` elements; each tensor is a view at a fixed offset.
+The padding after the last tensor is zero and stays finite under every update
+graphopt emits (it sees zero gradients). ``rows(buffer)`` gives the ``[rows, 1, row]``
+view the chunked update runs on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.parameter import Parameter
+
+
+def row_length(total: int, chunk: int) -> int:
+    """Elements per row: ``chunk``, or the group's size rounded up to 16 if that is smaller."""
+    return min(chunk, max(16, -(-total // 16) * 16))
+
+
+class FlatGroup:
+    """Flat buffers of ``params`` (all of one dtype), which this group adopts."""
+
+    def __init__(self, params: list[Parameter], chunk: int, owner: object):
+        self.params = params
+        self.dtype = params[0].dtype
+        self.offsets = np.cumsum([0] + [p.size for p in params]).tolist()
+        total = self.offsets[-1]
+        self.row = row_length(total, chunk)
+        self.num_rows = max(1, -(-total // self.row))
+        self.data = np.zeros(self.num_rows * self.row, self.dtype)
+        self.grads = np.zeros_like(self.data)
+        self.sums: np.ndarray | None = None
+        self.slots: dict[str, np.ndarray] = {}
+        self.steps = [0] * len(params)
+        self.scalars: dict[str, np.ndarray] = {}  # bound 0-d inputs of the chunked update, by name
+        self.runners: dict[tuple, tuple] = {}  # the chunked update's bindings to these buffers
+        for i, p in enumerate(params):
+            p._adopt(self.view(self.data, i), self.view(self.grads, i), owner)  # noqa: SLF001
+
+    def view(self, buffer: np.ndarray, i: int) -> np.ndarray:
+        """Tensor ``i``'s part of a flat ``buffer``, in its shape."""
+        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.params[i].shape)
+
+    def rows(self, buffer: np.ndarray) -> np.ndarray:
+        return buffer.reshape(self.num_rows, 1, self.row)
+
+    def slot(self, name: str) -> np.ndarray:
+        """State slot ``name``'s flat buffer, created as zeros on first use."""
+        if name not in self.slots:
+            self.slots[name] = np.zeros_like(self.data)
+        return self.slots[name]
+
+    def sum_buffer(self) -> np.ndarray:
+        if self.sums is None:
+            self.sums = np.zeros_like(self.data)
+        return self.sums
