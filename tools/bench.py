@@ -1,0 +1,333 @@
+"""Benchmark graphopt's optimizer steps against the memory floor, numpy and torch.optim.
+
+    python tools/bench.py                      # the full table (several minutes)
+    python tools/bench.py --sizes 1M,16M --optimizers adam --rounds 3
+    python tools/bench.py --json bench.json
+
+Every configuration (optimizer x size x tensor count) is measured side by side in
+one process: each round times a few steps of every peer in turn (interleaved, so
+drift on a shared machine hits all peers alike), and the table reports medians over
+rounds with their min-max. Peers:
+
+* ``stream``: an in-place pass ``x *= c`` over N floats on the same threads: the
+  bandwidth yardstick, reported in GB/s;
+* ``numpy``: the same update written with in-place numpy ufuncs;
+* ``torch-foreach`` / ``torch-fused``: torch.optim's implementations, when torch is
+  importable (RMSprop has no fused version).
+
+GB/s is effective bandwidth: the bytes an update must read and write per parameter
+(e.g. Adam reads p, g, m, v and writes p, m, v: 28 bytes in float32) over the step
+time. Also reported: resident memory beyond params, grads and state, per parameter
+(measured in a fresh subprocess), and the time to build and compile the update for
+1,000 tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import graphopt  # noqa: E402
+from graphopt import optim  # noqa: E402
+from graphopt.runtime import Runtime  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # the torch peers are skipped
+    torch = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """An optimizer configuration, as graphopt, torch and numpy spell it."""
+
+    name: str
+    graphopt: Callable
+    torch_name: str
+    kwargs: dict
+    slots: int  # state tensors per parameter
+    fused: bool  # torch has a fused implementation
+
+    @property
+    def bytes_per_param(self) -> int:
+        """float32 bytes read and written per parameter: p, g and slots read; p and slots written."""
+        return 4 * ((2 + self.slots) + (1 + self.slots))
+
+
+UPDATES = {
+    "sgd": Update("SGD momentum", optim.SGD, "SGD", dict(lr=0.01, momentum=0.9), 1, True),
+    "rmsprop": Update("RMSprop", optim.RMSprop, "RMSprop", dict(lr=0.01), 1, False),
+    "adam": Update("Adam", optim.Adam, "Adam", dict(lr=0.001), 2, True),
+    "adamw": Update("AdamW", optim.AdamW, "AdamW", dict(lr=0.001, weight_decay=0.01), 2, True),
+}
+
+
+def numpy_step(kind: str, params, grads, state, t: int) -> None:
+    """The update with in-place numpy ufuncs (one temporary per tensor where unavoidable)."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        s = state[i]
+        if kind == "sgd":
+            b = s.setdefault("b", g.copy())
+            if t > 1:
+                b *= 0.9
+                b += g
+            p -= 0.01 * b
+        elif kind == "rmsprop":
+            v = s.setdefault("v", np.zeros_like(p))
+            v *= 0.99
+            v += 0.01 * g * g
+            tmp = np.sqrt(v)
+            tmp += 1e-8
+            np.divide(g, tmp, out=tmp)
+            tmp *= 0.01
+            p -= tmp
+        else:
+            m, v = s.setdefault("m", np.zeros_like(p)), s.setdefault("v", np.zeros_like(p))
+            if kind == "adamw":
+                p *= 1 - 0.001 * 0.01
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+            tmp = np.sqrt(v)
+            tmp /= np.sqrt(c2)
+            tmp += 1e-8
+            np.divide(m, tmp, out=tmp)
+            tmp *= 0.001 / c1
+            p -= tmp
+
+
+def stream(buffer: np.ndarray, pool: ThreadPoolExecutor, threads: int) -> Callable[[], None]:
+    """An in-place multiply over ``buffer`` split between threads (numpy releases the GIL)."""
+    parts = np.array_split(buffer, threads)
+    factor = np.float32(1.0000001)
+
+    def run():
+        pending = [pool.submit(np.multiply, part, factor, out=part) for part in parts[1:]]
+        np.multiply(parts[0], factor, out=parts[0])
+        for future in pending:
+            future.result()
+    return run
+
+
+def split(n: int, tensors: int) -> list[int]:
+    """``tensors`` sizes summing to ``n``, unequal (as real models are)."""
+    weights = np.linspace(1, 3, tensors)
+    sizes = np.floor(weights / weights.sum() * n).astype(int)
+    sizes[-1] += n - sizes.sum()
+    return sizes.tolist()
+
+
+def peers(kind: str, n: int, tensors: int, threads: int, chunk: int | None) -> dict[str, Callable[[], None]]:
+    """A step function per peer, each on its own copy of the same data."""
+    update = UPDATES[kind]
+    rng = np.random.default_rng(0)
+    sizes = split(n, tensors)
+    grads = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    runs: dict[str, Callable[[], None]] = {}
+
+    params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
+    runtime = Runtime(threads=threads) if chunk is None else Runtime(threads=threads, chunk_size=chunk)
+    opt = update.graphopt(params, runtime=runtime, **update.kwargs)
+    for p, g in zip(params, grads):
+        p.grad = g  # copied into the optimizer's gradient buffer once
+    runs["graphopt"] = opt.step
+
+    np_params, np_state, counter = [np.zeros(s, np.float32) for s in sizes], [{} for _ in sizes], [0]
+
+    def numpy_run():
+        counter[0] += 1
+        numpy_step(kind, np_params, grads, np_state, counter[0])
+    runs["numpy"] = numpy_run
+
+    if torch is not None:
+        torch.set_num_threads(threads)
+        for variant in ("foreach", "fused"):
+            if variant == "fused" and not update.fused:
+                continue
+            tparams = [torch.zeros(s, requires_grad=True) for s in sizes]
+            for tp, g in zip(tparams, grads):
+                tp.grad = torch.from_numpy(g.copy())
+            topt = getattr(torch.optim, update.torch_name)(tparams, **update.kwargs, **{variant: True})
+            runs[f"torch-{variant}"] = topt.step
+    return runs
+
+
+def measure(runs: dict[str, Callable[[], None]], rounds: int, steps: int, progress: Callable[[str], None]):
+    """Interleaved rounds: per round, ``steps`` timed steps of each peer; ms per step per round."""
+    for run in runs.values():
+        run()  # warm up: compile, first-touch
+    times = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            progress(f"round {r + 1}/{rounds} {name}")
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times[name].append((time.perf_counter() - start) / steps * 1e3)
+    return times
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"median_ms": float(np.median(samples)), "min_ms": float(min(samples)), "max_ms": float(max(samples))}
+
+
+def extra_memory_per_param(kind: str, n: int, threads: int) -> float:
+    """Resident bytes per parameter beyond params, grads and state.
+
+    Two fresh processes run the same optimizer for ``n`` and for a tiny size; the
+    difference of their resident sets, per parameter, less the 4-byte params, grads
+    and state slots, is what the optimizer adds (fixed costs such as sessions cancel).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = """
+import sys, numpy as np, graphopt
+from tools.bench import UPDATES, rss
+from graphopt.runtime import Runtime
+u, n = UPDATES[sys.argv[1]], int(sys.argv[2])
+p = graphopt.Parameter(np.zeros(n, np.float32))
+opt = u.graphopt([p], runtime=Runtime(threads=int(sys.argv[3])), **u.kwargs)
+p.grad = np.ones(n, np.float32)
+for _ in range(3):
+    opt.step()
+print(rss())
+"""
+    small = 1 << 16
+
+    def resident(size: int) -> int:
+        command = [sys.executable, "-c", code, kind, str(size), str(threads)]
+        return int(subprocess.check_output(command, env=dict(os.environ, PYTHONPATH=root), cwd=root))
+
+    per_param = (resident(n) - resident(small)) / (n - small)
+    return per_param - 4 * (2 + UPDATES[kind].slots)
+
+
+def rss() -> int:
+    """This process's resident set size in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_time(tensors: int, threads: int) -> dict[str, float]:
+    """Seconds to construct Adam over ``tensors`` tensors and run its first step (graph build + compile)."""
+    sizes = split(tensors * 1000, tensors)
+    params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
+    start = time.perf_counter()
+    opt = optim.Adam(params, runtime=Runtime(threads=threads))
+    constructed = time.perf_counter()
+    for p in params:
+        p.grad = np.ones(p.shape, np.float32)
+    assigned = time.perf_counter()
+    opt.step()
+    first = time.perf_counter()
+    opt.step()
+    second = time.perf_counter()
+    return {"construct_s": constructed - start, "first_step_s": first - assigned, "later_step_s": second - first,
+            "build_and_compile_s": (constructed - start) + (first - assigned) - (second - first)}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(text[-1], 1)
+    return int(float(text.rstrip("KMG")) * scale)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,16M,64M", help="parameter counts, e.g. 1M,16M,64M")
+    parser.add_argument("--tensors", default="1,200", help="tensor counts the parameters are split into")
+    parser.add_argument("--optimizers", default="sgd,rmsprop,adam,adamw", help=",".join(UPDATES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=None, help="graphopt's row length (default: its own)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory measurement")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+
+    kinds = args.optimizers.split(",")
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    counts = [int(c) for c in args.tensors.split(",")]
+    configs = [(k, n, c) for n in sizes for k in kinds for c in counts]
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                           "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
+                           "onnxruntime": __import__("onnxruntime").__version__, "graphopt": graphopt.__version__},
+               "command": " ".join([os.path.basename(sys.executable), "tools/bench.py", *(argv or sys.argv[1:])]),
+               "steps": [], "stream": {}}
+
+    def progress(text):
+        sys.stderr.write(f"\r\033[K[{index + 1}/{len(configs)}] {text}")
+        sys.stderr.flush()
+
+    buffers = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, args.threads - 1))
+    for index, (kind, n, count) in enumerate(configs):
+        progress(f"{UPDATES[kind].name} N={n} tensors={count}: setting up")
+        runs = peers(kind, n, count, args.threads, args.chunk)
+        if n not in buffers:
+            buffers[n] = np.ones(n, np.float32)
+        runs["stream"] = stream(buffers[n], pool, args.threads)
+        times = measure(runs, args.rounds, args.steps, lambda t: progress(f"{UPDATES[kind].name} N={n} "
+                                                                            f"tensors={count}: {t}"))
+        results["stream"][str(n)] = summary(times.pop("stream"))
+        results["steps"].append({"optimizer": UPDATES[kind].name, "n": n, "tensors": count,
+                                 "bytes_per_param": UPDATES[kind].bytes_per_param,
+                                 "peers": {name: summary(t) for name, t in times.items()}})
+        del runs
+    index = len(configs) - 1
+    progress("build and compile for 1000 tensors")
+    results["build_1000_tensors"] = build_time(1000, args.threads)
+    if not args.no_memory:
+        n = max(s for s in sizes if s <= 16 * 2 ** 20) if min(sizes) <= 16 * 2 ** 20 else min(sizes)
+        results["extra_bytes_per_param"] = {}
+        for kind in kinds:
+            progress(f"resident memory of {UPDATES[kind].name} at N={n}")
+            results["extra_bytes_per_param"][UPDATES[kind].name] = extra_memory_per_param(kind, n, args.threads)
+    sys.stderr.write("\r\033[K")
+    print(report(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def report(results: dict) -> str:
+    lines = [f"graphopt benchmark: {results['command']}",
+             "machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), ""]
+    for n, s in results["stream"].items():
+        gbps = 8 * int(n) / s["median_ms"] / 1e6
+        lines.append(f"memory stream N={int(n) / 2 ** 20:g}M: {s['median_ms']:.2f} ms ({gbps:.1f} GB/s in place)")
+    lines += ["", "ms per step: median [min-max] over rounds; GB/s = bytes the update must move / median time",
+              f"{'optimizer':13s} {'N':>5s} {'tensors':>7s} {'peer':14s} {'ms/step':>22s} {'GB/s':>6s}  "
+              f"{'graphopt speedup':s}"]
+    for row in results["steps"]:
+        ours = row["peers"]["graphopt"]["median_ms"]
+        for name, s in row["peers"].items():
+            gbps = row["bytes_per_param"] * row["n"] / s["median_ms"] / 1e6
+            ratio = "" if name == "graphopt" else f"{s['median_ms'] / ours:.2f}x"
+            spread = f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
+            lines.append(f"{row['optimizer']:13s} {row['n'] / 2 ** 20:4g}M {row['tensors']:7d} {name:14s} "
+                         f"{spread:>22s} {gbps:6.1f}  {ratio}")
+    b = results["build_1000_tensors"]
+    lines += ["", f"Adam over 1000 tensors: construct {b['construct_s']:.3f} s, build + compile "
+                  f"{b['build_and_compile_s']:.3f} s (first step {b['first_step_s']:.3f} s, later {b['later_step_s']:.4f} s)"]
+    for name, extra in results.get("extra_bytes_per_param", {}).items():
+        lines.append(f"{name}: resident memory beyond params, grads and state: {extra:.2f} bytes per parameter")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
