@@ -14,12 +14,13 @@ Planning validates and binds everything without writing to parameters or state;
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from graphopt import names
-from graphopt.chunked import GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked
+from graphopt.chunked import (GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked, scale_input,
+                               scale_output)
 from graphopt.inplace import in_place_pairs
 from graphopt.optim.flat import FlatGroup
 from graphopt.runtime import Executable, Runtime
@@ -61,7 +62,7 @@ class Executor:
                 update = self.runtime.compile(models.update, intra_op_threads=1)
                 reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
                 pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
-                self._chunked[spec] = (update, reduce, in_place_pairs(models.update.graph, pairs))
+                self._chunked[spec] = (update, reduce, in_place_pairs(models.update.graph, pairs), models.scaled_slots)
         return self._chunked[spec]
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
@@ -95,6 +96,15 @@ def _scalar(store: dict[str, np.ndarray], name: str, value: float) -> np.ndarray
     return array
 
 
+class _Bound(NamedTuple):
+    """A flat group's chunked update bound to its buffers (made once, reused every step)."""
+
+    runner: RowParallel
+    copies: list  # (written, target) pairs for outputs that could not be bound in place
+    reduction: tuple | None  # (reduce runner, per-range partial sums) for a group-wide sum
+    scales: dict  # lazily scaled slot -> the 0-d array its new scale is written to
+
+
 class _ChunkedPlan(_Plan):
     """All of a group's tensors, row by row, in place, split between threads."""
 
@@ -105,7 +115,7 @@ class _ChunkedPlan(_Plan):
         self.total_name = names.hyper(group, SUM_OF_SQUARES)
         slots = transform.all_slots()
         threads = executor.runtime.threads
-        for flat, (update, reduce, safe) in zip(flats, compiled):
+        for flat, (update, reduce, safe, scaled) in zip(flats, compiled):
             grad_rows = flat.rows(flat.sums if summing else flat.grads)
             scalars = flat.scalars
             for key, value in hypers.items():
@@ -113,14 +123,18 @@ class _ChunkedPlan(_Plan):
             _scalar(scalars, names.step(group), flat.steps[0])
             if reduce is not None:
                 _scalar(scalars, self.total_name, 0.0)
+            if set(flat.scales) - set(scaled):
+                flat.normalize()  # a slot scaled under another chain is a plain value in this one
+            for slot in scaled:
+                _scalar(scalars, scale_input(group, slot), flat.scales.get(slot, 1.0))
             buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(flat.slot(s)) for s in slots}}
             key = (update, summing, slots)
             if key not in flat.runners:
-                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, threads)
-            self.runs.append(flat.runners[key])
+                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads)
+            self.runs.append((flat, flat.runners[key]))
 
     @staticmethod
-    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads):
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads):
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
@@ -128,15 +142,18 @@ class _ChunkedPlan(_Plan):
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
-        runner = RowParallel(update, rows, scalars, threads)
+        count = len(RowParallel.ranges_for(grad_rows.shape[0], threads))
+        new_scales = {scale_output(slot): [np.ones((), np.float64) for _ in range(count)] for slot in scaled}
+        runner = RowParallel(update, rows, scalars, threads, results=new_scales)
         reducer, partials = None, None
         if reduce is not None:
             partials = [np.zeros((), np.float64) for _ in runner.ranges]
             reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
-        return runner, copies, (reducer, partials) if reducer is not None else None
+        scales = {slot: new_scales[scale_output(slot)][0] for slot in scaled}
+        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, scales)
 
     def run(self) -> None:
-        reductions = [r[2] for r in self.runs if r[2] is not None]
+        reductions = [bound.reduction for _, bound in self.runs if bound.reduction is not None]
         if reductions:  # the group's sum of squares, over all its flat buffers, feeds every update
             total = 0.0
             for reducer, partials in reductions:
@@ -144,10 +161,12 @@ class _ChunkedPlan(_Plan):
                 total += float(sum(partials))
             for flat in self.flats:
                 flat.scalars[self.total_name][...] = total
-        for runner, copies, _ in self.runs:
-            runner.run()
-            for source, target in copies:
+        for flat, bound in self.runs:
+            bound.runner.run()
+            for source, target in bound.copies:
                 np.copyto(target, source)
+            for slot, scale in bound.scales.items():
+                flat.rescale(slot, float(scale))
 
     def commit(self) -> None:
         for flat in self.flats:
@@ -163,6 +182,8 @@ class _TensorPlan(_Plan):
         if not self.active:
             self.executable = None
             return
+        for flat in flats:
+            flat.normalize()  # this graph reads and writes true state values
         specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in self.active)
         self.executable, safe = executor.per_tensor(GroupSpec(group, transform, specs))
         slots = transform.all_slots()

@@ -5,6 +5,10 @@ contiguous buffer of ``rows * row`` elements; each tensor is a view at a fixed o
 The padding after the last tensor is zero and stays finite under every update
 graphopt emits (it sees zero gradients). ``rows(buffer)`` gives the ``[rows, 1, row]``
 view the chunked update runs on.
+
+A state slot may be stored lazily scaled by the chunked update (see
+`graphopt.chunked`): its true value is ``scales[slot] * buffer``. `normalize` folds
+the scales in; everything that reads or writes true state values calls it first.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class FlatGroup:
         self.grads = np.zeros_like(self.data)
         self.sums: np.ndarray | None = None
         self.slots: dict[str, np.ndarray] = {}
+        self.scales: dict[str, float] = {}  # lazily scaled slots: true value = scale * buffer
         self.steps = [0] * len(params)
         self.scalars: dict[str, np.ndarray] = {}  # bound 0-d inputs of the chunked update, by name
         self.runners: dict[tuple, tuple] = {}  # the chunked update's bindings to these buffers
@@ -51,6 +56,20 @@ class FlatGroup:
         if name not in self.slots:
             self.slots[name] = np.zeros_like(self.data)
         return self.slots[name]
+
+    def rescale(self, slot: str, scale: float, low: float = 2.0 ** -20, high: float = 2.0 ** 20) -> None:
+        """Record ``slot``'s new scale; fold it into the buffer once it leaves ``[low, high]``."""
+        self.scales[slot] = scale
+        if not low <= scale <= high:
+            self.slots[slot] *= self.dtype.type(scale)
+            self.scales[slot] = 1.0
+
+    def normalize(self) -> None:
+        """Make every slot buffer hold true values (scales 1)."""
+        for slot, scale in self.scales.items():
+            if scale != 1.0:
+                self.slots[slot] *= self.dtype.type(scale)
+        self.scales.clear()
 
     def sum_buffer(self) -> np.ndarray:
         if self.sums is None:

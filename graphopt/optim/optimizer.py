@@ -242,6 +242,7 @@ class Optimizer:
         result = {}
         for flats in self._flats:
             for flat in flats:
+                flat.normalize()
                 for i, p in enumerate(flat.params):
                     if flat.steps[i]:
                         result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in flat.slots.items()}}
@@ -275,6 +276,9 @@ class Optimizer:
                   for i, saved in state_dict["state"].items()}
         for group, loaded in zip(self.param_groups, groups):
             group.update(loaded)
+        for flats in self._flats:
+            for flat in flats:
+                flat.normalize()
         for p, (flat, i) in self._homes.items():
             step, slots = states.get(p, (0, {}))
             flat.steps[i] = step

@@ -51,8 +51,14 @@ class RowParallel:
         count = {a.shape[0] for a in rows.values()}
         if len(count) != 1:
             raise ValueError(f"row buffers have different numbers of rows: {sorted(count)}")
-        self.ranges = row_ranges(count.pop(), threads)
-        self.bindings = [self._bind(rows, scalars, results, k, r) for k, r in enumerate(self.ranges)]
+        self.ranges = self.ranges_for(count.pop(), threads)
+        # Bindings hold raw pointers: every array bound must live as long as they do.
+        self._bound = (dict(rows), dict(scalars), {k: list(v) for k, v in (results or {}).items()})
+        self.bindings = [self._bind(*self._bound, k, r) for k, r in enumerate(self.ranges)]
+
+    @staticmethod
+    def ranges_for(rows: int, threads: int) -> list[slice]:
+        return row_ranges(rows, threads)
 
     def _bind(self, rows, scalars, results, k: int, span: slice) -> ort.IOBinding:
         session = self.executable.session

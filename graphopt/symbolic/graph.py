@@ -55,7 +55,10 @@ class Graph:
     scalar and ``x``, ``y`` tensors:
 
     * scalar factors are folded: ``c * (s * x)`` -> ``(c * s) * x``, ``x / s`` ->
-      ``(1 / s) * x``, ``-x`` -> ``(-1) * x``, the scalar products computed once;
+      ``(1 / s) * x``, ``-x`` -> ``(-1) * x``, ``(s * x) / y`` -> ``s * (x / y)``, the
+      scalar products computed once; and for a scalar ``p`` known to be positive,
+      ``sqrt(p * x)`` -> ``sqrt(p) * sqrt(x)``, ``p * x + c`` -> ``p * (x + c / p)``,
+      ``y / (p * x)`` -> ``(1 / p) * (y / x)``;
     * ``s * x + y`` and ``y - s * x`` on ``[1, K]`` rows become one ``Gemm``, which
       ONNX Runtime's CPU provider computes in a single pass (unless ``x`` is an input
       marked ``written_in_place``).
@@ -160,7 +163,9 @@ class Graph:
             value_ = ir.Value(name=tensor.name, shape=ir.Shape(array.shape), type=ir.TensorType(to_ir(array.dtype)),
                               const_value=tensor)
             root._initializers.append(value_)
-            root._constants[key] = Sym(root, value_, array.dtype, array.shape, weak=weak)
+            constant = Sym(root, value_, array.dtype, array.shape, weak=weak)
+            constant.positive = weak and bool(np.all(array > 0))
+            root._constants[key] = constant
         return root._constants[key]
 
     def lift(self, x: Any) -> Sym:
@@ -262,6 +267,8 @@ class Graph:
         out = target.op(op_type, syms, dtype=dtype, shape=shape, weak=weak)
         if op_type == "Mul" and len(lifted) == 2:
             out.scaled = _scalar_and_tensor(lifted[0], lifted[1])
+        if weak:
+            out.positive = _positive(op_type, lifted)
         return out
 
     def _fused(self, op_type: str, operands: list[Sym]) -> Sym | None:
@@ -276,6 +283,14 @@ class Graph:
                 return self.elementwise("Mul", pair[0] * inner_scalar, x)
         elif op_type == "Div" and b.weak and not a.weak:
             return self.elementwise("Mul", 1.0 / b, a)
+        elif op_type == "Div" and not a.weak and not b.weak and (a.scaled or _positively_scaled(b)):
+            numerator, factor = (a.scaled[1], a.scaled[0]) if a.scaled else (a, 1.0)
+            if _positively_scaled(b):
+                factor, b = factor / b.scaled[0], b.scaled[1]
+            return self.elementwise("Mul", factor, self.elementwise("Div", numerator, b))
+        elif op_type == "Add" and _positively_scaled(a) and b.weak:
+            scale, x = a.scaled
+            return self.elementwise("Mul", scale, self.elementwise("Add", x, b / scale))
         elif op_type in ("Add", "Sub"):
             candidates = [(a, b, 1.0), (b, a, 1.0)] if op_type == "Add" else [(b, a, -1.0)]
             for product, y, sign in candidates:
@@ -290,9 +305,15 @@ class Graph:
 
     def unary(self, op_type: str, x: Any, attributes: dict[str, Any] | None = None) -> Sym:
         x = self.lift(x)
-        if op_type == "Neg" and x.graph.fuse and not x.weak:
-            return x.graph.elementwise("Mul", -1.0, x)
-        return x.graph.op(op_type, [x], dtype=x.dtype, shape=x.shape, attributes=attributes, weak=x.weak)
+        if x.graph.fuse and not x.weak:
+            if op_type == "Neg":
+                return x.graph.elementwise("Mul", -1.0, x)
+            if op_type == "Sqrt" and _positively_scaled(x):
+                scale, inner = x.scaled
+                return x.graph.elementwise("Mul", self.unary("Sqrt", scale), self.unary("Sqrt", inner))
+        out = x.graph.op(op_type, [x], dtype=x.dtype, shape=x.shape, attributes=attributes, weak=x.weak)
+        out.positive = x.weak and op_type == "Sqrt" and x.positive
+        return out
 
     def scan(self, body: Graph, scan_inputs: Sequence[Sym]) -> list[Sym]:
         """Run ``body`` once per row of ``scan_inputs`` (Scan over axis 0); return its stacked outputs.
@@ -389,6 +410,26 @@ def _scalar_and_tensor(a: Sym, b: Sym) -> tuple[Sym, Sym] | None:
     if b.weak and not a.weak:
         return b, a
     return None
+
+
+def _positive(op_type: str, operands: Sequence[Sym]) -> bool:
+    """Whether a weak scalar result is known positive from its operands."""
+    if op_type in ("Mul", "Div"):
+        return all(o.positive for o in operands)
+    if op_type == "Max":
+        return any(o.positive for o in operands)
+    if op_type == "Add":
+        return any(o.positive for o in operands) and all(o.positive or _is_nonnegative_constant(o) for o in operands)
+    return False
+
+
+def _is_nonnegative_constant(x: Sym) -> bool:
+    return x.value.const_value is not None and bool(np.all(x.value.const_value.numpy() >= 0))
+
+
+def _positively_scaled(x: Sym) -> bool:
+    """``x`` is ``p * t`` for a weak scalar ``p`` known positive."""
+    return x.scaled is not None and x.scaled[0].positive
 
 
 def _is_row(x: Sym) -> bool:

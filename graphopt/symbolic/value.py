@@ -22,7 +22,7 @@ class Sym:
     arithmetic such as ``1 - beta1 ** t`` stays in float64.
     """
 
-    __slots__ = ("graph", "value", "dtype", "shape", "weak", "scaled")
+    __slots__ = ("graph", "value", "dtype", "shape", "weak", "scaled", "positive")
     __array_priority__ = 1000  # numpy scalars on the left defer to Sym's reflected operators
 
     def __init__(self, graph: Graph, value: ir.Value, dtype: np.dtype, shape: Shape, weak: bool = False):
@@ -31,7 +31,8 @@ class Sym:
         self.dtype = np.dtype(dtype)
         self.shape = tuple(shape)
         self.weak = weak
-        self.scaled: tuple[Sym, Sym] | None = None  # (s, x) when this is s * x for a scalar s and a [1, K] row x
+        self.scaled: tuple[Sym, Sym] | None = None  # (s, x) when this is s * x, s a weak scalar, x a tensor
+        self.positive = False  # known > 0 at build time (weak scalars only), which licenses more folding
 
     @property
     def ndim(self) -> int:

@@ -32,10 +32,8 @@ class ScaleByAdam(Transform):
         result = []
         for i, g in enumerate(updates):
             t = ctx.step(i)
-            m = beta1 * ctx.state(i, "exp_avg") + (1.0 - beta1) * g
-            v = beta2 * ctx.state(i, "exp_avg_sq") + (1.0 - beta2) * (g * g)
-            ctx.set_state(i, "exp_avg", m)
-            ctx.set_state(i, "exp_avg_sq", v)
+            m = ctx.accumulate(i, "exp_avg", beta1, (1.0 - beta1) * g)
+            v = ctx.accumulate(i, "exp_avg_sq", beta2, (1.0 - beta2) * (g * g))
             if self.amsgrad:
                 v = maximum(ctx.state(i, "max_exp_avg_sq"), v)
                 ctx.set_state(i, "max_exp_avg_sq", v)

@@ -123,6 +123,17 @@ class Context:
         """The current value of state ``slot`` of tensor ``i`` (as written so far this step)."""
         return self.state_out[i][slot]
 
+    def accumulate(self, i: int, slot: str, decay: Sym, increment: Sym) -> Sym:
+        """``slot <- decay * slot + increment`` for tensor ``i``; returns the new value.
+
+        The moving averages and momentum buffers of every optimizer are written this
+        way. Here it is emitted literally; a chunked update may store the slot scaled
+        by a per-group scalar instead, which makes it a single pass.
+        """
+        value = decay * self.state(i, slot) + increment
+        self.set_state(i, slot, value)
+        return value
+
     def set_state(self, i: int, slot: str, value: Sym) -> None:
         if slot not in self.state_in[i]:
             raise KeyError(f"state slot {slot!r} is not declared by any transform of group {self.group}")

@@ -29,7 +29,6 @@ class Momentum(Transform):
             later = ctx.step(i) > 1.0
             keep = where(later, momentum, 0.0)
             take = where(later, 1.0 - dampening, 1.0)
-            buffer = keep * ctx.state(i, "momentum_buffer") + take * g
-            ctx.set_state(i, "momentum_buffer", buffer)
+            buffer = ctx.accumulate(i, "momentum_buffer", keep, take * g)
             result.append(g + momentum * buffer if self.nesterov else buffer)
         return result

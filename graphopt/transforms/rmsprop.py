@@ -30,15 +30,12 @@ class ScaleByRms(Transform):
         alpha, eps = ctx.hyper("alpha"), ctx.hyper("eps")
         result = []
         for i, g in enumerate(updates):
-            s = alpha * ctx.state(i, "square_avg") + (1.0 - alpha) * (g * g)
-            ctx.set_state(i, "square_avg", s)
+            s = ctx.accumulate(i, "square_avg", alpha, (1.0 - alpha) * (g * g))
             if self.centered:
-                a = alpha * ctx.state(i, "grad_avg") + (1.0 - alpha) * g
-                ctx.set_state(i, "grad_avg", a)
+                a = ctx.accumulate(i, "grad_avg", alpha, (1.0 - alpha) * g)
                 s = s - a * a
             u = g / (sqrt(s) + eps)
             if self.momentum:
-                u = ctx.hyper("momentum") * ctx.state(i, "momentum_buffer") + u
-                ctx.set_state(i, "momentum_buffer", u)
+                u = ctx.accumulate(i, "momentum_buffer", ctx.hyper("momentum"), u)
             result.append(u)
         return result
