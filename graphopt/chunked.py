@@ -59,12 +59,14 @@ class NotChunkable(Exception):
 
 @dataclass(frozen=True)
 class ChunkedSpec:
-    """A group's chunked update: its name, transform chain, dtype and row length ``K``."""
+    """A group's chunked update: its name, transform chain, dtype, row length ``K``, and
+    whether moving averages may be stored lazily scaled (``LAZY_DTYPES`` on the host)."""
 
     group: str
     transform: Transform
     dtype: np.dtype
     chunk: int
+    lazy: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,6 @@ def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, _RowContext]:
     param, grad, *slot_rows = [body.input(f"{name}.row", spec.dtype, row, written_in_place=name != GRADS)
                                for name in (PARAMS, GRADS, *slots)]
     ctx = _RowContext(graph, spec.group, [spec.group], [param], [dict(zip(slots, slot_rows))], reducing=reducing,
-                      lazy=spec.dtype in LAZY_DTYPES)
+                      lazy=spec.lazy and spec.dtype in LAZY_DTYPES)
     ctx.body, ctx.rows_in, ctx.grad_row = body, rows_in, grad
     return graph, ctx

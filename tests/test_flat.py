@@ -210,3 +210,36 @@ def test_float16_groups_run_chunked_without_scaling():
         optimizer.step()
     assert optimizer._flats[0][0].scales == {}  # noqa: SLF001
     np.testing.assert_allclose(p.data.astype(np.float64), start - 0.03, atol=2e-3)
+
+
+def test_device_buffers_keep_state_out_of_numpy_and_round_trip():
+    def make():
+        params = _params([(20,), (3, 5)], np.float64, seed=6)
+        runtime = Runtime(chunk_size=16, threads=2, device_buffers=True)
+        return params, optim.Adam(params, lr=0.01, amsgrad=True, runtime=runtime)
+
+    params, optimizer = make()
+    rng = np.random.default_rng(7)
+    grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(6)]
+    for step in grads[:3]:
+        for p, g in zip(params, step):
+            p.grad = g
+        optimizer.step()
+    assert all(isinstance(b, graphopt.runtime.Buffer) for b in optimizer._flats[0][0].slots.values())  # noqa: SLF001
+    saved, values = optimizer.state_dict(), [p.data.copy() for p in params]
+    for step in grads[3:]:
+        for p, g in zip(params, step):
+            p.grad = g
+        optimizer.step()
+    other_params, other = make()
+    for p, v in zip(other_params, values):
+        p.data = v
+    other.load_state_dict(saved)
+    for step in grads[3:]:
+        for p, g in zip(other_params, step):
+            p.grad = g
+        other.step()
+    for a, b in zip(params, other_params):
+        np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(optimizer.state[params[1]]["max_exp_avg_sq"],
+                                  other.state[other_params[1]]["max_exp_avg_sq"])

@@ -86,6 +86,8 @@ RUNTIMES = {
     "default": dict,
     # rows of 16 elements, split between 3 threads: tensors straddle rows, the last row is padded
     "rows16x3": lambda: dict(runtime=Runtime(chunk_size=16, threads=3)),
+    # state in buffers ONNX Runtime allocates, bound by pointer: the code path a GPU takes
+    "device_buffers": lambda: dict(runtime=Runtime(chunk_size=16, threads=2, device_buffers=True)),
 }
 
 

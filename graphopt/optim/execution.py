@@ -47,7 +47,8 @@ class Executor:
         gradient buffer, or of the sum buffer when ``summing``), or None.
         """
         if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1:
-            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row)) for f in flats]
+            lazy = not self.runtime.device_buffers
+            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row, lazy)) for f in flats]
             if all(c is not None for c in compiled):
                 return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
         return _TensorPlan(self, group, flats, transform, hypers, grads, names_of)
@@ -85,6 +86,15 @@ class _Plan:
 
     def commit(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def _scratch(buffer, name: str) -> np.ndarray:
+    """Where an output that cannot overwrite ``buffer`` in place is written (then copied back)."""
+    if not isinstance(buffer, np.ndarray):
+        raise NotImplementedError(f"{name!r} cannot be updated in place, and copying device buffers back is not "
+                                  "supported; write the transform so that each state slot is overwritten "
+                                  "elementwise (see graphopt.inplace)")
+    return np.empty_like(buffer)
 
 
 def _scalar(store: dict[str, np.ndarray], name: str, value: float) -> np.ndarray:
@@ -138,7 +148,7 @@ class _ChunkedPlan(_Plan):
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
-            target = buffer if (name, names.new(name)) in safe else np.empty_like(buffer)
+            target = buffer if (name, names.new(name)) in safe else _scratch(buffer, name)
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
@@ -198,7 +208,7 @@ class _TensorPlan(_Plan):
             pairs += [(names.state(spec.name, s), flat.view(flat.slot(s), i)) for s in slots]
             for name, view in pairs:
                 self.feeds[name] = view
-                target = view if (name, names.new(name)) in safe else np.empty_like(view)
+                target = view if (name, names.new(name)) in safe else _scratch(view, name)
                 self.outputs[names.new(name)] = target
                 if target is not view:
                     self.copies.append((target, view))

@@ -6,6 +6,9 @@ The padding after the last tensor is zero and stays finite under every update
 graphopt emits (it sees zero gradients). ``rows(buffer)`` gives the ``[rows, 1, row]``
 view the chunked update runs on.
 
+Parameters, gradients and gradient sums are numpy arrays (the facade's); state slots
+are allocated by the runtime: numpy arrays, or device `Buffer` s that stay on a GPU.
+
 A state slot may be stored lazily scaled by the chunked update (see
 `graphopt.chunked`): its true value is ``scales[slot] * buffer``. `normalize` folds
 the scales in; everything that reads or writes true state values calls it first.
@@ -13,9 +16,14 @@ the scales in; everything that reads or writes true state values calls it first.
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import numpy as np
 
 from graphopt.parameter import Parameter
+from graphopt.runtime import Buffer, Region
+
+Storage = np.ndarray | Buffer  # a flat state buffer: numpy on the host, or memory ONNX Runtime owns
 
 
 def row_length(total: int, chunk: int) -> int:
@@ -26,7 +34,8 @@ def row_length(total: int, chunk: int) -> int:
 class FlatGroup:
     """Flat buffers of ``params`` (all of one dtype), which this group adopts."""
 
-    def __init__(self, params: list[Parameter], chunk: int, owner: object):
+    def __init__(self, params: list[Parameter], chunk: int, owner: object,
+                 allocate: Callable[[int, np.dtype], Storage] = np.zeros):
         self.params = params
         self.dtype = params[0].dtype
         self.offsets = np.cumsum([0] + [p.size for p in params]).tolist()
@@ -36,7 +45,8 @@ class FlatGroup:
         self.data = np.zeros(self.num_rows * self.row, self.dtype)
         self.grads = np.zeros_like(self.data)
         self.sums: np.ndarray | None = None
-        self.slots: dict[str, np.ndarray] = {}
+        self.slots: dict[str, Storage] = {}
+        self._allocate = allocate
         self.scales: dict[str, float] = {}  # lazily scaled slots: true value = scale * buffer
         self.steps = [0] * len(params)
         self.scalars: dict[str, np.ndarray] = {}  # bound 0-d inputs of the chunked update, by name
@@ -44,21 +54,45 @@ class FlatGroup:
         for i, p in enumerate(params):
             p._adopt(self.view(self.data, i), self.view(self.grads, i), owner)  # noqa: SLF001
 
-    def view(self, buffer: np.ndarray, i: int) -> np.ndarray:
+    def view(self, buffer: Storage, i: int) -> np.ndarray | Region:
         """Tensor ``i``'s part of a flat ``buffer``, in its shape."""
-        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.params[i].shape)
+        shape = self.params[i].shape
+        if isinstance(buffer, Buffer):
+            return buffer.region(self.offsets[i], shape)
+        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(shape)
 
-    def rows(self, buffer: np.ndarray) -> np.ndarray:
-        return buffer.reshape(self.num_rows, 1, self.row)
+    def rows(self, buffer: Storage) -> np.ndarray | Region:
+        """The ``[rows, 1, row]`` view of a flat ``buffer`` that the chunked update runs on."""
+        shape = (self.num_rows, 1, self.row)
+        return buffer.region(0, shape) if isinstance(buffer, Buffer) else buffer.reshape(shape)
 
-    def slot(self, name: str) -> np.ndarray:
+    def slot(self, name: str) -> Storage:
         """State slot ``name``'s flat buffer, created as zeros on first use."""
         if name not in self.slots:
-            self.slots[name] = np.zeros_like(self.data)
+            self.slots[name] = self._allocate(self.data.size, self.dtype)
         return self.slots[name]
 
+    def read_slot(self, name: str) -> np.ndarray:
+        """Slot ``name``'s true values on the host: the live buffer, or a copy of a device one."""
+        self.normalize()
+        buffer = self.slots[name]
+        return buffer.numpy() if isinstance(buffer, Buffer) else buffer
+
+    def write_slot(self, name: str, values: Mapping[int, np.ndarray]) -> None:
+        """Set tensor ``i``'s part of slot ``name`` to ``values[i]`` (zeros for the others)."""
+        self.normalize()
+        buffer = self.slot(name)
+        host = np.zeros_like(self.data) if isinstance(buffer, Buffer) else buffer
+        for i in range(len(self.params)):
+            self.view(host, i)[...] = values[i] if i in values else 0
+        if isinstance(buffer, Buffer):
+            buffer.write(host)
+
     def rescale(self, slot: str, scale: float, low: float = 2.0 ** -20, high: float = 2.0 ** 20) -> None:
-        """Record ``slot``'s new scale; fold it into the buffer once it leaves ``[low, high]``."""
+        """Record ``slot``'s new scale; fold it into the buffer once it leaves ``[low, high]``.
+
+        Only host slots are scaled lazily (the chunked update is told so).
+        """
         self.scales[slot] = scale
         if not low <= scale <= high:
             self.slots[slot] *= self.dtype.type(scale)

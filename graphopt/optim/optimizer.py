@@ -63,7 +63,6 @@ class Optimizer:
         self._flats: list[list[FlatGroup]] = []  # per group: its tensors' flat buffers, one per dtype
         self._names: dict[Parameter, str] = {}
         self._positions: dict[Parameter, tuple[int, int]] = {}  # (group index, index in group)
-        self._homes: dict[Parameter, tuple[FlatGroup, int]] = {}  # its flat buffers and index there
         self._runtime = runtime or Runtime(providers)
         self._executor = Executor(self._runtime)
         self._summing = False
@@ -108,9 +107,9 @@ class Optimizer:
         self._check_group(group, where)
         flats = []
         for dtype in dict.fromkeys(p.dtype for p in params):
-            flat = FlatGroup([p for p in params if p.dtype == dtype], self._runtime.chunk_size, self)
+            flat = FlatGroup([p for p in params if p.dtype == dtype], self._runtime.chunk_size, self,
+                             self._runtime.zeros)
             flats.append(flat)
-            self._homes.update({p: (flat, i) for i, p in enumerate(flat.params)})
         group["params"] = params
         self.param_groups.append(group)
         self._flats.append(flats)
@@ -236,16 +235,16 @@ class Optimizer:
     def state(self) -> dict[Parameter, dict[str, Any]]:
         """Per-parameter state, as torch shows it: ``{'step': int, slot: array, ...}``.
 
-        The arrays are views of the live state buffers; parameters that never took a
-        step have no entry.
+        The arrays are views of the live state buffers (copies, for state kept on a
+        GPU); parameters that never took a step have no entry.
         """
         result = {}
         for flats in self._flats:
             for flat in flats:
-                flat.normalize()
+                slots = {name: flat.read_slot(name) for name in flat.slots}
                 for i, p in enumerate(flat.params):
                     if flat.steps[i]:
-                        result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in flat.slots.items()}}
+                        result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in slots.items()}}
         return result
 
     def state_dict(self) -> dict[str, Any]:
@@ -278,13 +277,10 @@ class Optimizer:
             group.update(loaded)
         for flats in self._flats:
             for flat in flats:
-                flat.normalize()
-        for p, (flat, i) in self._homes.items():
-            step, slots = states.get(p, (0, {}))
-            flat.steps[i] = step
-            for name in set(flat.slots) | set(slots):
-                view = flat.view(flat.slot(name), i)
-                view[...] = slots[name] if name in slots else 0
+                loaded = [states.get(p, (0, {})) for p in flat.params]
+                flat.steps = [step for step, _ in loaded]
+                for name in set(flat.slots).union(*(slots for _, slots in loaded)):
+                    flat.write_slot(name, {i: slots[name] for i, (_, slots) in enumerate(loaded) if name in slots})
         self._summing = False
 
     def _loaded_group(self, g: int, saved: Mapping[str, Any], kind: str) -> dict[str, Any]:

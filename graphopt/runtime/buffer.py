@@ -1,6 +1,14 @@
-"""`Buffer`: an array the runtime owns, in host memory or on a GPU, bound without copies."""
+"""Memory ONNX Runtime owns: a flat `Buffer` on the host or a GPU, and `Region` views of it.
+
+State kept on a GPU between steps lives in `Buffer` s. A tensor's part of a flat
+buffer, or a range of its rows, is a `Region`: a pointer, a shape and a dtype, which
+an IOBinding binds without copying. `bind_input` / `bind_output` bind numpy arrays,
+buffers and regions alike.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -9,41 +17,62 @@ from graphopt.runtime.providers import Device
 
 
 class Buffer:
-    """An ONNX Runtime value with a fixed shape and dtype.
+    """``size`` elements of ``dtype`` allocated by ONNX Runtime on ``device`` (zeros)."""
 
-    On the host the buffer *is* a numpy array (the OrtValue wraps its memory), so
-    `numpy()` returns a live view; on a GPU `numpy()` copies to the host.
-    """
+    __slots__ = ("ortvalue", "device", "dtype", "size")
 
-    __slots__ = ("ortvalue", "host", "device")
+    def __init__(self, size: int, dtype: np.dtype, device: Device):
+        self.device, self.dtype, self.size = device, np.dtype(dtype), int(size)
+        self.ortvalue = ort.OrtValue.ortvalue_from_numpy(np.zeros(self.size, self.dtype), device.kind, device.index)
 
-    def __init__(self, ortvalue: ort.OrtValue, host: np.ndarray | None, device: Device):
-        self.ortvalue = ortvalue
-        self.host = host
-        self.device = device
-
-    @classmethod
-    def from_numpy(cls, array: np.ndarray, device: Device) -> Buffer:
-        """On the host, wrap ``array`` itself (no copy); on a GPU, copy it there."""
-        if device.is_host:
-            array = np.require(array, requirements="C")
-            return cls(ort.OrtValue.ortvalue_from_numpy(array), array, device)
-        value = ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"), device.kind, device.index)
-        return cls(value, None, device)
-
-    @classmethod
-    def zeros(cls, shape: tuple[int, ...], dtype: np.dtype, device: Device) -> Buffer:
-        return cls.from_numpy(np.zeros(shape, dtype), device)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.ortvalue.shape())
+    def region(self, start: int, shape: tuple[int, ...]) -> Region:
+        return Region(self, int(start), tuple(shape))
 
     def numpy(self) -> np.ndarray:
-        return self.host if self.host is not None else self.ortvalue.numpy()
+        """A host copy of the whole buffer."""
+        return self.ortvalue.numpy()
 
-    def copy_from(self, array: np.ndarray) -> None:
-        if self.host is not None:
-            np.copyto(self.host, array)
-        else:
-            self.ortvalue.update_inplace(np.require(array, self.ortvalue.numpy().dtype, "C"))
+    def write(self, array: np.ndarray) -> None:
+        """Copy a host array of the same size into the buffer."""
+        self.ortvalue.update_inplace(np.require(array, self.dtype, "C").reshape(self.size))
+
+
+@dataclass(frozen=True)
+class Region:
+    """``prod(shape)`` contiguous elements of ``buffer`` from element ``start`` on."""
+
+    buffer: Buffer
+    start: int
+    shape: tuple[int, ...]
+
+    @property
+    def pointer(self) -> int:
+        return self.buffer.ortvalue.data_ptr() + self.start * self.buffer.dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> Region:
+        """Rows ``rows`` (a step-1 slice of the first axis)."""
+        first, stop, _ = rows.indices(self.shape[0])
+        per_row = int(np.prod(self.shape[1:]))
+        return Region(self.buffer, self.start + first * per_row, (stop - first, *self.shape[1:]))
+
+
+def bind_input(binding: ort.IOBinding, name: str, value: np.ndarray | Buffer | Region) -> None:
+    if isinstance(value, Region):
+        device = value.buffer.device
+        binding.bind_input(name, device.kind, device.index, value.buffer.dtype, list(value.shape), value.pointer)
+    elif isinstance(value, Buffer):
+        binding.bind_ortvalue_input(name, value.ortvalue)
+    else:
+        binding.bind_cpu_input(name, np.require(value, requirements="C"))
+
+
+def bind_output(binding: ort.IOBinding, name: str, value: np.ndarray | Buffer | Region) -> None:
+    if isinstance(value, Region):
+        device = value.buffer.device
+        binding.bind_output(name, device.kind, device.index, value.buffer.dtype, list(value.shape), value.pointer)
+    elif isinstance(value, Buffer):
+        binding.bind_ortvalue_output(name, value.ortvalue)
+    else:
+        if not value.flags.c_contiguous:
+            raise ValueError(f"output {name!r}: the array to write into must be C-contiguous")
+        binding.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from graphopt.runtime.buffer import Buffer
+from graphopt.runtime.buffer import bind_input, bind_output
 from graphopt.runtime.session import Executable
 
 _pool: ThreadPoolExecutor | None = None
@@ -39,7 +39,7 @@ def row_ranges(rows: int, parts: int) -> list[slice]:
 class RowParallel:
     """Run ``executable`` over row ranges of ``rows`` buffers, one binding per range.
 
-    ``rows``: arrays (or host `Buffer` s) whose first axis is split between threads,
+    ``rows``: arrays (or `Region` s) whose first axis is split between threads,
     inputs and outputs alike (an output may be the same array as an input, if proven
     safe). ``scalars``: arrays bound whole to every range. ``results``: outputs that
     each range writes on its own (a partial sum), given as one array per range.
@@ -61,17 +61,11 @@ class RowParallel:
         return row_ranges(rows, threads)
 
     def _bind(self, rows, scalars, results, k: int, span: slice) -> ort.IOBinding:
-        session = self.executable.session
-        binding = session.io_binding()
+        binding = self.executable.session.io_binding()
         for name in self.executable.input_names:
-            value = rows[name][span] if name in rows else scalars[name]
-            if isinstance(value, Buffer):
-                binding.bind_ortvalue_input(name, value.ortvalue)
-            else:
-                binding.bind_cpu_input(name, value)
+            bind_input(binding, name, rows[name][span] if name in rows else scalars[name])
         for name in self.executable.output_names:
-            value = results[name][k] if results and name in results else rows[name][span]
-            binding.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
+            bind_output(binding, name, results[name][k] if name in results else rows[name][span])
         return binding
 
     def run(self) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphopt.runtime.buffer import Buffer
+from graphopt.runtime.buffer import Buffer, Region, bind_input, bind_output
 from graphopt.runtime.providers import Device, device_of, provider_name, resolve_providers
 
-Array = np.ndarray | Buffer
+Array = np.ndarray | Buffer | Region
 
 
 class Executable:
@@ -27,19 +27,9 @@ class Executable:
         """Run with every input and output bound; outputs are written into the given arrays."""
         binding = self.session.io_binding()
         for name in self.input_names:
-            value = inputs[name]
-            if isinstance(value, Buffer):
-                binding.bind_ortvalue_input(name, value.ortvalue)
-            else:
-                binding.bind_cpu_input(name, np.require(value, requirements="C"))
+            bind_input(binding, name, inputs[name])
         for name in self.output_names:
-            value = outputs[name]
-            if isinstance(value, Buffer):
-                binding.bind_ortvalue_output(name, value.ortvalue)
-            else:
-                if not value.flags.c_contiguous:
-                    raise ValueError(f"output {name!r}: the array to write into must be C-contiguous")
-                binding.bind_output(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
+            bind_output(binding, name, outputs[name])
         self.session.run_with_iobinding(binding)
 
 
@@ -51,17 +41,21 @@ the ~10 row-sized intermediates of an update stay in a core's L2 cache."""
 class Runtime:
     """Execution providers, threads and chunk size for compiled graphs.
 
-    ``threads`` (default: the CPU count) is how many rows ranges of a chunked update
-    run at once, each on one ONNX Runtime thread; ``chunk_size`` is the row length.
+    ``threads`` is how many row ranges of a chunked update run at once, each on one
+    ONNX Runtime thread (default: the CPU count on the host, 1 on a GPU);
+    ``chunk_size`` is the row length. ``device_buffers`` keeps optimizer state in
+    buffers ONNX Runtime allocates on the provider's device (default: on a GPU), so
+    it stays there between steps; on the host it exercises the same code path.
     ``sessions_built`` counts sessions created, so callers can check that changing a
     hyperparameter reused the compiled update.
     """
 
     def __init__(self, providers: str | Sequence[Any] | None = None, *, threads: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK):
+                 chunk_size: int = DEFAULT_CHUNK, device_buffers: bool | None = None):
         self.providers = resolve_providers(providers)
         self.device: Device = device_of(self.providers)
-        self.threads = int(threads or os.cpu_count() or 1)
+        self.device_buffers = not self.device.is_host if device_buffers is None else bool(device_buffers)
+        self.threads = int(threads or (os.cpu_count() or 1 if self.device.is_host else 1))
         if self.threads < 1:
             raise ValueError(f"Runtime: threads must be >= 1, got {threads}")
         if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
@@ -82,8 +76,6 @@ class Runtime:
         self.sessions_built += 1
         return Executable(session)
 
-    def zeros(self, shape: tuple[int, ...], dtype: np.dtype) -> Buffer:
-        return Buffer.zeros(shape, dtype, self.device)
-
-    def buffer(self, array: np.ndarray) -> Buffer:
-        return Buffer.from_numpy(array, self.device)
+    def zeros(self, size: int, dtype: np.dtype) -> np.ndarray | Buffer:
+        """A flat zeroed buffer for state: a `Buffer` with ``device_buffers``, else a numpy array."""
+        return Buffer(size, dtype, self.device) if self.device_buffers else np.zeros(size, dtype)
