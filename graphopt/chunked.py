@@ -122,21 +122,16 @@ class _RowContext(Context):
         raise NotChunkable("a per-tensor sum cannot be taken over rows of a flat buffer")
 
 
-def output(name: str) -> str:
-    return names.new(name)
-
-
 def build_chunked(spec: ChunkedSpec) -> ChunkedModels:
     """The update (and, if needed, reduce) model of ``spec``; raises `NotChunkable`."""
-    graph, ctx = _row_graph(spec, reducing=False)
-    body, rows_in = ctx.body, ctx.rows_in
-    updates = spec.transform.apply([ctx.grad_row], ctx)
-    body.output(output(PARAMS) + ".row", ctx.params[0] + updates[0])
+    graph, body, rows_in, grad, ctx = _row_graph(spec, reducing=False)
+    updates = spec.transform.apply([grad], ctx)
+    body.output(names.new(PARAMS) + ".row", ctx.params[0] + updates[0])
     slots = spec.transform.all_slots()
     for slot in slots:
-        body.output(output(slot) + ".row", ctx.state_out[0][slot])
+        body.output(names.new(slot) + ".row", ctx.state_out[0][slot])
     for name, rows in zip([PARAMS, *slots], graph.scan(body, rows_in)):
-        graph.output(output(name), rows)
+        graph.output(names.new(name), rows)
     for slot, scale in ctx.scales.items():
         graph.output(scale_output(slot), scale)
     update = graph.to_model(doc_string=f"graphopt chunked update of {spec.group}")
@@ -144,19 +139,20 @@ def build_chunked(spec: ChunkedSpec) -> ChunkedModels:
 
 
 def _build_reduce(spec: ChunkedSpec) -> onnx.ModelProto:
-    graph, ctx = _row_graph(spec, reducing=True)
+    graph, body, rows_in, grad, ctx = _row_graph(spec, reducing=True)
     try:
-        spec.transform.apply([ctx.grad_row], ctx)
+        spec.transform.apply([grad], ctx)
     except _Reduced as reduced:
-        ctx.body.output(SUM_OF_SQUARES + ".row", reduced.partial)
-    (partials,) = graph.scan(ctx.body, ctx.rows_in)
+        body.output(SUM_OF_SQUARES + ".row", reduced.partial)
+    (partials,) = graph.scan(body, rows_in)
     graph.output(SUM_OF_SQUARES, graph.op("ReduceSum", [partials], dtype=SCALAR_DTYPE, shape=(),
                                           attributes={"keepdims": 0}))
     return graph.to_model(doc_string=f"graphopt chunked reduction of {spec.group}")
 
 
-def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, _RowContext]:
-    """Outer graph with ``[rows, 1, K]`` inputs, and a context over one row of the body."""
+def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, Graph, list[Sym], Sym, _RowContext]:
+    """The outer graph with ``[rows, 1, K]`` inputs, the Scan body, the row inputs, the body's
+    gradient row, and a context over one row of the body."""
     graph = Graph("graphopt_chunked")
     slots = spec.transform.all_slots()
     row = (1, spec.chunk)
@@ -166,5 +162,4 @@ def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, _RowContext]:
                                for name in (PARAMS, GRADS, *slots)]
     ctx = _RowContext(graph, spec.group, [spec.group], [param], [dict(zip(slots, slot_rows))], reducing=reducing,
                       lazy=spec.lazy and spec.dtype in LAZY_DTYPES)
-    ctx.body, ctx.rows_in, ctx.grad_row = body, rows_in, grad
-    return graph, ctx
+    return graph, body, rows_in, grad, ctx

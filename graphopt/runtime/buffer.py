@@ -56,10 +56,15 @@ class Region:
         return Region(self.buffer, self.start + first * per_row, (stop - first, *self.shape[1:]))
 
 
+    def binding_args(self) -> tuple:
+        """``(device kind, device id, dtype, shape, pointer)``, as IOBinding's raw binders take them."""
+        device = self.buffer.device
+        return device.kind, device.index, self.buffer.dtype, list(self.shape), self.pointer
+
+
 def bind_input(binding: ort.IOBinding, name: str, value: np.ndarray | Buffer | Region) -> None:
     if isinstance(value, Region):
-        device = value.buffer.device
-        binding.bind_input(name, device.kind, device.index, value.buffer.dtype, list(value.shape), value.pointer)
+        binding.bind_input(name, *value.binding_args())
     elif isinstance(value, Buffer):
         binding.bind_ortvalue_input(name, value.ortvalue)
     else:
@@ -68,8 +73,7 @@ def bind_input(binding: ort.IOBinding, name: str, value: np.ndarray | Buffer | R
 
 def bind_output(binding: ort.IOBinding, name: str, value: np.ndarray | Buffer | Region) -> None:
     if isinstance(value, Region):
-        device = value.buffer.device
-        binding.bind_output(name, device.kind, device.index, value.buffer.dtype, list(value.shape), value.pointer)
+        binding.bind_output(name, *value.binding_args())
     elif isinstance(value, Buffer):
         binding.bind_ortvalue_output(name, value.ortvalue)
     else:
