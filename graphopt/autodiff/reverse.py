@@ -1,0 +1,114 @@
+"""The reverse pass: append the gradient of a scalar loss to an ONNX model.
+
+    model = add_gradients(model, loss="loss", wrt=["W", "b"])  # outputs "W.grad", "b.grad" too
+
+The model is first brought to the pinned opset and shape-inferred. Only nodes on a
+path from a ``wrt`` tensor to the loss are differentiated, in reverse topological
+order; a value used several times has its gradients summed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import names
+from graphopt.autodiff.emitter import Emitter
+from graphopt.autodiff.rules import RULES, supported
+from graphopt.symbolic import IR_VERSION, OPSET
+
+
+class UnsupportedOperator(NotImplementedError):
+    """A node on the path to the loss has no gradient rule."""
+
+
+def prepare(model: onnx.ModelProto) -> ir.Model:
+    """``model`` at the pinned opset, shape-inferred, as onnx-ir."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if opset != OPSET:
+        model = onnx.version_converter.convert_version(model, OPSET)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return ir.serde.deserialize_model(model)
+
+
+def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx.ModelProto:
+    """``model`` with an output ``<name>.grad`` for every name in ``wrt`` (graph inputs or initializers)."""
+    ir_model = prepare(model)
+    graph = ir_model.graph
+    values = _values(graph)
+    if loss not in values:
+        raise ValueError(f"loss {loss!r} is not a value of the model (outputs: {[v.name for v in graph.outputs]})")
+    loss_value = values[loss]
+    if loss_value.shape is None or any(d != 1 for d in loss_value.shape) or not loss_value.dtype.is_floating_point():
+        raise ValueError(f"loss {loss!r} must be a float scalar, got {loss_value.dtype} {loss_value.shape}")
+    targets = []
+    for name in wrt:
+        if name not in values or not values[name].dtype.is_floating_point():
+            raise ValueError(f"wrt: {name!r} is not a float input or initializer of the model")
+        targets.append(values[name])
+    emitter = Emitter(graph)
+    grads = _reverse(graph, loss_value, targets, emitter)
+    for target in targets:
+        grad = grads.get(target)
+        if grad is None:  # the loss does not depend on it
+            grad = emitter.op("Mul", [target, emitter.scalar_like(0.0, target)])
+        out = emitter.op("Identity", [grad])
+        out.name = names.grad(target.name)
+        graph.outputs.append(out)
+    ir_model.ir_version = IR_VERSION
+    proto = ir.serde.serialize_model(ir_model)
+    typed = [info for info in proto.graph.value_info if info.type.HasField("tensor_type")]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(typed)  # backward values are typed by shape inference below
+    proto = onnx.shape_inference.infer_shapes(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _values(graph: ir.Graph) -> dict[str, ir.Value]:
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    for node in graph:
+        values.update({v.name: v for v in node.outputs})
+    return values
+
+
+def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitter) -> dict[ir.Value, ir.Value]:
+    forward = list(graph)  # topological order, before any backward node is appended
+    needed = _on_a_path(forward, targets, loss)
+    seed = e.op("ConstantOfShape", [e.shape(loss)], {"value": ir.tensor(np.ones(1, loss.dtype.numpy()))})
+    grads: dict[ir.Value, ir.Value] = {loss: seed}  # d loss / d loss = 1
+    for node in reversed(forward):
+        if not any(v in needed for v in node.inputs if v is not None):
+            continue
+        output_grads = [grads.get(v) for v in node.outputs]
+        if all(g is None for g in output_grads):
+            continue
+        if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOperator(f"no gradient rule for {node.domain or 'ai.onnx'}::{node.op_type} "
+                                      f"(node {node.name!r}); supported: {', '.join(supported())}")
+        output_grads = [g if g is not None else _zeros_like(e, v) for g, v in zip(output_grads, node.outputs)]
+        for x, gx in zip(node.inputs, RULES[node.op_type](node, output_grads, e)):
+            if gx is not None and x is not None and x in needed:
+                grads[x] = gx if x not in grads else e.op("Add", [grads[x], gx])
+    return grads
+
+
+def _zeros_like(e: Emitter, v: ir.Value) -> ir.Value:
+    return e.op("Mul", [v, e.scalar_like(0.0, v)])
+
+
+def _on_a_path(nodes: list[ir.Node], sources: list[ir.Value], sink: ir.Value) -> set[ir.Value]:
+    """Values that depend on a source and that the sink depends on (sources and sink included)."""
+    reached = set(sources)
+    for node in nodes:
+        if any(v in reached for v in node.inputs if v is not None):
+            reached.update(node.outputs)
+    feeding = {sink}
+    for node in reversed(nodes):
+        if any(v in feeding for v in node.outputs):
+            feeding.update(v for v in node.inputs if v is not None)
+    return reached & feeding
