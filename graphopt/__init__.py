@@ -11,11 +11,12 @@
 from graphopt import names, optim, transforms
 from graphopt.checkpoint import load_state_dict, save_state_dict
 from graphopt.parameter import Parameter
+from graphopt.trainer import Trainer
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "__version__", "load_state_dict", "names", "optim",
-    "save_state_dict", "transforms",
+    "save_state_dict", "Trainer", "transforms",
 ]

@@ -40,7 +40,7 @@ class Executor:
         self._per_tensor: OrderedDict[GroupSpec, tuple[Executable, set]] = OrderedDict()
 
     def plan(self, group: str, flats: list[FlatGroup], transform: Transform, hypers: Mapping[str, float],
-             grads: list[list[np.ndarray | None]], names_of: list[list[str]], summing: bool) -> _Plan:
+             names_of: list[list[str]], grads: list[list[np.ndarray | None]], summing: bool) -> _Plan:
         """How ``group`` is updated this step.
 
         ``grads[f][i]`` is the gradient of tensor ``i`` of ``flats[f]`` (a view of the flat
@@ -71,9 +71,7 @@ class Executor:
             self._per_tensor.move_to_end(spec)
         else:
             model = build_update([spec])
-            pairs = [(p.name, names.new(p.name)) for p in spec.params]
-            pairs += [(names.state(p.name, s), names.new(names.state(p.name, s)))
-                      for p in spec.params for s in spec.transform.all_slots()]
+            pairs = in_place_candidates(spec.params, spec.transform.all_slots())
             self._per_tensor[spec] = (self.runtime.compile(model), in_place_pairs(model.graph, pairs))
             if len(self._per_tensor) > _CACHE_SIZE:
                 self._per_tensor.popitem(last=False)
@@ -183,25 +181,24 @@ class _ChunkedPlan(_Plan):
             flat.steps = [s + 1 for s in flat.steps]
 
 
-class _TensorPlan(_Plan):
-    """The tensors that have gradients, one update graph input per tensor, bound to views."""
+class TensorBindings:
+    """Per-tensor I/O of an update (or training-step) graph, bound to views of flat buffers.
 
-    def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
-                 hypers: Mapping[str, float], grads, names_of):
-        self.active = [(f, i) for f, gs in zip(flats, grads) for i, g in enumerate(gs) if g is not None]
-        if not self.active:
-            self.executable = None
-            return
-        for flat in flats:
-            flat.normalize()  # this graph reads and writes true state values
-        specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in self.active)
-        self.executable, safe = executor.per_tensor(GroupSpec(group, transform, specs))
-        slots = transform.all_slots()
+    For each tensor ``i`` of ``flats[f]`` in ``active``, named ``spec.name``: the parameter
+    and every state slot (written in place where ``safe`` allows, else through scratch
+    arrays copied back by `finish`), its step count, and the group's hyperparameters.
+    Gradients are the caller's to add.
+    """
+
+    def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
+                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set):
+        for flat in {id(f): f for f, _ in active}.values():
+            flat.normalize()  # these graphs read and write true state values
+        self.active = active
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
-        self.outputs: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, Any] = {}
         self.copies = []
-        for (flat, i), spec in zip(self.active, specs):
-            self.feeds[names.grad(spec.name)] = grads[flats.index(flat)][i]
+        for (flat, i), spec in zip(active, specs):
             self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)
             self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
             pairs = [(spec.name, flat.view(flat.data, i))]
@@ -213,13 +210,42 @@ class _TensorPlan(_Plan):
                 if target is not view:
                     self.copies.append((target, view))
 
-    def run(self) -> None:
-        if self.executable is None:
-            return
-        self.executable.run(self.feeds, self.outputs)
+    def finish(self) -> None:
+        """After a successful run: copy back what was not written in place."""
         for source, target in self.copies:
             np.copyto(target, source)
 
     def commit(self) -> None:
         for flat, i in self.active:
             flat.steps[i] += 1
+
+
+def in_place_candidates(specs: tuple[ParamSpec, ...], slots: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (input, output) pairs of a per-tensor update that would share a buffer."""
+    pairs = [(p.name, names.new(p.name)) for p in specs]
+    return pairs + [(names.state(p.name, s), names.new(names.state(p.name, s))) for p in specs for s in slots]
+
+
+class _TensorPlan(_Plan):
+    """The tensors that have gradients, one update graph input per tensor, bound to views."""
+
+    def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
+                 hypers: Mapping[str, float], grads, names_of):
+        active = [(f, i) for f, gs in zip(flats, grads) for i, g in enumerate(gs) if g is not None]
+        self.executable = None
+        if not active:
+            return
+        specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in active)
+        self.executable, safe = executor.per_tensor(GroupSpec(group, transform, specs))
+        self.bindings = TensorBindings(group, active, specs, transform.all_slots(), hypers, safe)
+        for (flat, i), spec in zip(active, specs):
+            self.bindings.feeds[names.grad(spec.name)] = grads[flats.index(flat)][i]
+
+    def run(self) -> None:
+        if self.executable is not None:
+            self.executable.run(self.bindings.feeds, self.bindings.outputs)
+            self.bindings.finish()
+
+    def commit(self) -> None:
+        if self.executable is not None:
+            self.bindings.commit()

@@ -14,7 +14,7 @@ changes nothing. The update itself then runs in place, as torch's does.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import onnx
@@ -38,6 +38,16 @@ required = _Required()
 """Default of a hyperparameter that every param group must set (SGD's ``lr``)."""
 
 GROUP_DEFAULTS = {"lr_mult": 1.0, "decay_mult": 1.0}
+
+
+class GroupLayout(NamedTuple):
+    """One param group's update as the runtime needs it (``names_of[f][i]``: I/O name of a tensor)."""
+
+    group: str
+    flats: list[FlatGroup]
+    transform: Transform
+    hypers: dict[str, float]
+    names_of: list[list[str]]
 
 
 class Optimizer:
@@ -204,20 +214,23 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
         loss = closure() if closure is not None else None
-        plans = []
-        for g, group in enumerate(self.param_groups):
-            self._check_group(group, f"{type(self).__name__} param group {g}")
-            flats = self._flats[g]
-            names_of = [[self._names[p] for p in flat.params] for flat in flats]
-            plans.append(self._executor.plan(names.group(g), flats, self._transform(group),
-                                             self._hyperparameters(group), self._gradients(flats), names_of,
-                                             self._summing))
+        plans = [self._executor.plan(*layout, self._gradients(layout.flats), self._summing) for layout in self._layouts()]
         for plan in plans:
             plan.run()
         for plan in plans:
             plan.commit()
         self._summing = False
         return loss
+
+    def _layouts(self) -> list[GroupLayout]:
+        """Every group's update as of now: validated settings, transform chain, buffers, names."""
+        layouts = []
+        for g, group in enumerate(self.param_groups):
+            self._check_group(group, f"{type(self).__name__} param group {g}")
+            flats = self._flats[g]
+            layouts.append(GroupLayout(names.group(g), flats, self._transform(group), self._hyperparameters(group),
+                                       [[self._names[p] for p in flat.params] for flat in flats]))
+        return layouts
 
     def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, float]:
         """The group's numeric settings as named scalars (``betas`` -> ``beta1``, ``beta2``)."""

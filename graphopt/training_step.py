@@ -1,0 +1,100 @@
+"""The training-step model: forward, backward and update as one ONNX graph.
+
+    step = build_training_step(model, loss="loss", groups=[GroupSpec(...)])
+
+Trainable initializers become graph inputs; `graphopt.autodiff` adds their
+gradients; the update model of `graphopt.update` is spliced in, reading those
+gradients directly. Inputs: the model's inputs, then per parameter ``p``, its state
+slots ``p.<slot>`` and ``p.step`` (where the update reads it), and the hyperparameters
+``group<g>.<hyper>`` -- the names of `graphopt.names`. Outputs: the loss, then
+``p.new``, ``p.<slot>.new`` and ``p.step.new``. Plain onnxruntime runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import onnx
+import onnx_ir as ir
+
+from graphopt import names
+from graphopt.autodiff import add_gradients
+from graphopt.update import GroupSpec, build_update
+
+
+def build_training_step(model: onnx.ModelProto, loss: str, groups: Sequence[GroupSpec]) -> onnx.ModelProto:
+    """One model that computes ``loss`` and applies the update of ``groups`` to their parameters."""
+    params = [p.name for group in groups for p in group.params]
+    grad_model = add_gradients(trainable_as_inputs(model, params), loss, params)
+    return _splice(grad_model, build_update(groups), params, loss)
+
+
+def trainable_as_inputs(model: onnx.ModelProto, params: Sequence[str]) -> onnx.ModelProto:
+    """``model`` with the initializers named in ``params`` turned into graph inputs."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    initializers = {t.name: t for t in result.graph.initializer}
+    missing = [p for p in params if p not in initializers]
+    if missing:
+        raise ValueError(f"trainable: {missing} are not initializers of the model "
+                         f"(initializers: {sorted(initializers)[:20]})")
+    kept = [t for t in result.graph.initializer if t.name not in set(params)]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(kept)
+    existing = {i.name for i in result.graph.input}
+    for name in params:
+        if name not in existing:
+            tensor = initializers[name]
+            result.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, tensor.dims))
+    return result
+
+
+def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: list[str],
+            loss: str) -> onnx.ModelProto:
+    """Move the update graph's nodes into the gradient graph, wiring parameters and gradients."""
+    model = ir.serde.deserialize_model(grad_model)
+    update = ir.serde.deserialize_model(update_model).graph
+    graph = model.graph
+    values = {v.name: v for v in graph.inputs}
+    values.update({v.name: v for node in graph for v in node.outputs})
+    wiring = {name: values[name] for name in params}
+    wiring.update({names.grad(name): values[names.grad(name)] for name in params})
+    taken = set(values) | set(graph.initializers)
+    for name, value in list(update.initializers.items()):  # constants: renamed apart, then moved
+        update.initializers.pop(name)
+        value.name = _fresh(f"update/{name}", taken)
+        graph.register_initializer(value)
+    new_inputs = []
+    for value in list(update.inputs):
+        if value.name in wiring:
+            value.replace_all_uses_with(wiring[value.name])
+        else:
+            new_inputs.append(value)
+    outputs = list(update.outputs)
+    update.inputs.clear()
+    update.outputs.clear()
+    node_names = {node.name for node in graph}
+    for node in list(update):
+        update.remove(node)
+        node.name = _fresh(f"update/{node.name or node.op_type}", node_names)
+        for out in node.outputs:
+            if out.name in taken:
+                out.name = _fresh(f"update/{out.name}", taken)
+            taken.add(out.name)
+        graph.append(node)
+    graph.inputs.extend(new_inputs)
+    kept_outputs = [v for v in graph.outputs if v.name == loss]
+    graph.outputs.clear()
+    graph.outputs.extend(kept_outputs + outputs)
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}.{k}"
+    taken.add(candidate)
+    return candidate
