@@ -105,11 +105,8 @@ class Trainer:
         if self._evaluation is None:
             model = trainable_as_inputs(self.model, list(self.parameters))
             self._evaluation = self.optimizer._runtime.compile(model)  # noqa: SLF001
-        outputs = {}
-        for out in self._evaluation.session.get_outputs():
-            outputs[out.name] = None
         feeds = {**inputs, **{name: p.data for name, p in self.parameters.items()}}
-        names = list(outputs)
+        names = list(self._evaluation.output_names)
         return dict(zip(names, self._evaluation.session.run(names, feeds)))
 
     def export(self, path: str | os.PathLike | None = None, kind: str = "step") -> onnx.ModelProto:
