@@ -9,8 +9,9 @@ The model computes its own scalar loss output (its inputs include the labels). T
 trainable initializers (all float ones by default) become graphopt `Parameter` s in
 the optimizer's flat buffers; each step runs the training-step model
 (`graphopt.training_step`) with parameters and state bound in place where proven
-safe. The optimizer's param groups, ``lr_mult`` / ``decay_mult``, ``state_dict`` and
-hyperparameter changes work as with the facade: changing a value never recompiles.
+safe. They form one param group of the optimizer: its ``lr_mult`` / ``decay_mult``,
+``state_dict`` and hyperparameter changes work as with the facade, and changing a
+value never recompiles.
 """
 
 from __future__ import annotations
