@@ -13,23 +13,21 @@ into the arrays it was given. The update formulas are documented on the classes.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
 from graphopt import names
 from graphopt.parameter import check_grad
+from graphopt.optim.execution import Executor
 from graphopt.runtime import Executable, Runtime
 from graphopt.symbolic.dtypes import FLOAT_DTYPES
 from graphopt.transforms import (AddWeightDecay, DecoupledWeightDecay, Maximize, Momentum, ScaleByAdam,
                                  ScaleByLearningRate, ScaleByRms, Transform, chain)
-from graphopt.update import GroupSpec, ParamSpec, build_update
+from graphopt.update import GroupSpec, ParamSpec
 
 _GROUP = names.group(0)
-_CACHE_SIZE = 16
-_compiled: OrderedDict[GroupSpec, Executable] = OrderedDict()
-_runtime: Runtime | None = None
+_executor: Executor | None = None
 
 
 def sgd(params: Sequence[np.ndarray], d_p_list: Sequence[np.ndarray],
@@ -142,13 +140,8 @@ def _describe(x: Any) -> str:
 
 
 def _executable(spec: GroupSpec) -> Executable:
-    global _runtime
-    if _runtime is None:
-        _runtime = Runtime()
-    if spec in _compiled:
-        _compiled.move_to_end(spec)
-    else:
-        _compiled[spec] = _runtime.compile(build_update([spec]))
-        if len(_compiled) > _CACHE_SIZE:
-            _compiled.popitem(last=False)
-    return _compiled[spec]
+    """The compiled update for ``spec``, from the executor the functional forms share."""
+    global _executor
+    if _executor is None:
+        _executor = Executor(Runtime())
+    return _executor.per_tensor(spec)[0]
