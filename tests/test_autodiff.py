@@ -3,72 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+from onnx import helper, numpy_helper
 
 from graphopt.autodiff import UnsupportedOperator, add_gradients, supported
-
-D = TensorProto.DOUBLE
-
-
-def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    """ONNX Runtime where it has float64 kernels, the ONNX reference evaluator otherwise."""
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - a missing float64 kernel
-        return ReferenceEvaluator(model).run(None, feeds)
-    return session.run(None, feeds)
-
-
-def _model(nodes, inputs: dict, output: str, initializers=()) -> onnx.ModelProto:
-    """``loss = sum(output * R)`` for a fixed random R, over float64 graph inputs."""
-    probe = helper.make_model(helper.make_graph(
-        nodes, "probe", [helper.make_tensor_value_info(k, D, v.shape) for k, v in inputs.items()],
-        [helper.make_tensor_value_info(output, D, None)], initializer=list(initializers)),
-        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    (value,) = _run(probe, inputs)
-    weights = numpy_helper.from_array(np.random.default_rng(99).standard_normal(value.shape), "R")
-    loss_nodes = [helper.make_node("Mul", [output, "R"], ["weighted"]),
-                  helper.make_node("ReduceSum", ["weighted"], ["loss"], keepdims=0)]
-    graph = helper.make_graph(nodes + loss_nodes, "g",
-                              [helper.make_tensor_value_info(k, D, v.shape) for k, v in inputs.items()],
-                              [helper.make_tensor_value_info("loss", D, [])],
-                              initializer=[weights, *initializers])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-
-
-def check_gradients(nodes, inputs: dict, wrt, output="y", initializers=(), eps=1e-6, rtol=1e-6, atol=1e-8):
-    model = _model(nodes, inputs, output, initializers)
-    grad_model = add_gradients(model, "loss", wrt)
-    names = [o.name for o in grad_model.graph.output]
-    results = dict(zip(names, _run(grad_model, inputs)))
-    for name in wrt:
-        analytic = results[f"{name}.grad"]
-        numeric = np.zeros_like(inputs[name])
-        for index in np.ndindex(inputs[name].shape):
-            shifted = []
-            for sign in (1, -1):
-                feeds = {k: v.copy() for k, v in inputs.items()}
-                feeds[name][index] += sign * eps
-                shifted.append(_run(model, feeds)[0])
-            numeric[index] = (shifted[0] - shifted[1]) / (2 * eps)
-        np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=f"gradient of {name}")
-
-
-rng = np.random.default_rng(0)
-
-
-def r(*shape, positive=False):
-    x = rng.standard_normal(shape)
-    return np.abs(x) + 0.5 if positive else x
-
-
-def node(op, inputs, outputs=("y",), **attrs):
-    return helper.make_node(op, list(inputs), list(outputs), **attrs)
-
+from tests.gradcheck import D, _run, check_against_function, check_gradients, node, r
 
 ELEMENTWISE = [
     ("Add", dict(a=r(2, 3), b=r(3))), ("Add", dict(a=r(2, 1), b=r(1, 3))), ("Sub", dict(a=r(2, 3), b=r(2, 1))),
@@ -99,18 +38,7 @@ def test_erf_against_finite_differences_of_an_exact_erf():
     too coarse for central differences; they are taken on math.erf instead."""
     import math
 
-    x = r(2, 3)
-    model = _model([node("Erf", ["x"])], dict(x=x), "y")
-    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
-    analytic = _run(add_gradients(model, "loss", ["x"]), dict(x=x))[1]
-    loss = np.vectorize(math.erf)
-    eps, numeric = 1e-6, np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += eps
-        down[index] -= eps
-        numeric[index] = np.sum((loss(up) - loss(down)) * weights) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    check_against_function([node("Erf", ["x"])], r(2, 3), np.vectorize(math.erf))
 
 
 @pytest.mark.parametrize("op", ["Log", "Sqrt", "Reciprocal"])

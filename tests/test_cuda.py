@@ -47,7 +47,7 @@ def test_cuda_matches_cpu_and_keeps_state_on_device(kind, kwargs):
     (gpu_params, gpu_opt), (cpu_params, _) = runs["cuda"], runs["cpu"]
     for g, c in zip(gpu_params, cpu_params):
         np.testing.assert_allclose(g.data, c.data, rtol=1e-5, atol=1e-6)
-    for flat in gpu_opt._flats[0]:  # noqa: SLF001 - checking where the state buffers live
+    for flat in gpu_opt._flats[0]:
         assert flat.slots
         for buffer in flat.slots.values():
             assert isinstance(buffer, Buffer) and buffer.ortvalue.device_name().lower() == "cuda"

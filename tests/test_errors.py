@@ -36,7 +36,7 @@ def test_bad_grad_that_bypassed_the_setter_is_caught_by_step():
     a, b = _param(), _param((2, 2))
     optimizer = optim.Adam([a, b], lr=0.1)
     a.grad = np.ones(3, np.float32)
-    b._grad = np.ones(3, np.float32)  # noqa: SLF001 - simulating a grad written behind the setter
+    b._grad = np.ones(3, np.float32)
     with pytest.raises(ValueError, match=r"'p1' \(params\[1\] of param group 0\).*shape \(2, 2\)"):
         optimizer.step()
     assert optimizer.state == {}
@@ -191,7 +191,7 @@ def test_bad_grad_in_a_later_group_stops_every_group():
     a, b = _param(), _param((2, 2))
     optimizer = optim.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
     a.grad = np.ones(3, np.float32)
-    b._grad = np.ones(3, np.float32)  # noqa: SLF001 - bypassing the setter's check
+    b._grad = np.ones(3, np.float32)
     before = a.data.copy()
     with pytest.raises(ValueError, match=r"params\[0\] of param group 1"):
         optimizer.step()

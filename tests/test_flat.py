@@ -34,7 +34,7 @@ def _plans(optimizer, monkeypatch):
 def test_parameters_are_views_of_one_buffer_updated_in_place():
     params = _params([(3, 4), (7,), (2, 2, 2)])
     optimizer = optim.Adam(params, lr=0.1, runtime=Runtime(chunk_size=16, threads=2))
-    flat = optimizer._flats[0][0]  # noqa: SLF001
+    flat = optimizer._flats[0][0]
     bases = {p.data.base is flat.data or p.data.base is flat.data.base for p in params}
     assert bases == {True}
     address = flat.data.ctypes.data
@@ -87,7 +87,7 @@ def test_global_clip_norm_spans_dtypes_and_rows():
     p32, p64 = _params(shapes[:1], np.float32, seed=1)[0], _params(shapes[1:], np.float64, seed=2)[0]
     init = [p32.data.astype(np.float64), p64.data.copy()]
     optimizer = optim.SGD([p32, p64], lr=0.1, clip_norm=0.5, runtime=Runtime(chunk_size=16, threads=3))
-    assert [f.dtype for f in optimizer._flats[0]] == [np.float32, np.float64]  # noqa: SLF001
+    assert [f.dtype for f in optimizer._flats[0]] == [np.float32, np.float64]
     settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     reference = ReferenceOptimizer("SGD", [dict(settings, params=init)])
     rng = np.random.default_rng(3)
@@ -108,7 +108,7 @@ def test_builtin_optimizers_update_every_buffer_in_place():
         optimizer = getattr(optim, kind)(params, **kwargs)
         params[0].grad = np.ones(10, np.float32)
         optimizer.step()
-        runners = optimizer._flats[0][0].runners  # noqa: SLF001
+        runners = optimizer._flats[0][0].runners
         assert runners and all(not bound.copies for bound in runners.values()), kind
 
 
@@ -129,7 +129,7 @@ def test_sum_grad_accumulates_in_the_flat_sum_buffer():
 def test_grad_assignment_copies_into_storage_and_in_place_accumulation_is_free():
     (p,) = _params([(4,)])
     optimizer = optim.SGD([p], lr=1.0)
-    flat = optimizer._flats[0][0]  # noqa: SLF001
+    flat = optimizer._flats[0][0]
     p.grad = np.ones(4, np.float32)
     storage = p.grad
     assert np.shares_memory(storage, flat.grads)
@@ -193,7 +193,7 @@ def test_lazily_scaled_state_renormalizes_over_long_runs(kind, kwargs):
             p.grad = g
         optimizer.step()
         reference.step([grads])
-        renormalized += any(s == 1.0 for s in optimizer._flats[0][0].scales.values())  # noqa: SLF001
+        renormalized += any(s == 1.0 for s in optimizer._flats[0][0].scales.values())
     assert renormalized >= 3
     for p, expected in zip(params, reference.groups[0]["params"]):
         np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
@@ -208,7 +208,7 @@ def test_float16_groups_run_chunked_without_scaling():
     for _ in range(3):
         p.grad = np.ones(40, np.float16)
         optimizer.step()
-    assert optimizer._flats[0][0].scales == {}  # noqa: SLF001
+    assert optimizer._flats[0][0].scales == {}
     np.testing.assert_allclose(p.data.astype(np.float64), start - 0.03, atol=2e-3)
 
 
@@ -225,7 +225,7 @@ def test_device_buffers_keep_state_out_of_numpy_and_round_trip():
         for p, g in zip(params, step):
             p.grad = g
         optimizer.step()
-    assert all(isinstance(b, graphopt.runtime.Buffer) for b in optimizer._flats[0][0].slots.values())  # noqa: SLF001
+    assert all(isinstance(b, graphopt.runtime.Buffer) for b in optimizer._flats[0][0].slots.values())
     saved, values = optimizer.state_dict(), [p.data.copy() for p in params]
     for step in grads[3:]:
         for p, g in zip(params, step):

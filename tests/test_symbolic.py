@@ -11,8 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphopt.symbolic import (IR_VERSION, OPSET, Graph, GraphBuildError, broadcast_shapes, clip, maximum, sqrt,
-                               sum_of_squares, where)
+from graphopt.symbolic import (
+    IR_VERSION,
+    OPSET,
+    Graph,
+    GraphBuildError,
+    broadcast_shapes,
+    clip,
+    maximum,
+    sqrt,
+    sum_of_squares,
+    where,
+)
 
 
 def _run(graph, **feeds):

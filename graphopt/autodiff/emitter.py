@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -47,8 +48,17 @@ class Emitter:
         """A 0-d constant ``value`` of ``like``'s dtype."""
         return self.op("CastLike", [self.constant(np.array(value, np.float64)), like])
 
-    def shape(self, x: ir.Value) -> ir.Value:
-        return self.op("Shape", [x])
+    def shape(self, x: ir.Value, start: int | None = None, end: int | None = None) -> ir.Value:
+        """``x``'s shape at run time, or the dims ``start:end`` of it."""
+        attributes = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+        return self.op("Shape", [x], attributes)
+
+    def zeros(self, shape: ir.Value, like: ir.Value) -> ir.Value:
+        """Zeros of the run-time ``shape``, of ``like``'s dtype."""
+        return self.op("ConstantOfShape", [shape], {"value": ir.tensor(np.zeros(1, like.dtype.numpy()))})
+
+    def cast_like(self, x: ir.Value, like: ir.Value) -> ir.Value:
+        return self.op("CastLike", [x, like])
 
     def reshape_like(self, g: ir.Value, x: ir.Value) -> ir.Value:
         return self.op("Reshape", [g, self.shape(x)])

@@ -9,7 +9,7 @@ order; a value used several times has its gradients summed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
-from graphopt.autodiff.rules import RULES, supported
+from graphopt.autodiff.rules import PARTIAL, RULES, supported
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -49,6 +49,7 @@ def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx
         if name not in values or not values[name].dtype.is_floating_point():
             raise ValueError(f"wrt: {name!r} is not a float input or initializer of the model")
         targets.append(values[name])
+    _expose_outputs(graph)
     emitter = Emitter(graph)
     grads = _reverse(graph, loss_value, targets, emitter)
     for target in targets:
@@ -56,7 +57,7 @@ def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx
         if grad is None:  # the loss does not depend on it
             grad = emitter.op("Mul", [target, emitter.scalar_like(0.0, target)])
         out = emitter.op("Identity", [grad])
-        out.name = names.grad(target.name)
+        out.name, out.shape, out.type = names.grad(target.name), target.shape, target.type
         graph.outputs.append(out)
     ir_model.ir_version = IR_VERSION
     proto = ir.serde.serialize_model(ir_model)
@@ -64,6 +65,9 @@ def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(typed)  # backward values are typed by shape inference below
     proto = onnx.shape_inference.infer_shapes(proto)
+    ranked = [info for info in proto.graph.value_info if info.type.tensor_type.HasField("shape")]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(ranked)  # drop what inference could not rank (a Split by run-time sizes)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -90,7 +94,9 @@ def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitte
         if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperator(f"no gradient rule for {node.domain or 'ai.onnx'}::{node.op_type} "
                                       f"(node {node.name!r}); supported: {', '.join(supported())}")
-        output_grads = [g if g is not None else _zeros_like(e, v) for g, v in zip(output_grads, node.outputs)]
+        if node.op_type not in PARTIAL:
+            output_grads = [g if g is not None or not v.dtype.is_floating_point() else _zeros_like(e, v)
+                            for g, v in zip(output_grads, node.outputs)]
         for x, gx in zip(node.inputs, RULES[node.op_type](node, output_grads, e)):
             if gx is not None and x is not None and x in needed:
                 grads[x] = gx if x not in grads else e.op("Add", [grads[x], gx])
@@ -98,7 +104,32 @@ def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitte
 
 
 def _zeros_like(e: Emitter, v: ir.Value) -> ir.Value:
-    return e.op("Mul", [v, e.scalar_like(0.0, v)])
+    return e.zeros(e.shape(v), v)
+
+
+# Outputs that backward rules read, by operator: (index, dtype); added where a model leaves them out.
+_EXPOSED = {"Dropout": (1, ir.DataType.BOOL), "MaxPool": (1, ir.DataType.INT64)}
+
+
+def _expose_outputs(graph: ir.Graph) -> None:
+    """Give Dropout nodes in training mode their mask and MaxPool nodes their indices."""
+    for node in list(graph):
+        if node.op_type not in _EXPOSED or node.domain not in ("", "ai.onnx"):
+            continue
+        index, dtype = _EXPOSED[node.op_type]
+        if len(node.outputs) > index or (node.op_type == "Dropout" and (len(node.inputs) < 3 or node.inputs[2] is None)):
+            continue
+        wider = ir.Node("", node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
+                        num_outputs=index + 1, name=node.name)
+        graph.insert_before(node, wider)
+        for old, new in zip(node.outputs, wider.outputs):
+            new.shape, new.type = old.shape, old.type
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+            new.name = old.name  # the old node is removed next, freeing its names
+        graph.remove(node, safe=True)
+        extra = wider.outputs[index]
+        extra.name, extra.type, extra.shape = f"{wider.outputs[0].name}/{node.op_type.lower()}_{index}", \
+            ir.TensorType(dtype), wider.outputs[0].shape
 
 
 def _on_a_path(nodes: list[ir.Node], sources: list[ir.Value], sink: ir.Value) -> set[ir.Value]:

@@ -1,0 +1,60 @@
+"""Rules of the Reduce* operators: ``g`` is the gradient of the reduced output ``y``."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from graphopt.autodiff.emitter import Emitter
+from graphopt.autodiff.rules.registry import attribute, constant_input, rule
+
+
+def _reduced_axes(node: ir.Node) -> list[int] | None:
+    """The axes a Reduce* node reduces (None: all), from its input (opset 18) or attribute."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None and constant_input(node, 1) is None:
+        raise NotImplementedError(f"{node.op_type} node {node.name!r}: axes computed at run time are not supported")
+    axes = constant_input(node, 1)
+    if axes is None:
+        axes = attribute(node, "axes")
+    if axes is None or len(axes) == 0:
+        return None
+    rank = len(node.inputs[0].shape)
+    return sorted(int(a) % rank for a in axes)
+
+
+def _keep_reduced(node: ir.Node, v: ir.Value, e: Emitter) -> ir.Value:
+    """``v`` (shaped like the reduction's output) with the reduced axes kept as size 1."""
+    if attribute(node, "keepdims", 1):
+        return v
+    axes = _reduced_axes(node)
+    return e.op("Unsqueeze", [v, e.ints(list(range(len(node.inputs[0].shape))) if axes is None else axes)])
+
+
+def _expand_reduced(node: ir.Node, g: ir.Value, e: Emitter) -> ir.Value:
+    """``g`` of a reduction, broadcast back to the input's shape."""
+    return e.op("Expand", [_keep_reduced(node, g, e), e.shape(node.inputs[0])])
+
+
+@rule("ReduceSum")
+def _reduce_sum(node, grads, e):
+    """``dx = expand(g)`` to the input's shape."""
+    return [_expand_reduced(node, grads[0], e)] + [None] * (len(node.inputs) - 1)
+
+
+@rule("ReduceMean")
+def _reduce_mean(node, grads, e):
+    """``dx = expand(g) * size(y) / size(x)``."""
+    x, y = node.inputs[0], node.outputs[0]
+    size = lambda v: e.op("CastLike", [e.op("ReduceProd", [e.shape(v)], {"keepdims": 0}), x])
+    scale = e.op("Div", [size(y), size(x)])
+    return [e.op("Mul", [_expand_reduced(node, grads[0], e), scale])] + [None] * (len(node.inputs) - 1)
+
+
+@rule("ReduceMax")
+def _reduce_max(node, grads, e):
+    """``dx = expand(g) * m / sum(m)`` with ``m = (x == y)``: ties share the gradient equally."""
+    x, y = node.inputs[0], node.outputs[0]
+    hits = e.op("CastLike", [e.op("Equal", [x, _keep_reduced(node, y, e)]), x])
+    axes = _reduced_axes(node)
+    count = e.op("ReduceSum", [hits] if axes is None else [hits, e.ints(axes)], {"keepdims": 1})
+    return [e.op("Mul", [_expand_reduced(node, grads[0], e), e.op("Div", [hits, count])])] + \
+        [None] * (len(node.inputs) - 1)

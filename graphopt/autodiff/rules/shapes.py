@@ -1,0 +1,112 @@
+"""Rules of operators that move data without computing: reshapes, transposes, slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.autodiff.emitter import Emitter
+from graphopt.autodiff.rules.registry import (
+    attribute,
+    constant_input,
+    optional_input,
+    rule,
+    static_dims,
+)
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(node, grads, e):
+    """``dx = reshape(g, shape of x)``."""
+    return [e.reshape_like(grads[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Transpose")
+def _transpose(node, grads, e):
+    """``dx = transpose(g, inverse of perm)``."""
+    rank = len(node.inputs[0].shape)
+    perm = attribute(node, "perm", list(range(rank))[::-1])
+    return [e.op("Transpose", [grads[0]], {"perm": [int(i) for i in np.argsort(perm)]})]
+
+
+def _axis(node, rank: int, default: int = 0) -> int:
+    return int(attribute(node, "axis", default)) % rank
+
+
+@rule("Concat")
+def _concat(node, grads, e):
+    """``dx_i = split(g, sizes of the x_i along axis)``."""
+    axis = _axis(node, len(node.inputs[0].shape))
+    if len(node.inputs) == 1:
+        return [grads[0]]
+    sizes = e.op("Concat", [e.shape(x, axis, axis + 1) for x in node.inputs], {"axis": 0})
+    return list(e.op("Split", [grads[0], sizes], {"axis": axis}, num_outputs=len(node.inputs)))
+
+
+@rule("Split")
+def _split(node, grads, e):
+    """``dx = concat(g_0, ..., g_k, axis)``."""
+    axis = _axis(node, len(node.inputs[0].shape))
+    return [e.op("Concat", list(grads), {"axis": axis})] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Expand")
+def _expand(node, grads, e):
+    """``dx = unb(g)``."""
+    return [e.unbroadcast(grads[0], node.inputs[0], node.outputs[0]), None]
+
+
+@rule("Slice")
+def _slice(node, grads, e):
+    """``dx = g`` placed where the slice took it from, zeros elsewhere: a Pad by the clamped
+    starts and the remainders when every step is 1, else a scatter by flat index."""
+    x, g = node.inputs[0], grads[0]
+    steps = constant_input(node, 4) if optional_input(node, 4) is not None else np.ones(1)
+    no_grads = [None] * (len(node.inputs) - 1)
+    if steps is None or np.any(steps != 1):
+        return [_scatter_by_flat_index(node, g, e)] + no_grads
+    starts, ends = (e.op("Cast", [node.inputs[i]], {"to": ir.DataType.INT64}) for i in (1, 2))
+    axes = optional_input(node, 3)
+    if axes is None:
+        axes = e.ints(list(range(static_dims(node.inputs[1], node, "starts")[0])))
+    dims = e.op("Gather", [e.shape(x), axes])
+    zero = e.ints([0])
+
+    def clamp(i):  # Slice's rule for an index: counted from the end if negative, then into [0, dim]
+        i = e.op("Where", [e.op("Less", [i, zero]), e.op("Add", [i, dims]), i])
+        return e.op("Min", [e.op("Max", [i, zero]), dims])
+    begin = clamp(starts)
+    end = e.op("Max", [clamp(ends), begin])
+    pads = e.op("Concat", [begin, e.op("Sub", [dims, end])], {"axis": 0})
+    return [e.op("Pad", [g, pads, None, axes])] + no_grads
+
+
+def _scatter_by_flat_index(node: ir.Node, g: ir.Value, e: Emitter) -> ir.Value:
+    """The gradient of a Slice of any steps: slice the flat indices of ``x`` the same way and scatter."""
+    x = node.inputs[0]
+    size = e.op("ReduceProd", [e.shape(x)], {"keepdims": 0})
+    index = e.op("Reshape", [e.op("Range", [e.constant(np.int64(0)), size, e.constant(np.int64(1))]), e.shape(x)])
+    taken = e.op("Slice", [index, *node.inputs[1:]])
+    flat = e.op("ScatterElements", [e.zeros(e.op("Reshape", [size, e.ints([1])]), x),
+                                    e.op("Reshape", [taken, e.ints([-1])]), e.op("Reshape", [g, e.ints([-1])])])
+    return e.reshape_like(flat, x)
+
+
+@rule("Gather")
+def _gather(node, grads, e):
+    """``dx = scatter-add of g into zeros`` at the gathered indices along ``axis`` (repeats add up)."""
+    (g,), (x, indices) = grads, node.inputs
+    rank, k = len(x.shape), len(static_dims(indices, node, "indices"))
+    axis = _axis(node, rank)
+    indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
+    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
+    indices = e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
+    to_front = [axis, *range(axis), *range(axis + 1, rank)]  # x with the gathered axis first
+    g_front = [*range(axis, axis + k), *range(axis), *range(axis + k, rank - 1 + k)]  # g with the index dims first
+    zeros = e.zeros(e.op("Gather", [e.shape(x), e.ints(to_front)]), x)
+    if axis:
+        g = e.op("Transpose", [g], {"perm": g_front})
+    dx = e.op("ScatterND", [zeros, e.op("Unsqueeze", [indices, e.ints([-1])]), g], {"reduction": "add"})
+    if axis:
+        dx = e.op("Transpose", [dx], {"perm": [int(i) for i in np.argsort(to_front)]})
+    return [dx, None]

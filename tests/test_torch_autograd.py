@@ -1,0 +1,118 @@
+"""The gradient graphs, run by ONNX Runtime in float32, against torch.autograd on the same inputs.
+
+A second oracle beside the float64 finite differences, and the one that covers what
+onnx.reference cannot run in float64 (grouped ConvTranspose with pads and dilations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from graphopt.autodiff import add_gradients
+from tests.gradcheck import _model, node
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+rng = np.random.default_rng(7)
+
+
+def r(*shape, positive=False):
+    x = rng.standard_normal(shape).astype(np.float32)
+    return np.abs(x) + 0.5 if positive else x
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def compare(nodes, inputs, torch_fn, initializers=(), rtol=1e-4, atol=1e-5):
+    """d sum(y * R) / d input, from graphopt's graph in ONNX Runtime and from torch.autograd."""
+    model = _model(nodes, inputs, "y", initializers)
+    weights = torch.tensor(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R")))
+    grad_model = add_gradients(model, "loss", list(inputs))
+    session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    (torch_fn(**tensors) * weights).sum().backward()
+    for name, tensor in tensors.items():
+        np.testing.assert_allclose(results[f"{name}.grad"], tensor.grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of {name}")
+
+
+CONVOLUTIONS = [
+    ((2, 4, 7, 6), (6, 2, 3, 2), {"group": 2, "dilations": [2, 1], "pads": [1, 0, 1, 0], "strides": [2, 1]}),
+    ((2, 6, 9), (6, 1, 3), {"group": 6, "dilations": [2], "pads": [2, 2], "strides": [2]}),
+    ((1, 3, 8, 8), (5, 3, 3, 3), {"strides": [3, 2], "pads": [1, 1, 1, 1]}),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs", CONVOLUTIONS)
+def test_conv(x_shape, w_shape, attrs):
+    rank = len(x_shape) - 2
+    conv = F.conv1d if rank == 1 else F.conv2d
+    pads = attrs.get("pads", [0] * 2 * rank)[:rank]  # symmetric in these cases
+    compare([node("Conv", ["x", "w", "b"], **attrs)], {"x": r(*x_shape), "w": r(*w_shape), "b": r(w_shape[0])},
+            lambda x, w, b: conv(x, w, b, stride=attrs.get("strides", 1), padding=pads,
+                                 dilation=attrs.get("dilations", 1), groups=attrs.get("group", 1)))
+
+
+def test_pools():
+    x = r(2, 3, 7, 6)
+    compare([node("MaxPool", ["x"], kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1])], {"x": x},
+            lambda x: F.max_pool2d(x, (3, 2), (2, 2), (1, 1)))
+    for include in (0, 1):
+        compare([node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 1], pads=[1, 1, 1, 1],
+                      count_include_pad=include)], {"x": x},
+                lambda x: F.avg_pool2d(x, 3, (2, 1), 1, count_include_pad=bool(include)))  # noqa: B023
+    compare([node("GlobalAveragePool", ["x"])], {"x": x}, lambda x: F.adaptive_avg_pool2d(x, 1))
+
+
+def test_normalizations():
+    x, scale, bias = r(4, 3, 5, 5), r(3), r(3)
+    compare([node("BatchNormalization", ["x", "scale", "bias", "m", "v"], ["y", "rm", "rv"], training_mode=1,
+                  epsilon=1e-3)], {"x": x, "scale": scale, "bias": bias},
+            lambda x, scale, bias: F.batch_norm(x, None, None, scale, bias, training=True, eps=1e-3),
+            initializers=[const("m", np.zeros(3, np.float32)), const("v", np.ones(3, np.float32))])
+    compare([node("LayerNormalization", ["x", "scale", "bias"], epsilon=1e-3)],
+            {"x": r(2, 3, 8), "scale": r(8), "bias": r(8)},
+            lambda x, scale, bias: F.layer_norm(x, (8,), scale, bias, eps=1e-3))
+    compare([node("LRN", ["x"], size=3, alpha=0.3, beta=0.6, bias=1.5)], {"x": r(2, 5, 3, 2)},
+            lambda x: F.local_response_norm(x, 3, alpha=0.3, beta=0.6, k=1.5))
+
+
+@pytest.mark.parametrize("reduction, ignore_index", [("mean", None), ("sum", 1), ("none", None), ("mean", 2)])
+def test_cross_entropy_and_nll(reduction, ignore_index):
+    target = rng.integers(0, 4, size=(6, 3)).astype(np.int64)
+    weight = np.array([0.5, 2.0, 1.0, 0.3], np.float32)
+    attrs = {"reduction": reduction} | ({} if ignore_index is None else {"ignore_index": ignore_index})
+    torch_kwargs = {"reduction": reduction, "weight": torch.from_numpy(weight),
+                    "ignore_index": -100 if ignore_index is None else ignore_index}
+    inits = [const("t", target), const("w", weight)]
+    compare([node("SoftmaxCrossEntropyLoss", ["x", "t", "w"], **attrs)], {"x": r(6, 4, 3)},
+            lambda x: F.cross_entropy(x, torch.from_numpy(target), **torch_kwargs), initializers=inits)
+    compare([node("NegativeLogLikelihoodLoss", ["x", "t", "w"], **attrs)], {"x": r(6, 4, 3)},
+            lambda x: F.nll_loss(x, torch.from_numpy(target), **torch_kwargs), initializers=inits)
+
+
+def test_embedding_gelu_and_softmax():
+    ids = np.array([[0, 3, 3], [1, 0, 4]], np.int64)
+    half, root = const("half", np.float32(0.5)), const("root", np.float32(1 / np.sqrt(2)))
+    one = const("one", np.float32(1.0))
+    nodes = [node("Gather", ["table", "ids"], ["e"]), node("Mul", ["e", "root"], ["s"]), node("Erf", ["s"], ["f"]),
+             node("Add", ["f", "one"], ["f1"]), node("Mul", ["e", "f1"], ["g0"]), node("Mul", ["g0", "half"], ["gelu"]),
+             node("Softmax", ["gelu"], axis=-1)]
+    compare(nodes, {"table": r(5, 4)}, lambda table: F.softmax(F.gelu(F.embedding(torch.from_numpy(ids), table)), -1),
+            initializers=[const("ids", ids), half, root, one])
+
+
+def test_slices_concat_clip_elu():
+    starts, ends, steps = (const(n, np.array(v, np.int64)) for n, v in (("s", [1, 0]), ("e", [4, 5]), ("st", [2, 1])))
+    axes = const("a", np.array([0, 1], np.int64))
+    lo, hi = const("lo", np.float32(-0.5)), const("hi", np.float32(0.8))
+    nodes = [node("Slice", ["x", "s", "e", "a", "st"], ["sl"]), node("Elu", ["sl"], ["el"], alpha=0.5),
+             node("Clip", ["x", "lo", "hi"], ["cl"]), node("Concat", ["el", "cl"], axis=0)]
+    compare(nodes, {"x": r(5, 5)}, lambda x: torch.cat([F.elu(x[1:4:2, 0:5], 0.5), x.clamp(-0.5, 0.8)], 0),
+            initializers=[starts, ends, steps, axes, lo, hi])
