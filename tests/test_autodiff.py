@@ -56,7 +56,8 @@ def test_where_and_cast():
                     dict(a=r(2, 3), b=r(3)), ["a", "b"], initializers=[cond])
 
 
-@pytest.mark.parametrize("shapes", [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (2, 4, 5))])
+@pytest.mark.parametrize("shapes", [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)),
+                                    ((1, 3, 4), (2, 4, 5))])
 def test_matmul(shapes):
     check_gradients([node("MatMul", ["a", "b"])], dict(a=r(*shapes[0]), b=r(*shapes[1])), ["a", "b"])
 
@@ -108,7 +109,8 @@ def test_symbolic_batch_dimension_is_handled():
 
 def test_unsupported_operator_is_named():
     graph = helper.make_graph([node("Cos", ["x"], ["c"]), node("ReduceSum", ["c"], ["loss"], keepdims=0)], "g",
-                              [helper.make_tensor_value_info("x", D, [3])], [helper.make_tensor_value_info("loss", D, [])])
+                              [helper.make_tensor_value_info("x", D, [3])],
+                              [helper.make_tensor_value_info("loss", D, [])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     with pytest.raises(UnsupportedOperator, match=r"ai.onnx::Cos .*supported: .*MatMul"):
         add_gradients(model, "loss", ["x"])

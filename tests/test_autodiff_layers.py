@@ -62,7 +62,8 @@ def test_split_with_an_output_that_does_not_reach_the_loss():
 
 
 @pytest.mark.parametrize("starts, ends, axes, steps", [
-    ([1], [3], [1], None), ([-3, 0], [100, -1], [2, 0], None), ([0], [5], [1], [2]), ([4, 3], [0, -10], [1, 2], [-2, -1]),
+    ([1], [3], [1], None), ([-3, 0], [100, -1], [2, 0], None), ([0], [5], [1], [2]),
+    ([4, 3], [0, -10], [1, 2], [-2, -1]),
     ([1], [1], [0], None),
 ])
 def test_slice(starts, ends, axes, steps):
@@ -97,7 +98,8 @@ def test_conv(x_shape, w_shape, attrs):
                     ["x", "w", "b"])
 
 
-@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2]}, {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 1, 1, 0]},
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2]},
+                                   {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 1, 1, 0]},
                                    {"kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}])
 def test_max_pool(attrs):
     check_gradients([node("MaxPool", ["x"], **attrs)], {"x": r(2, 2, 5, 4)}, ["x"])
@@ -127,7 +129,8 @@ def test_batch_normalization(training_mode):
     inputs = {"x": r(4, 3, 2, 2), "scale": r(3), "bias": r(3)}
     inits = [const("mean", r(3)), const("var", r(3, positive=True))]
     check_gradients([node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], outputs, epsilon=1e-3,
-                          momentum=0.8, training_mode=training_mode)], inputs, ["x", "scale", "bias"], initializers=inits)
+                          momentum=0.8, training_mode=training_mode)], inputs, ["x", "scale", "bias"],
+                    initializers=inits)
 
 
 @pytest.mark.parametrize("axis, scale_shape", [(-1, (4,)), (1, (3, 4)), (2, (1, 4))])
@@ -176,7 +179,8 @@ def test_dropout_in_inference_mode_passes_the_gradient_through():
 
 LOSS_CASES = [
     ("mean", None, None, (5, 4)), ("sum", None, None, (5, 4)), ("none", None, None, (5, 4)),
-    ("mean", [0.5, 2.0, 1.0, 0.1], None, (5, 4)), ("mean", None, 2, (5, 4)), ("mean", [0.5, 2.0, 1.0, 0.1], 1, (5, 4, 3)),
+    ("mean", [0.5, 2.0, 1.0, 0.1], None, (5, 4)), ("mean", None, 2, (5, 4)),
+    ("mean", [0.5, 2.0, 1.0, 0.1], 1, (5, 4, 3)),
     ("none", [0.5, 2.0, 1.0, 0.1], 3, (5, 4, 3)),
 ]
 

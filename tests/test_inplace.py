@@ -16,7 +16,8 @@ F = TensorProto.FLOAT
 
 
 def _model(nodes, inputs, outputs, shape=(1, 8)):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, F, shape if s is None else s) for n, s in inputs],
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info(n, F, shape if s is None else s) for n, s in inputs],
                               [helper.make_tensor_value_info(n, F, shape) for n in outputs])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 

@@ -38,7 +38,8 @@ def numpy_gradients(params, x, t):
     return {"W1": x.T @ dh, "b1": dh.sum(0), "W2": h.T @ dy}, float(np.mean(d * d))
 
 
-@pytest.mark.parametrize("kind, kwargs", [("Adam", dict(lr=0.01, weight_decay=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)),
+@pytest.mark.parametrize("kind, kwargs", [("Adam", dict(lr=0.01, weight_decay=0.1)),
+                                          ("SGD", dict(lr=0.1, momentum=0.9)),
                                           ("RMSprop", dict(lr=0.01, centered=True))])
 def test_trainer_step_equals_gradients_plus_optimizer_step(kind, kwargs):
     model = regression_model()

@@ -332,8 +332,10 @@ def report(results: dict) -> str:
                          f"{spread:>22s} {gbps:6.1f}  {ratio}")
     b = results["build_1000_tensors"]
     lines += ["", f"Adam over 1000 tensors: construct {b['construct_s']:.3f} s, build + compile "
-                  f"{b['build_and_compile_s']:.3f} s (first step {b['first_step_s']:.3f} s, later {b['later_step_s']:.4f} s); "
-                  f"in a fresh process (ONNX Runtime start-up included) {results['build_1000_tensors_first_in_process']:.3f} s"]
+                  f"{b['build_and_compile_s']:.3f} s (first step {b['first_step_s']:.3f} s, "
+                  f"later {b['later_step_s']:.4f} s); "
+                  "in a fresh process (ONNX Runtime start-up included) "
+                  f"{results['build_1000_tensors_first_in_process']:.3f} s"]
     for name, extra in results.get("extra_bytes_per_param", {}).items():
         lines.append(f"{name}: resident memory beyond params, grads and state: {extra:.2f} bytes per parameter")
     return "\n".join(lines)

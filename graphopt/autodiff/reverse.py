@@ -117,7 +117,8 @@ def _expose_outputs(graph: ir.Graph) -> None:
         if node.op_type not in _EXPOSED or node.domain not in ("", "ai.onnx"):
             continue
         index, dtype = _EXPOSED[node.op_type]
-        if len(node.outputs) > index or (node.op_type == "Dropout" and (len(node.inputs) < 3 or node.inputs[2] is None)):
+        inference_dropout = node.op_type == "Dropout" and (len(node.inputs) < 3 or node.inputs[2] is None)
+        if len(node.outputs) > index or inference_dropout:
             continue
         wider = ir.Node("", node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
                         num_outputs=index + 1, name=node.name)

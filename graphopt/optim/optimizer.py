@@ -214,7 +214,8 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
         loss = closure() if closure is not None else None
-        plans = [self._executor.plan(*layout, self._gradients(layout.flats), self._summing) for layout in self._layouts()]
+        plans = [self._executor.plan(*layout, self._gradients(layout.flats), self._summing)
+                 for layout in self._layouts()]
         for plan in plans:
             plan.run()
         for plan in plans:

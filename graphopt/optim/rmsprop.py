@@ -40,7 +40,8 @@ class RMSprop(Optimizer):
     def __init__(self, params: Iterable[Any] | None = None, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
                  scale: float = 1, clip_norm: float = 0, maximize: bool = False, *, clip_value: float = 0,
-                 clip_per_tensor: bool = False, foreach: bool | None = None, providers: Any = None, runtime: Any = None):
+                 clip_per_tensor: bool = False, foreach: bool | None = None, providers: Any = None,
+                 runtime: Any = None):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, scale=scale, clip_norm=clip_norm, maximize=maximize,
                         clip_value=clip_value, clip_per_tensor=clip_per_tensor)

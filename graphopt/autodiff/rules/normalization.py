@@ -38,7 +38,10 @@ def _standardized(e: Emitter, x: ir.Value, axes: ir.Value, epsilon: float) -> tu
 def _through_standardization(e: Emitter, gxhat: ir.Value, xhat: ir.Value, invstd: ir.Value,
                              axes: ir.Value) -> ir.Value:
     """``dx = invstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))`` over ``axes``."""
-    mean = lambda v: e.op("ReduceMean", [v, axes], {"keepdims": 1})
+
+    def mean(v):
+        return e.op("ReduceMean", [v, axes], {"keepdims": 1})
+
     centered = e.op("Sub", [gxhat, mean(gxhat)])
     return e.op("Mul", [invstd, e.op("Sub", [centered, e.op("Mul", [xhat, mean(e.op("Mul", [gxhat, xhat]))])])])
 
@@ -57,7 +60,10 @@ def _batch_normalization(node, grads, e):
     rank = len(x.shape)
     reduced = [0, *range(2, rank)]
     axes = e.ints(reduced)
-    per_channel = lambda v: e.op("Unsqueeze", [v, axes])
+
+    def per_channel(v):  # [C] -> [1, C, 1, ...]
+        return e.op("Unsqueeze", [v, axes])
+
     epsilon = attribute(node, "epsilon", 1e-5)
     if attribute(node, "training_mode", 0):
         xhat, invstd = _standardized(e, x, axes, epsilon)

@@ -31,7 +31,10 @@ def _average_pool(node, grads, e):
     x, g = node.inputs[0], grads[0]
     kernel = list(attribute(node, "kernel_shape"))
     win = window(node, kernel)
-    ones = lambda dims: e.constant(np.ones([1, 1, *dims], x.dtype.numpy()))
+
+    def ones(dims):
+        return e.constant(np.ones([1, 1, *dims], x.dtype.numpy()))
+
     count = e.scalar_like(float(np.prod(kernel)), x)
     if not attribute(node, "count_include_pad", 0) and any(win.pads):
         share = e.op("AveragePool", [ones(win.spatial)], {**win.attributes(), "kernel_shape": kernel,

@@ -44,7 +44,10 @@ def _reduce_sum(node, grads, e):
 def _reduce_mean(node, grads, e):
     """``dx = expand(g) * size(y) / size(x)``."""
     x, y = node.inputs[0], node.outputs[0]
-    size = lambda v: e.op("CastLike", [e.op("ReduceProd", [e.shape(v)], {"keepdims": 0}), x])
+
+    def size(v):
+        return e.cast_like(e.op("ReduceProd", [e.shape(v)], {"keepdims": 0}), x)
+
     scale = e.op("Div", [size(y), size(x)])
     return [e.op("Mul", [_expand_reduced(node, grads[0], e), scale])] + [None] * (len(node.inputs) - 1)
 

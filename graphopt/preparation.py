@@ -1,0 +1,146 @@
+"""Edits that turn an inference model into one to train.
+
+    names = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
+    model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
+    model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
+
+`buffers` maps each running statistic of a BatchNormalization (an initializer) to the
+output ``<name>.new`` that carries its value after a step, as torch updates
+``running_mean`` and ``running_var`` in ``train()`` mode.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from graphopt import names
+
+Selector = str | Sequence[str] | None
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    return result
+
+
+def running_statistics(model: onnx.ModelProto) -> list[str]:
+    """The initializers that BatchNormalization nodes read as running mean and variance."""
+    return [name for n in model.graph.node if n.op_type == "BatchNormalization" for name in n.input[3:5]]
+
+
+def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen: Selector = None) -> list[str]:
+    """The float initializers to train, in model order: those matching ``trainable`` (names or
+    ``fnmatch`` patterns; default all, running statistics excepted) less those matching ``frozen``."""
+    stats = set(running_statistics(model))
+    floats = [t.name for t in model.graph.initializer
+              if numpy_helper.to_array(t).dtype.kind == "f" and t.name not in stats]
+    chosen = floats if trainable is None else _matching(floats, trainable, "trainable")
+    dropped = set() if frozen is None else set(_matching(floats, frozen, "frozen"))
+    return [name for name in chosen if name not in dropped]
+
+
+def _matching(candidates: list[str], selector: str | Sequence[str], what: str) -> list[str]:
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    matched = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(candidates, pattern)
+        if not hits:
+            raise ValueError(f"{what}: {pattern!r} matches no float initializer of the model "
+                             f"(running statistics excluded); they are: {candidates[:30]}")
+        matched.update(hits)
+    return [name for name in candidates if name in matched]
+
+
+def promote_constants(model: onnx.ModelProto, which: bool | Sequence[str] = True) -> onnx.ModelProto:
+    """``model`` with float Constant and ConstantOfShape (of a constant shape) outputs turned
+    into initializers of the same name: all of them (``which=True``) or those named."""
+    result = _copy(model)
+    graph = result.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    promoted, kept = [], []
+    for node in graph.node:
+        value = _constant_value(node, constants)
+        if value is not None:
+            constants[node.output[0]] = value
+        wanted = which is True or (which and node.output and node.output[0] in which)
+        if value is not None and value.dtype.kind == "f" and wanted:
+            promoted.append(numpy_helper.from_array(value, node.output[0]))
+        else:
+            kept.append(node)
+    if which is not True and which:
+        missing = sorted(set(which) - {t.name for t in promoted})
+        if missing:
+            raise ValueError(f"promote_constants: {missing} are not outputs of float Constant or "
+                             f"ConstantOfShape nodes with a constant shape")
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(promoted)
+    return result
+
+
+def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> np.ndarray | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Constant":
+        attr = node.attribute[0]
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_floats"):
+            return np.array(helper.get_attribute_value(attr), np.float32)
+    if node.op_type == "ConstantOfShape" and node.input[0] in constants:
+        fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+        return np.full(constants[node.input[0]].astype(np.int64), fill[0], fill.dtype)
+    return None
+
+
+def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """``model`` with BatchNormalization and Dropout nodes in training mode, and its buffers:
+    ``{running statistic: output carrying its update}``."""
+    result = _copy(model)
+    graph = result.graph
+    initializers = {t.name for t in graph.initializer}
+    buffers: dict[str, str] = {}
+    extra_nodes = []
+    for node in graph.node:
+        if node.op_type == "BatchNormalization":
+            _set_attribute(node, "training_mode", 1)
+            while len(node.output) < 3:
+                node.output.append(f"{node.output[0]}/running_{len(node.output)}")
+            for stat, running in zip(node.input[3:5], node.output[1:3]):
+                if stat not in initializers:
+                    raise ValueError(f"BatchNormalization node {node.name!r}: its running statistic {stat!r} "
+                                     f"must be an initializer")
+                if stat in buffers:
+                    raise ValueError(f"running statistic {stat!r} is shared by two BatchNormalization nodes")
+                buffers[stat] = names.new(stat)
+                extra_nodes.append(helper.make_node("Identity", [running], [names.new(stat)]))
+        elif node.op_type == "Dropout" and (len(node.input) < 3 or not node.input[2]):
+            while len(node.input) < 2:
+                node.input.append("")
+            if not node.input[1]:
+                node.input[1] = _ensure(graph, "graphopt/dropout_ratio", np.array(0.5, np.float32))
+            node.input[2:] = [_ensure(graph, "graphopt/training", np.array(True))]
+    graph.node.extend(extra_nodes)
+    graph.output.extend(helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None)
+                        for out in buffers.values())
+    return result, buffers
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            node.attribute.remove(attr)
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _ensure(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
+    if name not in {t.name for t in graph.initializer}:
+        graph.initializer.append(numpy_helper.from_array(value, name))
+    return name
