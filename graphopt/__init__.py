@@ -8,15 +8,16 @@
 >>> model = opt.export()        # the same update as a plain ONNX model
 """
 
-from graphopt import names, optim, transforms
+from graphopt import losses, names, optim, transforms
 from graphopt.checkpoint import load_state_dict, save_state_dict
 from graphopt.parameter import Parameter
 from graphopt.trainer import Trainer
+from graphopt.training_info import TrainingSession
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "__version__", "load_state_dict", "names", "optim",
-    "save_state_dict", "Trainer", "transforms",
+    "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer", "TrainingSession", "__version__",
+    "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
 ]

@@ -40,19 +40,19 @@ def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen:
     stats = set(running_statistics(model))
     floats = [t.name for t in model.graph.initializer
               if numpy_helper.to_array(t).dtype.kind == "f" and t.name not in stats]
-    chosen = floats if trainable is None else _matching(floats, trainable, "trainable")
-    dropped = set() if frozen is None else set(_matching(floats, frozen, "frozen"))
+    chosen = floats if trainable is None else matching(floats, trainable, "trainable")
+    dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
     return [name for name in chosen if name not in dropped]
 
 
-def _matching(candidates: list[str], selector: str | Sequence[str], what: str) -> list[str]:
+def matching(candidates: list[str], selector: str | Sequence[str], what: str) -> list[str]:
     patterns = [selector] if isinstance(selector, str) else list(selector)
     matched = set()
     for pattern in patterns:
         hits = fnmatch.filter(candidates, pattern)
         if not hits:
-            raise ValueError(f"{what}: {pattern!r} matches no float initializer of the model "
-                             f"(running statistics excluded); they are: {candidates[:30]}")
+            raise ValueError(f"{what}: {pattern!r} matches none of the candidate float initializers "
+                             f"{candidates[:30]}")
         matched.update(hits)
     return [name for name in candidates if name in matched]
 

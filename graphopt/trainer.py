@@ -1,35 +1,45 @@
 """`Trainer`: train an ONNX model with a graphopt optimizer, one ONNX Runtime call per step.
 
-    trainer = graphopt.Trainer("model.onnx", loss="loss", optimizer=optim.Adam(lr=1e-3))
-    for batch in batches:
-        loss = trainer.step({"x": batch.x, "t": batch.t})
+    trainer = graphopt.Trainer("model.onnx", loss=losses.cross_entropy("logits"),
+                               optimizer=optim.Adam(lr=1e-3))
+    for x, y in batches:
+        loss = trainer.step({"x": x}, labels=y)
     trainer.export("trained.onnx", kind="inference")
 
-The model computes its own scalar loss output (its inputs include the labels). The
-trainable initializers (all float ones by default) become graphopt `Parameter` s in
-the optimizer's flat buffers; each step runs the training-step model
-(`graphopt.training_step`) with parameters and state bound in place where proven
-safe. They form one param group of the optimizer: its ``lr_mult`` / ``decay_mult``,
-``state_dict`` and hyperparameter changes work as with the facade, and changing a
-value never recompiles.
+The loss is a built-in one (`graphopt.losses`) attached to a model output, or the name
+of a float scalar the model computes itself. The trainable initializers (all float
+ones by default, running statistics excepted) become graphopt `Parameter` s in the
+optimizer's flat buffers; BatchNormalization and Dropout run in training mode, and
+the running statistics are updated by each step as in torch's ``train()`` mode.
+Each step runs the training-step model (`graphopt.training_step`) with parameters
+and state bound in place where proven safe. Parameters form the param groups given
+by ``groups``; ``lr_mult`` / ``decay_mult``, ``state_dict`` and hyperparameter
+changes work as with the facade, and changing a value never recompiles.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphopt import names
 from graphopt.inplace import in_place_pairs
+from graphopt.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
 from graphopt.parameter import Parameter
-from graphopt.runtime import Executable
-from graphopt.training_step import build_training_step, trainable_as_inputs
+from graphopt.preparation import Selector, matching, promote_constants, select_trainable, to_training_mode
+from graphopt.runtime import Executable, Region
+from graphopt.training_info import with_training_info
+from graphopt.training_step import build_gradients, build_training_step, trainable_as_inputs
 from graphopt.update import GroupSpec, ParamSpec
+
+KINDS = ("step", "training_info", "inference")
 
 
 class Trainer:
@@ -37,98 +47,207 @@ class Trainer:
 
     Args:
         model: an ``onnx.ModelProto`` or a path to one.
-        loss: the name of a float scalar output of the model.
-        optimizer: a graphopt optimizer constructed without parameters, e.g.
-            ``optim.Adam(lr=1e-3)``; the trainer adds the trainable parameters as one group.
-        trainable: names of the initializers to train (default: every float initializer).
+        loss: a `graphopt.losses.Loss` (which adds a ``labels`` input), or the name of a
+            float scalar output of the model.
+        optimizer: a graphopt optimizer constructed without parameters, e.g. ``optim.Adam(lr=1e-3)``.
+        trainable: names or ``fnmatch`` patterns of the initializers to train (default: every
+            float initializer except running statistics); ``frozen`` removes matches from those.
+        groups: param groups, as ``[{"params": "conv*", "lr_mult": 0.1}, ...]``: ``params`` is a
+            name, a pattern or a list of them; a parameter joins the first group it matches and
+            the parameters no group matches form one last group with the optimizer's defaults.
+        promote_constants: turn float Constant / ConstantOfShape outputs into trainable
+            initializers: True for all, or a list of names.
+        training_mode: run BatchNormalization (batch statistics, running statistics updated)
+            and Dropout in training mode during steps; `evaluate` and the inference export
+            keep the model's own mode.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: str, optimizer: Optimizer,
-                 trainable: Sequence[str] | None = None):
-        self.model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: Loss | str, optimizer: Optimizer, *,
+                 trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
+                 promote_constants: bool | Sequence[str] = False, training_mode: bool = True):
+        model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
+        self.model = _promoted(model, promote_constants)
+        self.labels = loss.labels if isinstance(loss, Loss) else None
+        loss_model, self.loss = loss.attach(self.model) if isinstance(loss, Loss) else (self.model, loss)
+        if not isinstance(loss, Loss) and loss not in {o.name for o in self.model.graph.output}:
+            raise ValueError(f"Trainer: loss {loss!r} is not an output of the model "
+                             f"(outputs: {[o.name for o in self.model.graph.output]}); pass a graphopt.losses loss "
+                             f"to attach one")
+        self._train_model, updated = to_training_mode(loss_model) if training_mode else (loss_model, {})
         initializers = {t.name: t for t in self.model.graph.initializer}
-        if trainable is None:
-            trainable = [name for name, t in initializers.items() if numpy_helper.to_array(t).dtype.kind == "f"]
-        unknown = [name for name in trainable if name not in initializers]
-        if unknown:
-            raise ValueError(f"Trainer: trainable {unknown} are not initializers of the model")
-        self.loss = loss
-        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name) for name in trainable}
-        optimizer.add_param_group({"params": list(self.parameters.values())})
+        self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
+        trainable_names = select_trainable(self.model, trainable, frozen)
+        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]).copy(), name=name)
+                           for name in trainable_names}
+        for group in _param_groups(trainable_names, groups):
+            optimizer.add_param_group({**group, "params": [self.parameters[n] for n in group["params"]]})
         self.optimizer = optimizer
         self._compiled: dict[tuple, tuple[onnx.ModelProto, Executable, set]] = {}
+        self._gradients: Executable | None = None
         self._evaluation: Executable | None = None
+        self._accumulating = False
+
+    # -- steps -------------------------------------------------------------------------
+
+    def step(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
+        """Forward, backward and update on one batch; the loss before the update.
+
+        After `accumulate` calls, the update uses the sum of their gradients and this
+        batch's (two ONNX Runtime calls: the gradients, then the optimizer's step).
+        """
+        feeds = self._feeds(inputs, labels)
+        if self._accumulating:
+            loss = self.accumulate(inputs, labels)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._accumulating = False
+            return loss
+        layouts, specs, (_, executable, safe) = self._training_step()
+        bindings = [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
+                                   spec.params, spec.transform.all_slots(), layout.hypers, safe)
+                    for layout, spec in zip(layouts, specs)]
+        state_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
+        loss = np.empty((), _output_dtype(executable, self.loss))
+        buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
+        outputs = {self.loss: loss, **buffers, **{k: v for b in bindings for k, v in b.outputs.items()}}
+        all_feeds = {**feeds, **self.buffers, **state_feeds}
+        _check_inputs(executable, all_feeds, "step")
+        executable.run(all_feeds, outputs)
+        for b in bindings:
+            b.finish()
+            b.commit()
+        self._commit_buffers(buffers)
+        return float(loss)
+
+    def accumulate(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
+        """Forward and backward on one batch, adding the gradients into each parameter's
+        ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
+        The next `step` applies the sum. Returns the batch's loss."""
+        feeds = self._feeds(inputs, labels)
+        if self._gradients is None:
+            model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
+            self._gradients = self.optimizer._runtime.compile(model)
+        all_feeds = {**feeds, **self._current_weights()}
+        _check_inputs(self._gradients, all_feeds, "accumulate")
+        values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
+        for name, p in self.parameters.items():
+            grad = values[names.grad(name)]
+            if p.grad is None or not self._accumulating:
+                p.grad = grad
+            else:
+                p.grad += grad
+        self._commit_buffers({names.new(name): values[names.new(name)] for name in self.buffers})
+        self._accumulating = True
+        return float(values[self.loss])
+
+    def _feeds(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> dict[str, np.ndarray]:
+        if labels is None:
+            return dict(inputs)
+        if self.labels is None:
+            raise ValueError("Trainer.step: labels given, but the loss is the model's own output; "
+                             "feed them in inputs under the model's input name")
+        return {**inputs, self.labels: labels}
+
+    def _commit_buffers(self, new_values: Mapping[str, np.ndarray]) -> None:
+        for name in self.buffers:
+            self.buffers[name] = new_values[names.new(name)]
 
     def _training_step(self):
         """The layouts of this step and the training-step model compiled for their structure."""
-        layouts = self.optimizer._layouts()  # noqa: SLF001 - the trainer drives the optimizer's buffers
+        layouts = self.optimizer._layouts()
         specs = tuple(GroupSpec(layout.group, layout.transform,
                                 tuple(ParamSpec(name, p.shape, p.dtype) for flat, names_ in
                                       zip(layout.flats, layout.names_of) for p, name in zip(flat.params, names_)))
                       for layout in layouts)
         if specs not in self._compiled:
-            model = build_training_step(self.model, self.loss, specs)
+            model = build_training_step(self._train_model, self.loss, specs, list(self.buffers))
             pairs = [pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform.all_slots())]
-            executable = self.optimizer._runtime.compile(model)  # noqa: SLF001
+            executable = self.optimizer._runtime.compile(model)
             self._compiled[specs] = (model, executable, in_place_pairs(model.graph, pairs))
         return layouts, specs, self._compiled[specs]
 
-    def step(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
-        """Run forward, backward and update on one batch; return the loss before the update.
-
-        ``inputs`` feeds the model's graph inputs by name; ``labels``, if given, feeds
-        the input named ``labels``.
-        """
-        layouts, specs, (_, executable, safe) = self._training_step()
-        feeds = dict(inputs) if labels is None else {**inputs, "labels": labels}
-        loss = np.empty((), _loss_dtype(executable))
-        bindings = []
-        for layout, spec in zip(layouts, specs):
-            active = [(flat, i) for flat in layout.flats for i in range(len(flat.params))]
-            bindings.append(TensorBindings(layout.group, active, spec.params, spec.transform.all_slots(),
-                                           layout.hypers, safe))
-        all_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
-        missing = [n for n in executable.input_names if n not in all_feeds and n not in feeds]
-        if missing:
-            raise ValueError(f"Trainer.step: missing inputs {missing}")
-        outputs = {self.loss: loss, **{k: v for b in bindings for k, v in b.outputs.items()}}
-        executable.run({**feeds, **all_feeds}, outputs)
-        for b in bindings:
-            b.finish()
-            b.commit()
-        return float(loss)
+    # -- inference and export --------------------------------------------------------------
 
     def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The model's outputs for ``inputs``, with the current parameters."""
+        """The model's outputs for ``inputs``, with the current parameters and running statistics."""
         if self._evaluation is None:
-            model = trainable_as_inputs(self.model, list(self.parameters))
-            self._evaluation = self.optimizer._runtime.compile(model)  # noqa: SLF001
-        feeds = {**inputs, **{name: p.data for name, p in self.parameters.items()}}
-        names = list(self._evaluation.output_names)
-        return dict(zip(names, self._evaluation.session.run(names, feeds)))
+            model = trainable_as_inputs(self.model, [*self.parameters, *self.buffers])
+            self._evaluation = self.optimizer._runtime.compile(model)
+        feeds = {**inputs, **self._current_weights()}
+        names_ = list(self._evaluation.output_names)
+        return dict(zip(names_, self._evaluation.session.run(names_, feeds)))
+
+    def _current_weights(self) -> dict[str, np.ndarray]:
+        return {**{name: p.data for name, p in self.parameters.items()}, **self.buffers}
 
     def export(self, path: str | os.PathLike | None = None, kind: str = "step") -> onnx.ModelProto:
         """``"step"``: the training-step model (see `graphopt.training_step` for its I/O);
-        ``"inference"``: the model with the trained weights as its initializers."""
+        ``"inference"``: the model with the trained weights as its initializers;
+        ``"training_info"``: that inference model plus a ``TrainingInfoProto`` whose algorithm
+        is the training step, holding the optimizer state (`graphopt.training_info`;
+        `graphopt.TrainingSession` loads it and continues training)."""
+        if kind not in KINDS:
+            raise ValueError(f"Trainer.export: kind must be one of {KINDS}, got {kind!r}")
         if kind == "step":
             model = self._training_step()[2][0]
-        elif kind == "inference":
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for tensor in model.graph.initializer:
-                if tensor.name in self.parameters:
-                    tensor.CopyFrom(numpy_helper.from_array(self.parameters[tensor.name].data, tensor.name))
         else:
-            raise ValueError(f"Trainer.export: kind must be 'step' or 'inference', got {kind!r}")
+            model = self._inference_model()
+            if kind == "training_info":
+                model = with_training_info(model, self._training_step()[2][0], self._optimizer_state())
         if path is not None:
             onnx.save(model, os.fspath(path))
         return model
 
+    def _inference_model(self) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        weights = self._current_weights()
+        for tensor in model.graph.initializer:
+            if tensor.name in weights:
+                tensor.CopyFrom(numpy_helper.from_array(np.asarray(weights[tensor.name]), tensor.name))
+        return model
 
-def _loss_dtype(executable: Executable) -> np.dtype:
-    first = executable.session.get_outputs()[0]
+    def _optimizer_state(self) -> dict[str, np.ndarray]:
+        """The step model's state inputs (slots, step counts, hyperparameters) by name, as host arrays."""
+        layouts, specs, _ = self._training_step()
+        state = {}
+        for layout, spec in zip(layouts, specs):
+            active = [(f, i) for f in layout.flats for i in range(len(f.params))]
+            feeds = TensorBindings(layout.group, active, spec.params, spec.transform.all_slots(), layout.hypers,
+                                   set()).feeds
+            state.update({k: v.numpy() if isinstance(v, Region) else np.array(v) for k, v in feeds.items()
+                          if k not in self.parameters})
+        return state
+
+
+def _promoted(model: onnx.ModelProto, which: bool | Sequence[str]) -> onnx.ModelProto:
+    return promote_constants(model, which) if which else model
+
+
+def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``groups`` with their ``params`` selectors resolved to names, plus a last group of the rest."""
+    remaining, result = list(trainable), []
+    for g, group in enumerate(groups):
+        if "params" not in group:
+            raise ValueError(f"Trainer: groups[{g}] has no 'params' (a name, pattern or list of them)")
+        chosen = matching(remaining, group["params"], f"groups[{g}]['params']")
+        remaining = [n for n in remaining if n not in chosen]
+        result.append({**group, "params": chosen})
+    if remaining:
+        result.append({"params": remaining})
+    return result
+
+
+def _check_inputs(executable: Executable, feeds: Mapping[str, Any], method: str) -> None:
+    missing = [name for name in executable.input_names if name not in feeds]
+    if missing:
+        raise ValueError(f"Trainer.{method}: missing inputs {missing}")
+
+
+def _output_dtype(executable: Executable, name: str) -> np.dtype:
+    output = next(o for o in executable.session.get_outputs() if o.name == name)
     return np.dtype({"tensor(float)": np.float32, "tensor(double)": np.float64,
-                     "tensor(float16)": np.float16}[first.type])
+                     "tensor(float16)": np.float16}[output.type])

@@ -4,10 +4,11 @@
 
 Trainable initializers become graph inputs; `graphopt.autodiff` adds their
 gradients; the update model of `graphopt.update` is spliced in, reading those
-gradients directly. Inputs: the model's inputs, then per parameter ``p``, its state
-slots ``p.<slot>`` and ``p.step`` (where the update reads it), and the hyperparameters
-``group<g>.<hyper>`` -- the names of `graphopt.names`. Outputs: the loss, then
-``p.new``, ``p.<slot>.new`` and ``p.step.new``. Plain onnxruntime runs it.
+gradients directly. Inputs: the model's inputs, the parameters, the buffers (running
+statistics), then per parameter ``p`` its state slots ``p.<slot>`` and ``p.step``
+(where the update reads it), and the hyperparameters ``group<g>.<hyper>`` -- the
+names of `graphopt.names`. Outputs: the loss, ``<buffer>.new``, then ``p.new``,
+``p.<slot>.new`` and ``p.step.new``. Plain onnxruntime runs it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,28 @@ from graphopt.autodiff import add_gradients
 from graphopt.update import GroupSpec, build_update
 
 
-def build_training_step(model: onnx.ModelProto, loss: str, groups: Sequence[GroupSpec]) -> onnx.ModelProto:
-    """One model that computes ``loss`` and applies the update of ``groups`` to their parameters."""
+def build_training_step(model: onnx.ModelProto, loss: str, groups: Sequence[GroupSpec],
+                        buffers: Sequence[str] = ()) -> onnx.ModelProto:
+    """One model that computes ``loss`` and applies the update of ``groups`` to their parameters.
+
+    ``buffers`` are initializers the model itself updates (the running statistics of
+    `graphopt.preparation.to_training_mode`): inputs too, with outputs ``<name>.new``.
+    """
     params = [p.name for group in groups for p in group.params]
-    grad_model = add_gradients(trainable_as_inputs(model, params), loss, params)
-    return _splice(grad_model, build_update(groups), params, loss)
+    grad_model = build_gradients(model, loss, params, buffers)
+    return _splice(grad_model, build_update(groups), params, [loss, *(names.new(b) for b in buffers)])
+
+
+def build_gradients(model: onnx.ModelProto, loss: str, params: Sequence[str],
+                    buffers: Sequence[str] = ()) -> onnx.ModelProto:
+    """Forward and backward only. Inputs: the model's, then ``params`` and ``buffers``; outputs:
+    ``loss``, ``<buffer>.new`` and ``<param>.grad`` (what gradient accumulation runs)."""
+    grad_model = add_gradients(trainable_as_inputs(model, [*params, *buffers]), loss, params)
+    kept = {loss, *(names.new(b) for b in buffers), *(names.grad(p) for p in params)}
+    outputs = [o for o in grad_model.graph.output if o.name in kept]
+    del grad_model.graph.output[:]
+    grad_model.graph.output.extend(outputs)
+    return grad_model
 
 
 def trainable_as_inputs(model: onnx.ModelProto, params: Sequence[str]) -> onnx.ModelProto:
@@ -50,7 +68,7 @@ def trainable_as_inputs(model: onnx.ModelProto, params: Sequence[str]) -> onnx.M
 
 
 def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: list[str],
-            loss: str) -> onnx.ModelProto:
+            kept: list[str]) -> onnx.ModelProto:
     """Move the update graph's nodes into the gradient graph, wiring parameters and gradients."""
     model = ir.serde.deserialize_model(grad_model)
     update = ir.serde.deserialize_model(update_model).graph
@@ -83,7 +101,8 @@ def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: 
             taken.add(out.name)
         graph.append(node)
     graph.inputs.extend(new_inputs)
-    kept_outputs = [v for v in graph.outputs if v.name == loss]
+    by_name = {v.name: v for v in graph.outputs}
+    kept_outputs = [by_name[name] for name in kept]
     graph.outputs.clear()
     graph.outputs.extend(kept_outputs + outputs)
     proto = ir.serde.serialize_model(model)

@@ -98,7 +98,7 @@ def test_exported_step_model_runs_in_plain_onnxruntime(tmp_path):
 def test_trainer_errors_are_named():
     with pytest.raises(ValueError, match="without parameters"):
         graphopt.Trainer(regression_model(), "loss", optim.Adam([graphopt.Parameter(np.zeros(2))]))
-    with pytest.raises(ValueError, match=r"trainable \['nope'\] are not initializers"):
+    with pytest.raises(ValueError, match=r"trainable: 'nope' matches none of the candidate float initializers"):
         graphopt.Trainer(regression_model(), "loss", optim.Adam(), trainable=["nope"])
     trainer = graphopt.Trainer(regression_model(), "loss", optim.Adam(), trainable=["W2"])
     assert list(trainer.parameters) == ["W2"]

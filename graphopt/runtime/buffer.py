@@ -49,6 +49,11 @@ class Region:
     def pointer(self) -> int:
         return self.buffer.ortvalue.data_ptr() + self.start * self.buffer.dtype.itemsize
 
+    def numpy(self) -> np.ndarray:
+        """A host copy of the region."""
+        size = int(np.prod(self.shape))
+        return self.buffer.numpy()[self.start:self.start + size].reshape(self.shape)
+
     def __getitem__(self, rows: slice) -> Region:
         """Rows ``rows`` (a step-1 slice of the first axis)."""
         first, stop, _ = rows.indices(self.shape[0])
