@@ -25,3 +25,23 @@ def test_quickstart_learns_and_exports(tmp_path, capsys):
     assert losses[-1] < 0.1 * losses[0]
     assert "in the first step, 0 since" in "\n".join(lines)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def test_digits_cnn_reaches_95_percent_and_its_exports_run(tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+
+    import graphopt
+
+    module = _load("digits_cnn")
+    history = module.train(epochs=15, out=tmp_path)
+    assert history["test_accuracy"][-1] >= 0.95
+    assert history["loss"][-1] < 0.3 * history["loss"][0]
+    assert (tmp_path / "digits_training.png").stat().st_size > 10_000
+    _, x_test, _, y_test = module.digits(0)
+    session = ort.InferenceSession(str(tmp_path / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"x": x_test})
+    assert np.mean(logits.argmax(1) == y_test) == history["test_accuracy"][-1]
+    resumed = graphopt.TrainingSession(str(tmp_path / "digits_training.onnx"))
+    np.testing.assert_allclose(resumed.evaluate({"x": x_test})["logits"], logits, rtol=1e-5, atol=1e-5)
+    assert "test accuracy" in capsys.readouterr().out

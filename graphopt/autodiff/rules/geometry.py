@@ -47,7 +47,7 @@ class Window:
 
 def window(node: ir.Node, kernel: list[int]) -> Window:
     """The window of ``node`` over its first input, with ``auto_pad`` resolved to explicit pads."""
-    spatial = static_dims(node.inputs[0], node, "input")[2:]
+    spatial = static_dims(node.inputs[0], node, "input", start=2)
     rank = len(spatial)
     strides = list(attribute(node, "strides", [1] * rank))
     dilations = list(attribute(node, "dilations", [1] * rank))

@@ -55,9 +55,9 @@ def optional_input(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if index < len(node.inputs) else None
 
 
-def static_dims(value: ir.Value, node: ir.Node, what: str) -> list[int]:
-    """``value``'s dimensions, which ``node``'s rule needs to know when the graph is built."""
-    dims = [] if value.shape is None else list(value.shape)
+def static_dims(value: ir.Value, node: ir.Node, what: str, start: int = 0) -> list[int]:
+    """``value``'s dimensions from ``start`` on, which ``node``'s rule needs to know when the graph is built."""
+    dims = [] if value.shape is None else list(value.shape)[start:]
     if value.shape is None or not all(isinstance(d, int) for d in dims):
         raise NotImplementedError(f"{node.op_type} node {node.name!r}: the gradient needs the static shape of "
                                   f"its {what} {value.name!r}, got {value.shape}")
