@@ -32,36 +32,61 @@ VIEW_LIKE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 def in_place_pairs(graph: onnx.GraphProto, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """The ``(input, output)`` pairs of ``graph`` that may share one buffer."""
-    return {(i, o) for i, o in pairs if can_write_in_place(graph, i, o)}
+    index = _GraphIndex(graph)
+    return {(i, o) for i, o in pairs if index.can_write_in_place(i, o)}
 
 
 def can_write_in_place(graph: onnx.GraphProto, input_name: str, output_name: str) -> bool:
     """Whether output ``output_name`` may be written into input ``input_name``'s buffer."""
-    if any(o.name == input_name for o in graph.output):
-        return False
-    producers = {out: node for node in graph.node for out in node.output}
-    writer = producers.get(output_name)
-    if writer is None:
-        return False
-    aliases = _aliases(graph, input_name)
-    if not _writes_elementwise(writer, aliases, output_name):
-        return False
-    ancestors = _ancestors(graph, writer, producers)
-    return all(id(node) in ancestors for node in _readers(graph, aliases) if node is not writer)
+    return _GraphIndex(graph).can_write_in_place(input_name, output_name)
 
 
-def _aliases(graph: onnx.GraphProto, name: str) -> set[str]:
-    """``name`` and every value that may share its memory through view-like ops."""
-    aliases = {name}
-    for node in graph.node:  # nodes are in topological order
-        if node.op_type in VIEW_LIKE and node.input and node.input[0] in aliases:
-            aliases.update(node.output)
-    return aliases
+class _GraphIndex:
+    """Producers, readers and subgraph reads of one graph's nodes, computed once for many pairs."""
 
+    def __init__(self, graph: onnx.GraphProto):
+        self.outputs = {o.name for o in graph.output}
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.reads = {id(node): (*node.input, *_implicit_inputs(node)) for node in graph.node}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in set(self.reads[id(node)]):
+                self.readers.setdefault(name, []).append(node)
 
-def _readers(graph: onnx.GraphProto, names: set[str]) -> list[onnx.NodeProto]:
-    """Nodes that read any of ``names``, as an input or from inside a subgraph."""
-    return [node for node in graph.node if names & (set(node.input) | _implicit_inputs(node))]
+    def can_write_in_place(self, input_name: str, output_name: str) -> bool:
+        if input_name in self.outputs:
+            return False
+        writer = self.producers.get(output_name)
+        if writer is None:
+            return False
+        aliases = self._aliases(input_name)
+        if not _writes_elementwise(writer, aliases, output_name):
+            return False
+        readers = {id(n) for name in aliases for n in self.readers.get(name, ())} - {id(writer)}
+        return not readers or readers <= self._ancestors(writer)
+
+    def _aliases(self, name: str) -> set[str]:
+        """``name`` and every value that may share its memory through view-like ops."""
+        aliases, stack = {name}, [name]
+        while stack:
+            for node in self.readers.get(stack.pop(), ()):
+                if node.op_type in VIEW_LIKE and node.input and node.input[0] in aliases:
+                    fresh = [o for o in node.output if o not in aliases]
+                    aliases.update(fresh)
+                    stack.extend(fresh)
+        return aliases
+
+    def _ancestors(self, node: onnx.NodeProto) -> set[int]:
+        """ids of the nodes ``node`` depends on, through inputs and its subgraphs' implicit inputs."""
+        seen: set[int] = set()
+        stack = [node]
+        while stack:
+            for name in self.reads[id(stack.pop())]:
+                parent = self.producers.get(name)
+                if parent is not None and id(parent) not in seen:
+                    seen.add(id(parent))
+                    stack.append(parent)
+        return seen
 
 
 def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
@@ -99,17 +124,3 @@ def _scan_writes_rowwise(scan: onnx.NodeProto, positions: list[int], output_name
     inner_input = body.input[positions[0]].name
     inner_output = body.output[list(scan.output).index(output_name)].name
     return can_write_in_place(body, inner_input, inner_output)
-
-
-def _ancestors(graph: onnx.GraphProto, node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> set[int]:
-    """ids of the nodes ``node`` depends on, through inputs and its subgraphs' implicit inputs."""
-    seen: set[int] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        for name in (*current.input, *_implicit_inputs(current)):
-            parent = producers.get(name)
-            if parent is not None and id(parent) not in seen:
-                seen.add(id(parent))
-                stack.append(parent)
-    return seen

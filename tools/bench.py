@@ -3,6 +3,7 @@
     python tools/bench.py                      # the full table (several minutes)
     python tools/bench.py --sizes 1M,16M --optimizers adam --rounds 3
     python tools/bench.py --json bench.json
+    python tools/bench.py --sections training  # only the training benchmarks (tools/bench_training.py)
 
 Every configuration (optimizer x size x tensor count) is measured side by side in
 one process: each round times a few steps of every peer in turn (interleaved, so
@@ -20,6 +21,11 @@ GB/s is effective bandwidth: the bytes an update must read and write per paramet
 time. Also reported: resident memory beyond params, grads and state, per parameter
 (measured in a fresh subprocess), and the time to build and compile the update for
 1,000 tensors.
+
+The ``training`` section times one full training iteration (forward, cross-entropy,
+backward, Adam) of an MLP 784-1024-1024-10 at batch 64 with graphopt's Trainer, next
+to the same model in PyTorch eager mode (torch's default Adam and its fused one), and
+the time to build and compile the training step of ResNet-50.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import graphopt  # noqa: E402
 from graphopt import optim  # noqa: E402
 from graphopt.runtime import Runtime  # noqa: E402
+from tools.bench_training import mlp_iteration_peers, resnet50_build_time  # noqa: E402
 
 try:
     import torch
@@ -264,12 +271,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--chunk", type=int, default=None, help="graphopt's row length (default: its own)")
     parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory measurement")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--sections", default="steps,training", help="steps (optimizer steps), training")
+    parser.add_argument("--mlp", default="784,1024,1024,10", help="the training benchmark's layer widths")
+    parser.add_argument("--batch", type=int, default=64, help="the training benchmark's batch size")
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
 
     kinds = args.optimizers.split(",")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     counts = [int(c) for c in args.tensors.split(",")]
-    configs = [(k, n, c) for n in sizes for k in kinds for c in counts]
+    configs = [(k, n, c) for n in sizes for k in kinds for c in counts] if "steps" in sections else []
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
                            "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
                            "onnxruntime": __import__("onnxruntime").__version__, "graphopt": graphopt.__version__},
@@ -296,10 +307,20 @@ def main(argv=None) -> dict:
                                  "peers": {name: summary(t) for name, t in times.items()}})
         del runs
     index = len(configs) - 1
-    progress("build and compile for 1000 tensors")
-    results["build_1000_tensors"] = build_time(1000, args.threads)  # sessions exist already: warm
-    results["build_1000_tensors_first_in_process"] = first_build_time(args.threads)
-    if not args.no_memory:
+    if "training" in sections:
+        dims = [int(d) for d in args.mlp.split(",")]
+        progress(f"training iteration, MLP {args.mlp} batch {args.batch}")
+        runs = mlp_iteration_peers(dims, args.batch, args.threads)
+        times = measure(runs, args.rounds, max(args.steps, 5), lambda t: progress(f"training iteration: {t}"))
+        results["training_iteration"] = {"mlp": dims, "batch": args.batch,
+                                         "peers": {name: summary(t) for name, t in times.items()}}
+        progress("build and compile the ResNet-50 training step")
+        results["resnet50_build"] = resnet50_build_time(args.threads)
+    if "steps" in sections:
+        progress("build and compile for 1000 tensors")
+        results["build_1000_tensors"] = build_time(1000, args.threads)  # sessions exist already: warm
+        results["build_1000_tensors_first_in_process"] = first_build_time(args.threads)
+    if not args.no_memory and "steps" in sections:
         n = max(s for s in sizes if s <= 16 * 2 ** 20) if min(sizes) <= 16 * 2 ** 20 else min(sizes)
         results["extra_bytes_per_param"] = {}
         for kind in kinds:
@@ -330,14 +351,28 @@ def report(results: dict) -> str:
             spread = f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
             lines.append(f"{row['optimizer']:13s} {row['n'] / 2 ** 20:4g}M {row['tensors']:7d} {name:14s} "
                          f"{spread:>22s} {gbps:6.1f}  {ratio}")
-    b = results["build_1000_tensors"]
-    lines += ["", f"Adam over 1000 tensors: construct {b['construct_s']:.3f} s, build + compile "
-                  f"{b['build_and_compile_s']:.3f} s (first step {b['first_step_s']:.3f} s, "
-                  f"later {b['later_step_s']:.4f} s); "
-                  "in a fresh process (ONNX Runtime start-up included) "
-                  f"{results['build_1000_tensors_first_in_process']:.3f} s"]
+    if "build_1000_tensors" in results:
+        b = results["build_1000_tensors"]
+        lines += ["", f"Adam over 1000 tensors: construct {b['construct_s']:.3f} s, build + compile "
+                      f"{b['build_and_compile_s']:.3f} s (first step {b['first_step_s']:.3f} s, "
+                      f"later {b['later_step_s']:.4f} s); "
+                      "in a fresh process (ONNX Runtime start-up included) "
+                      f"{results['build_1000_tensors_first_in_process']:.3f} s"]
     for name, extra in results.get("extra_bytes_per_param", {}).items():
         lines.append(f"{name}: resident memory beyond params, grads and state: {extra:.2f} bytes per parameter")
+    if "training_iteration" in results:
+        t = results["training_iteration"]
+        ours = t["peers"]["graphopt"]["median_ms"]
+        lines += ["", f"training iteration (forward, cross-entropy, backward, Adam), MLP "
+                      f"{'-'.join(map(str, t['mlp']))}, batch {t['batch']}: ms, median [min-max]"]
+        for name, s in t["peers"].items():
+            ratio = "" if name == "graphopt" else f"  graphopt is {s['median_ms'] / ours:.2f}x as fast"
+            lines.append(f"  {name:18s} {s['median_ms']:8.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]{ratio}")
+    if "resnet50_build" in results:
+        r = results["resnet50_build"]
+        lines += ["", f"ResNet-50 training step ({r['parameters'] / 1e6:.1f}M parameters, {r['forward_nodes']} "
+                      f"forward nodes, {r['step_nodes']} in the step graph): Trainer set-up {r['setup_s']:.2f} s, "
+                      f"build {r['build_s']:.2f} s, onnxruntime compile {r['compile_s']:.2f} s"]
     return "\n".join(lines)
 
 
