@@ -20,6 +20,7 @@ class Emitter:
         self._taken = taken
         self._counter = itertools.count()
         self._prefix = prefix
+        self.created: set[ir.Node] = set()
 
     def _name(self) -> str:
         while True:
@@ -36,6 +37,7 @@ class Emitter:
         for value in node.outputs:
             value.name = self._name()
         self.graph.append(node)
+        self.created.add(node)
         return node.outputs[0] if num_outputs == 1 else tuple(node.outputs)
 
     def constant(self, array: Any) -> ir.Value:

@@ -59,6 +59,7 @@ def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx
         out = emitter.op("Identity", [grad])
         out.name, out.shape, out.type = names.grad(target.name), target.shape, target.type
         graph.outputs.append(out)
+    _remove_unused(graph, emitter.created)
     ir_model.ir_version = IR_VERSION
     proto = ir.serde.serialize_model(ir_model)
     typed = [info for info in proto.graph.value_info if info.type.HasField("tensor_type")]
@@ -101,6 +102,15 @@ def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitte
             if gx is not None and x is not None and x in needed:
                 grads[x] = gx if x not in grads else e.op("Add", [grads[x], gx])
     return grads
+
+
+def _remove_unused(graph: ir.Graph, created: set[ir.Node]) -> None:
+    """Drop backward nodes whose results nothing reads (a rule gives every input a gradient;
+    only those on a path to a wanted gradient are computed)."""
+    outputs = set(graph.outputs)
+    for node in reversed(list(graph)):
+        if node in created and not any(v.uses() or v in outputs for v in node.outputs):
+            graph.remove(node, safe=True)
 
 
 def _zeros_like(e: Emitter, v: ir.Value) -> ir.Value:
