@@ -34,7 +34,7 @@ from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
 from graphopt.parameter import Parameter
 from graphopt.preparation import Selector, matching, promote_constants, select_trainable, to_training_mode
-from graphopt.runtime import Executable, Region
+from graphopt.runtime import Executable, Region, Runtime
 from graphopt.training_info import with_training_info
 from graphopt.training_step import build_gradients, build_training_step, trainable_as_inputs
 from graphopt.update import GroupSpec, ParamSpec
@@ -60,15 +60,20 @@ class Trainer:
         training_mode: run BatchNormalization (batch statistics, running statistics updated)
             and Dropout in training mode during steps; `evaluate` and the inference export
             keep the model's own mode.
+        providers: ONNX Runtime execution providers for every session the trainer runs
+            (default: the optimizer's, CPU unless it was built with others).
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: Loss | str, optimizer: Optimizer, *,
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
-                 promote_constants: bool | Sequence[str] = False, training_mode: bool = True):
+                 promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
+                 providers: Any = None):
         model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
+        if providers is not None:
+            optimizer._use_runtime(Runtime(providers))
         self.model = _promoted(model, promote_constants)
         self.labels = loss.labels if isinstance(loss, Loss) else None
         loss_model, self.loss = loss.attach(self.model) if isinstance(loss, Loss) else (self.model, loss)
@@ -168,6 +173,32 @@ class Trainer:
             executable = self.optimizer._runtime.compile(model)
             self._compiled[specs] = (model, executable, in_place_pairs(model.graph, pairs))
         return layouts, specs, self._compiled[specs]
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the parameters and running statistics, and the optimizer's ``state_dict()``."""
+        return {"parameters": {name: p.data.copy() for name, p in self.parameters.items()},
+                "buffers": {name: value.copy() for name, value in self.buffers.items()},
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore `state_dict`; raises, changing nothing, if its names or shapes do not match."""
+        for kind, current in (("parameters", {n: p.data for n, p in self.parameters.items()}),
+                              ("buffers", self.buffers)):
+            given = state_dict[kind]
+            if set(given) != set(current):
+                raise ValueError(f"Trainer.load_state_dict: {kind} {sorted(given)} do not match the trainer's "
+                                 f"{sorted(current)}")
+            for name, value in given.items():
+                if np.shape(value) != current[name].shape:
+                    raise ValueError(f"Trainer.load_state_dict: {kind[:-1]} {name!r} has shape {np.shape(value)}, "
+                                     f"expected {current[name].shape}")
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        for name, value in state_dict["parameters"].items():
+            self.parameters[name].data[...] = value
+        self.buffers = {name: np.array(value, dtype=self.buffers[name].dtype)
+                        for name, value in state_dict["buffers"].items()}
 
     # -- inference and export --------------------------------------------------------------
 

@@ -199,3 +199,21 @@ def test_training_info_export_continues_training_identically(tmp_path):
     np.testing.assert_array_equal(session.state["var"], trainer.buffers["var"])
     x = data[0][0]
     np.testing.assert_array_equal(session.evaluate({"x": x})["y"], trainer.evaluate({"x": x})["y"])
+
+
+def test_state_dict_round_trip_and_providers():
+    model = batch_norm_model()
+    data = [(rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 2))) for _ in range(4)]
+    trainer = graphopt.Trainer(model, losses.mse(), optim.Adam(lr=0.01), providers=["CPUExecutionProvider"])
+    for x, t in data[:2]:
+        trainer.step({"x": x}, labels=t)
+    saved = trainer.state_dict()
+    expected = [trainer.step({"x": x}, labels=t) for x, t in data[2:]]
+    restored = graphopt.Trainer(model, losses.mse(), optim.Adam(lr=0.01))
+    with pytest.raises(ValueError, match="parameter 'W' has shape"):
+        restored.load_state_dict({**saved, "parameters": {**saved["parameters"], "W": np.zeros(3)}})
+    restored.load_state_dict(saved)
+    assert [restored.step({"x": x}, labels=t) for x, t in data[2:]] == expected
+    for name, p in restored.parameters.items():
+        np.testing.assert_array_equal(p.data, trainer.parameters[name].data)
+    np.testing.assert_array_equal(restored.buffers["mean"], trainer.buffers["mean"])

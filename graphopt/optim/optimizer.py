@@ -154,6 +154,13 @@ class Optimizer:
     def _parameters(self) -> list[Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _use_runtime(self, runtime: Runtime) -> None:
+        """Run on ``runtime`` from now on; only before any parameter is added."""
+        if self.param_groups:
+            raise ValueError(f"{type(self).__name__}: the runtime can only change before parameters are added")
+        self._runtime = runtime
+        self._executor = Executor(runtime)
+
     def _label(self, p: Parameter) -> str:
         g, i = self._positions[p]
         return f"parameter {self._names[p]!r} (params[{i}] of param group {g})"
