@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper, numpy_helper
 
@@ -128,3 +129,17 @@ def test_bad_loss_and_wrt_are_named():
 
 def test_rules_cover_the_operators_this_module_promises():
     assert {"MatMul", "Gemm", "Add", "Softmax", "LogSoftmax", "ReduceMean", "Transpose", "Erf"} <= set(supported())
+
+
+def test_default_wrt_is_every_float_initializer_less_frozen(tmp_path):
+    graph = helper.make_graph([node("MatMul", ["x", "W"], ["h"]), node("Add", ["h", "b"], ["y"]),
+                               node("ReduceSum", ["y"], ["loss"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", D, [2, 3])],
+                              [helper.make_tensor_value_info("loss", D, [])],
+                              initializer=[numpy_helper.from_array(np.ones((3, 4)), "W"),
+                                           numpy_helper.from_array(np.zeros(4), "b")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    outputs = [o.name for o in add_gradients(str(path), "loss").graph.output]
+    assert outputs == ["loss", "W.grad", "b.grad"]
+    assert [o.name for o in add_gradients(str(path), "loss", frozen="b").graph.output] == ["loss", "W.grad"]

@@ -9,6 +9,7 @@ order; a value used several times has its gradients summed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
+from graphopt.preparation import select_trainable
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -34,8 +36,15 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
     return ir.serde.deserialize_model(model)
 
 
-def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx.ModelProto:
-    """``model`` with an output ``<name>.grad`` for every name in ``wrt`` (graph inputs or initializers)."""
+def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: Sequence[str] | None = None,
+                  *, frozen: str | Sequence[str] | None = None) -> onnx.ModelProto:
+    """``model`` with an output ``<name>.grad`` for every name in ``wrt`` (graph inputs or
+    initializers); by default every float initializer except BatchNormalization running
+    statistics, less those matching ``frozen`` (names or ``fnmatch`` patterns)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    if wrt is None:
+        wrt = select_trainable(model, frozen=frozen)
     ir_model = prepare(model)
     graph = ir_model.graph
     values = _values(graph)
@@ -55,7 +64,7 @@ def add_gradients(model: onnx.ModelProto, loss: str, wrt: Sequence[str]) -> onnx
     for target in targets:
         grad = grads.get(target)
         if grad is None:  # the loss does not depend on it
-            grad = emitter.op("Mul", [target, emitter.scalar_like(0.0, target)])
+            grad = _zeros_like(emitter, target)
         out = emitter.op("Identity", [grad])
         out.name, out.shape, out.type = names.grad(target.name), target.shape, target.type
         graph.outputs.append(out)
