@@ -103,7 +103,6 @@ class Trainer:
         After `accumulate` calls, the update uses the sum of their gradients and this
         batch's (two ONNX Runtime calls: the gradients, then the optimizer's step).
         """
-        feeds = self._feeds(inputs, labels)
         if self._accumulating:
             loss = self.accumulate(inputs, labels)
             self.optimizer.step()
@@ -111,6 +110,7 @@ class Trainer:
             self._accumulating = False
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
+        feeds = _checked(executable, self._feeds(inputs, labels), "step", self._data_inputs())
         bindings = [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
                                    spec.params, spec.transform.all_slots(), layout.hypers, safe)
                     for layout, spec in zip(layouts, specs)]
@@ -119,7 +119,7 @@ class Trainer:
         buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
         outputs = {self.loss: loss, **buffers, **{k: v for b in bindings for k, v in b.outputs.items()}}
         all_feeds = {**feeds, **self.buffers, **state_feeds}
-        _check_inputs(executable, all_feeds, "step")
+        _check_complete(executable, all_feeds, "step")
         executable.run(all_feeds, outputs)
         for b in bindings:
             b.finish()
@@ -131,12 +131,12 @@ class Trainer:
         """Forward and backward on one batch, adding the gradients into each parameter's
         ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
         The next `step` applies the sum. Returns the batch's loss."""
-        feeds = self._feeds(inputs, labels)
         if self._gradients is None:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
             self._gradients = self.optimizer._runtime.compile(model)
+        feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._data_inputs())
         all_feeds = {**feeds, **self._current_weights()}
-        _check_inputs(self._gradients, all_feeds, "accumulate")
+        _check_complete(self._gradients, all_feeds, "accumulate")
         values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
         for name, p in self.parameters.items():
             grad = values[names.grad(name)]
@@ -155,6 +155,11 @@ class Trainer:
             raise ValueError("Trainer.step: labels given, but the loss is the model's own output; "
                              "feed them in inputs under the model's input name")
         return {**inputs, self.labels: labels}
+
+    def _data_inputs(self) -> list[str]:
+        """The inputs a batch feeds: the model's (and the loss's labels)."""
+        initializers = {t.name for t in self._train_model.graph.initializer}
+        return [i.name for i in self._train_model.graph.input if i.name not in initializers]
 
     def _commit_buffers(self, new_values: Mapping[str, np.ndarray]) -> None:
         for name in self.buffers:
@@ -247,8 +252,9 @@ class Trainer:
         state = {}
         for layout, spec in zip(layouts, specs):
             active = [(f, i) for f in layout.flats for i in range(len(f.params))]
-            feeds = TensorBindings(layout.group, active, spec.params, spec.transform.all_slots(), layout.hypers,
-                                   set()).feeds
+            slots = spec.transform.all_slots()
+            no_scratch = set(in_place_candidates(spec.params, slots))  # nothing runs: read the feeds only
+            feeds = TensorBindings(layout.group, active, spec.params, slots, layout.hypers, no_scratch).feeds
             state.update({k: v.numpy() if isinstance(v, Region) else np.array(v) for k, v in feeds.items()
                           if k not in self.parameters})
         return state
@@ -272,10 +278,37 @@ def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> 
     return result
 
 
-def _check_inputs(executable: Executable, feeds: Mapping[str, Any], method: str) -> None:
+def _check_complete(executable: Executable, feeds: Mapping[str, Any], method: str) -> None:
     missing = [name for name in executable.input_names if name not in feeds]
     if missing:
         raise ValueError(f"Trainer.{method}: missing inputs {missing}")
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def _checked(executable: Executable, feeds: Mapping[str, Any], method: str,
+             data_inputs: list[str]) -> dict[str, np.ndarray]:
+    """The user's ``feeds`` as numpy arrays of the model's input types: integers are widened or
+    narrowed to the integer type expected (labels), other mismatches and wrong ranks raise."""
+    expected = {i.name: i for i in executable.session.get_inputs()}
+    result = {}
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        info = expected.get(name) if name in data_inputs else None
+        if info is None:
+            raise ValueError(f"Trainer.{method}: {name!r} is not an input of the model (inputs: {data_inputs})")
+        dtype = np.dtype(_NUMPY_TYPES.get(info.type, value.dtype))
+        if value.dtype != dtype:
+            if value.dtype.kind not in "iu" or dtype.kind != "i":
+                raise TypeError(f"Trainer.{method}: input {name!r} is {value.dtype}, the model expects {dtype}")
+            value = value.astype(dtype)
+        if value.ndim != len(info.shape):
+            raise ValueError(f"Trainer.{method}: input {name!r} has shape {value.shape}, the model expects "
+                             f"{len(info.shape)} dimensions {info.shape}")
+        result[name] = value
+    return result
 
 
 def _output_dtype(executable: Executable, name: str) -> np.dtype:

@@ -217,3 +217,45 @@ def test_state_dict_round_trip_and_providers():
     for name, p in restored.parameters.items():
         np.testing.assert_array_equal(p.data, trainer.parameters[name].data)
     np.testing.assert_array_equal(restored.buffers["mean"], trainer.buffers["mean"])
+
+
+@pytest.mark.parametrize("runtime", ["device_buffers", "rows16x2"])
+def test_trainer_on_other_runtimes_matches_the_default(runtime):
+    """Device-resident state (the code path CUDA takes, here on the CPU) and a small chunk size."""
+    from graphopt.runtime import Runtime
+
+    make = {"device_buffers": lambda: Runtime(device_buffers=True),
+            "rows16x2": lambda: Runtime(chunk_size=16, threads=2)}[runtime]
+    model = batch_norm_model()
+    trainer = graphopt.Trainer(model, losses.mse(), optim.Adam(lr=0.01, runtime=make()))
+    reference = graphopt.Trainer(model, losses.mse(), optim.Adam(lr=0.01))
+    for _ in range(3):
+        x, t = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 2))
+        assert trainer.step({"x": x}, labels=t) == reference.step({"x": x}, labels=t)
+    for each in (trainer, reference):  # accumulating steps run the optimizer's own (fused) update
+        each.accumulate({"x": x}, labels=t)
+        each.step({"x": x}, labels=t)
+    np.testing.assert_allclose(trainer.evaluate({"x": x})["y"], reference.evaluate({"x": x})["y"], rtol=1e-12)
+    exported = trainer.export(kind="training_info").training_info[0].algorithm.initializer
+    expected = reference.export(kind="training_info").training_info[0].algorithm.initializer
+    assert [t.name for t in exported] == [t.name for t in expected]
+    for ours, theirs in zip(exported, expected):
+        np.testing.assert_allclose(numpy_helper.to_array(ours), numpy_helper.to_array(theirs), rtol=1e-12)
+
+
+def test_bad_feeds_are_named_and_change_nothing():
+    model = linear_model()
+    trainer = graphopt.Trainer(model, losses.cross_entropy(), optim.SGD(lr=0.1))
+    before = trainer.parameters["W"].data.copy()
+    x = rng.standard_normal((5, 3))
+    with pytest.raises(TypeError, match="input 'x' is float32, the model expects float64"):
+        trainer.step({"x": x.astype(np.float32)}, labels=np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="input 'labels' has shape \\(5, 1\\), the model expects 1 dimensions"):
+        trainer.step({"x": x}, labels=np.zeros((5, 1), np.int64))
+    with pytest.raises(ValueError, match="'z' is not an input of the model"):
+        trainer.step({"x": x, "z": x}, labels=np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match=r"missing inputs \['labels'\]"):
+        trainer.step({"x": x})
+    np.testing.assert_array_equal(trainer.parameters["W"].data, before)
+    trainer.step({"x": x}, labels=np.zeros(5, np.int32))  # integer labels of another width are converted
+    assert not np.array_equal(trainer.parameters["W"].data, before)
