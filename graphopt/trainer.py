@@ -72,15 +72,11 @@ class Trainer:
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
-        if providers is not None:
-            optimizer._use_runtime(Runtime(providers))
         self.model = _promoted(model, promote_constants)
         self.labels = loss.labels if isinstance(loss, Loss) else None
-        loss_model, self.loss = loss.attach(self.model) if isinstance(loss, Loss) else (self.model, loss)
-        if not isinstance(loss, Loss) and loss not in {o.name for o in self.model.graph.output}:
-            raise ValueError(f"Trainer: loss {loss!r} is not an output of the model "
-                             f"(outputs: {[o.name for o in self.model.graph.output]}); pass a graphopt.losses loss "
-                             f"to attach one")
+        loss_model, self.loss = _with_loss(self.model, loss)
+        if providers is not None:
+            optimizer._use_runtime(Runtime(providers))
         self._train_model, updated = to_training_mode(loss_model) if training_mode else (loss_model, {})
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
@@ -262,6 +258,17 @@ class Trainer:
 
 def _promoted(model: onnx.ModelProto, which: bool | Sequence[str]) -> onnx.ModelProto:
     return promote_constants(model, which) if which else model
+
+
+def _with_loss(model: onnx.ModelProto, loss: Loss | str) -> tuple[onnx.ModelProto, str]:
+    """The model computing the loss, and the loss's name."""
+    if isinstance(loss, Loss):
+        return loss.attach(model)
+    outputs = [o.name for o in model.graph.output]
+    if loss not in outputs:
+        raise ValueError(f"Trainer: loss {loss!r} is not an output of the model (outputs: {outputs}); "
+                         f"pass a graphopt.losses loss to attach one")
+    return model, loss
 
 
 def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -100,6 +100,8 @@ def test_trainer_errors_are_named():
         graphopt.Trainer(regression_model(), "loss", optim.Adam([graphopt.Parameter(np.zeros(2))]))
     with pytest.raises(ValueError, match=r"trainable: 'nope' matches none of the candidate float initializers"):
         graphopt.Trainer(regression_model(), "loss", optim.Adam(), trainable=["nope"])
+    with pytest.raises(ValueError, match=r"loss 'nope' is not an output of the model \(outputs: \['loss', 'y'\]\)"):
+        graphopt.Trainer(regression_model(), "nope", optim.Adam())
     trainer = graphopt.Trainer(regression_model(), "loss", optim.Adam(), trainable=["W2"])
     assert list(trainer.parameters) == ["W2"]
     with pytest.raises(ValueError, match=r"missing inputs \['t'\]"):
