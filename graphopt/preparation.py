@@ -37,12 +37,17 @@ def running_statistics(model: onnx.ModelProto) -> list[str]:
 def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen: Selector = None) -> list[str]:
     """The float initializers to train, in model order: those matching ``trainable`` (names or
     ``fnmatch`` patterns; default all, running statistics excepted) less those matching ``frozen``."""
-    stats = set(running_statistics(model))
-    floats = [t.name for t in model.graph.initializer
-              if numpy_helper.to_array(t).dtype.kind == "f" and t.name not in stats]
+    floats = float_initializers(model)
     chosen = floats if trainable is None else matching(floats, trainable, "trainable")
     dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
     return [name for name in chosen if name not in dropped]
+
+
+def float_initializers(model: onnx.ModelProto) -> list[str]:
+    """The float initializers, running statistics excepted, in model order."""
+    stats = set(running_statistics(model))
+    return [t.name for t in model.graph.initializer
+            if helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f" and t.name not in stats]
 
 
 def matching(candidates: list[str], selector: str | Sequence[str], what: str) -> list[str]:

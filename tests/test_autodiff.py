@@ -143,3 +143,6 @@ def test_default_wrt_is_every_float_initializer_less_frozen(tmp_path):
     outputs = [o.name for o in add_gradients(str(path), "loss").graph.output]
     assert outputs == ["loss", "W.grad", "b.grad"]
     assert [o.name for o in add_gradients(str(path), "loss", frozen="b").graph.output] == ["loss", "W.grad"]
+    assert [o.name for o in add_gradients(str(path), "loss", ["x", "b*"]).graph.output] == ["loss", "x.grad", "b.grad"]
+    with pytest.raises(ValueError, match="wrt: 'nope' matches none of the candidate float initializers"):
+        add_gradients(str(path), "loss", ["nope"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.autodiff import add_gradients
 from tests.gradcheck import _model, node
@@ -116,3 +116,81 @@ def test_slices_concat_clip_elu():
              node("Clip", ["x", "lo", "hi"], ["cl"]), node("Concat", ["el", "cl"], axis=0)]
     compare(nodes, {"x": r(5, 5)}, lambda x: torch.cat([F.elu(x[1:4:2, 0:5], 0.5), x.clamp(-0.5, 0.8)], 0),
             initializers=[starts, ends, steps, axes, lo, hi])
+
+
+def _positive(*shape):
+    return r(*shape, positive=True)
+
+
+# op, attributes, inputs, the same in torch
+ELEMENTWISE = [
+    ("Add", {}, {"a": r(2, 3), "b": r(3)}, lambda a, b: a + b),
+    ("Sub", {}, {"a": r(2, 3), "b": r(2, 1)}, lambda a, b: a - b),
+    ("Mul", {}, {"a": r(2, 3), "b": r(1, 3)}, lambda a, b: a * b),
+    ("Div", {}, {"a": r(2, 3), "b": _positive(3)}, lambda a, b: a / b),
+    ("Pow", {}, {"a": _positive(2, 3), "b": r(2, 3)}, lambda a, b: a ** b),
+    ("Sum", {}, {"a": r(2, 3), "b": r(3), "c": r(2, 1)}, lambda a, b, c: a + b + c),
+    ("MatMul", {}, {"a": r(2, 3, 4), "b": r(4, 5)}, lambda a, b: a @ b),
+    ("Gemm", {"alpha": 0.5, "beta": 2.0, "transA": 1}, {"a": r(4, 3), "b": r(4, 2), "c": r(2)},
+     lambda a, b, c: 0.5 * a.T @ b + 2.0 * c),
+]
+UNARY = [
+    ("Neg", {}, lambda x: -x), ("Identity", {}, lambda x: x), ("Relu", {}, torch.relu),
+    ("LeakyRelu", {"alpha": 0.1}, lambda x: F.leaky_relu(x, 0.1)), ("Sigmoid", {}, torch.sigmoid),
+    ("Tanh", {}, torch.tanh), ("Exp", {}, torch.exp), ("Abs", {}, torch.abs),
+    ("Sqrt", {}, torch.sqrt), ("Log", {}, torch.log), ("Reciprocal", {}, torch.reciprocal),
+    ("LogSoftmax", {"axis": 1}, lambda x: F.log_softmax(x, 1)),
+    ("Transpose", {"perm": [2, 0, 1]}, lambda x: x.permute(2, 0, 1)), ("Flatten", {"axis": 1}, lambda x: x.flatten(1)),
+    ("Cast", {"to": 11}, lambda x: x.double()),
+]
+
+
+@pytest.mark.parametrize("op, attrs, inputs, torch_fn", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
+def test_elementwise_and_linear(op, attrs, inputs, torch_fn):
+    compare([node(op, list(inputs), **attrs)], inputs, torch_fn)
+
+
+@pytest.mark.parametrize("op, attrs, torch_fn", UNARY, ids=[u[0] for u in UNARY])
+def test_unary(op, attrs, torch_fn):
+    x = _positive(2, 3, 4) if op in ("Sqrt", "Log", "Reciprocal") else r(2, 3, 4)
+    x[np.abs(x) < 1e-2] = 0.5  # away from the kinks of Relu, LeakyRelu and Abs
+    outputs = ["c"] if op == "Cast" else ["y"]
+    nodes = [node(op, ["x"], outputs, **attrs)] + ([node("Cast", ["c"], ["y"], to=1)] if op == "Cast" else [])
+    compare(nodes, {"x": x}, lambda x: torch_fn(x).float())
+
+
+def test_reductions_reshapes_split_expand_where():
+    axes = const("axes", np.array([1], np.int64))
+    shape = const("shape", np.array([3, 8], np.int64))
+    target = const("target", np.array([2, 3, 4], np.int64))
+    sizes = const("sizes", np.array([1, 2], np.int64))
+    mask = const("mask", np.array([[True, False, True, True]]))
+    nodes = [node("ReduceSum", ["x", "axes"], ["s"], keepdims=1), node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+             node("ReduceMax", ["x", "axes"], ["mx"], keepdims=0), node("Expand", ["s", "target"], ["e"]),
+             node("Reshape", ["e", "shape"], ["rs"]), node("Split", ["rs", "sizes"], ["p", "q"], axis=0),
+             node("Unsqueeze", ["m", "axes"], ["um"]), node("Squeeze", ["um", "axes"], ["sm"]),
+             node("Where", ["mask", "sm", "mx"], ["w"]), node("ReduceSum", ["q"], ["qs"], keepdims=0),
+             node("Mul", ["p", "qs"], ["pq"]), node("ReduceSum", ["pq"], ["pqs"], keepdims=0),
+             node("Mul", ["w", "pqs"])]
+    mask_t = torch.tensor([[True, False, True, True]])
+
+    def torch_fn(x):
+        s = x.sum(1, keepdim=True)
+        p, q = s.expand(2, 3, 4).reshape(3, 8).split([1, 2], 0)
+        return torch.where(mask_t, x.mean(1), x.amax(1)) * (p * q.sum()).sum()
+    compare(nodes, {"x": r(2, 3, 4)}, torch_fn, initializers=[axes, shape, target, sizes, mask])
+
+
+def test_dropout_in_training_mode_matches_torch_given_the_same_mask():
+    """Dropout's mask is random: torch multiplies by the mask ONNX Runtime drew in the same run."""
+    x = r(40, 30)
+    model = _model([node("Dropout", ["x", "ratio", "training"], ["y", "mask"])], {"x": x}, "y",
+                   [const("ratio", np.float32(0.4)), const("training", np.array(True))])
+    weights = torch.tensor(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R")))
+    grad_model = add_gradients(model, "loss", ["x"])
+    grad_model.graph.output.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
+    session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+    tx = torch.tensor(x, requires_grad=True)
+    (tx * torch.from_numpy(results["mask"]) / 0.6 * weights).sum().backward()
+    np.testing.assert_allclose(results["x.grad"], tx.grad.numpy(), rtol=1e-6)

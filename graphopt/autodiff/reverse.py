@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import select_trainable
+from graphopt.preparation import float_initializers, matching, select_trainable
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -36,15 +36,14 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
     return ir.serde.deserialize_model(model)
 
 
-def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: Sequence[str] | None = None,
+def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: str | Sequence[str] | None = None,
                   *, frozen: str | Sequence[str] | None = None) -> onnx.ModelProto:
-    """``model`` with an output ``<name>.grad`` for every name in ``wrt`` (graph inputs or
-    initializers); by default every float initializer except BatchNormalization running
-    statistics, less those matching ``frozen`` (names or ``fnmatch`` patterns)."""
+    """``model`` with an output ``<name>.grad`` for every tensor in ``wrt``: graph input names,
+    and initializer names or ``fnmatch`` patterns (default: every float initializer except
+    BatchNormalization running statistics), less the initializers matching ``frozen``."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
-    if wrt is None:
-        wrt = select_trainable(model, frozen=frozen)
+    wrt = _selected(model, wrt, frozen)
     ir_model = prepare(model)
     graph = ir_model.graph
     values = _values(graph)
@@ -80,6 +79,20 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: Se
     proto.graph.value_info.extend(ranked)  # drop what inference could not rank (a Split by run-time sizes)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _selected(model: onnx.ModelProto, wrt: str | Sequence[str] | None,
+              frozen: str | Sequence[str] | None) -> list[str]:
+    inputs = {i.name for i in model.graph.input}
+    if wrt is None:
+        chosen = select_trainable(model, frozen=frozen)
+    else:
+        floats = float_initializers(model)
+        chosen = [name for entry in ([wrt] if isinstance(wrt, str) else wrt)
+                  for name in ([entry] if entry in inputs else matching(floats, entry, "wrt"))]
+        dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
+        chosen = [name for name in chosen if name not in dropped]
+    return list(dict.fromkeys(chosen))
 
 
 def _values(graph: ir.Graph) -> dict[str, ir.Value]:
