@@ -34,11 +34,16 @@ def running_statistics(model: onnx.ModelProto) -> list[str]:
     return [name for n in model.graph.node if n.op_type == "BatchNormalization" for name in n.input[3:5]]
 
 
-def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen: Selector = None) -> list[str]:
+def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen: Selector = None,
+                     default: Sequence[str] | None = None) -> list[str]:
     """The float initializers to train, in model order: those matching ``trainable`` (names or
-    ``fnmatch`` patterns; default all, running statistics excepted) less those matching ``frozen``."""
+    ``fnmatch`` patterns; else ``default``, else all, running statistics excepted) less those
+    matching ``frozen``."""
     floats = float_initializers(model)
-    chosen = floats if trainable is None else matching(floats, trainable, "trainable")
+    if trainable is None:
+        chosen = floats if default is None else [name for name in floats if name in set(default)]
+    else:
+        chosen = matching(floats, trainable, "trainable")
     dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
     return [name for name in chosen if name not in dropped]
 

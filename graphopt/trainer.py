@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphopt import names
+from graphopt.autodiff import differentiable_initializers
 from graphopt.inplace import in_place_pairs
 from graphopt.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
@@ -50,8 +51,10 @@ class Trainer:
         loss: a `graphopt.losses.Loss` (which adds a ``labels`` input), or the name of a
             float scalar output of the model.
         optimizer: a graphopt optimizer constructed without parameters, e.g. ``optim.Adam(lr=1e-3)``.
-        trainable: names or ``fnmatch`` patterns of the initializers to train (default: every
-            float initializer except running statistics); ``frozen`` removes matches from those.
+        trainable: names or ``fnmatch`` patterns of the initializers to train (default: the float
+            initializers the loss depends on through a differentiable input, so not running
+            statistics, Dropout ratios, Clip bounds or constant exponents); ``frozen`` removes
+            matches from those.
         groups: param groups, as ``[{"params": "conv*", "lr_mult": 0.1}, ...]``: ``params`` is a
             name, a pattern or a list of them; a parameter joins the first group it matches and
             the parameters no group matches form one last group with the optimizer's defaults.
@@ -80,7 +83,8 @@ class Trainer:
         self._train_model, updated = to_training_mode(loss_model) if training_mode else (loss_model, {})
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
-        trainable_names = select_trainable(self.model, trainable, frozen)
+        default = differentiable_initializers(self._train_model, self.loss) if trainable is None else None
+        trainable_names = select_trainable(self.model, trainable, frozen, default)
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]).copy(), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):

@@ -259,3 +259,23 @@ def test_bad_feeds_are_named_and_change_nothing():
     np.testing.assert_array_equal(trainer.parameters["W"].data, before)
     trainer.step({"x": x}, labels=np.zeros(5, np.int32))  # integer labels of another width are converted
     assert not np.array_equal(trainer.parameters["W"].data, before)
+
+
+def test_default_trainables_leave_out_non_differentiable_initializers():
+    """A Clip bound, a Pow exponent and a Dropout ratio are float initializers the loss does not
+    depend on differentiably: weight decay must not touch them."""
+    consts = {"lo": np.array(-1.0), "two": np.array(2.0), "ratio": np.array(0.25, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Clip", ["h", "lo"], ["c"]),
+             helper.make_node("Pow", ["c", "two"], ["p"]), helper.make_node("Dropout", ["p", "ratio"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 2])],
+                              initializer=[numpy_helper.from_array(rng.standard_normal((3, 2)), "W")]
+                              + [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    trainer = graphopt.Trainer(model, losses.mse(), optim.AdamW(lr=0.1, weight_decay=0.5))
+    assert list(trainer.parameters) == ["W"]
+    trainer.step({"x": rng.standard_normal((4, 3))}, labels=rng.standard_normal((4, 2)))
+    weights = {t.name: numpy_helper.to_array(t) for t in trainer.export(kind="inference").graph.initializer}
+    assert all(weights[k] == v for k, v in consts.items())
+    explicit = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1), trainable=["W", "two"])
+    assert list(explicit.parameters) == ["W", "two"]  # named explicitly: trained (the exponent is differentiable)

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import float_initializers, matching, select_trainable
+from graphopt.preparation import float_initializers, matching
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -39,27 +39,12 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
 def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: str | Sequence[str] | None = None,
                   *, frozen: str | Sequence[str] | None = None) -> onnx.ModelProto:
     """``model`` with an output ``<name>.grad`` for every tensor in ``wrt``: graph input names,
-    and initializer names or ``fnmatch`` patterns (default: every float initializer except
-    BatchNormalization running statistics), less the initializers matching ``frozen``."""
+    and initializer names or ``fnmatch`` patterns (default: `differentiable_initializers`),
+    less the initializers matching ``frozen``."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
-    wrt = _selected(model, wrt, frozen)
-    ir_model = prepare(model)
+    ir_model, emitter, targets, grads = _backward(model, loss, _selected(model, loss, wrt, frozen))
     graph = ir_model.graph
-    values = _values(graph)
-    if loss not in values:
-        raise ValueError(f"loss {loss!r} is not a value of the model (outputs: {[v.name for v in graph.outputs]})")
-    loss_value = values[loss]
-    if loss_value.shape is None or any(d != 1 for d in loss_value.shape) or not loss_value.dtype.is_floating_point():
-        raise ValueError(f"loss {loss!r} must be a float scalar, got {loss_value.dtype} {loss_value.shape}")
-    targets = []
-    for name in wrt:
-        if name not in values or not values[name].dtype.is_floating_point():
-            raise ValueError(f"wrt: {name!r} is not a float input or initializer of the model")
-        targets.append(values[name])
-    _expose_outputs(graph)
-    emitter = Emitter(graph)
-    grads = _reverse(graph, loss_value, targets, emitter)
     for target in targets:
         grad = grads.get(target)
         if grad is None:  # the loss does not depend on it
@@ -81,18 +66,46 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: st
     return proto
 
 
-def _selected(model: onnx.ModelProto, wrt: str | Sequence[str] | None,
+def differentiable_initializers(model: onnx.ModelProto, loss: str) -> list[str]:
+    """The float initializers (running statistics excepted) that the loss depends on through a
+    differentiable input: not, say, a Dropout ratio, a Clip bound or a constant Pow exponent,
+    which an optimizer's weight decay would otherwise change."""
+    _, _, targets, grads = _backward(model, loss, float_initializers(model))
+    return [t.name for t in targets if t in grads]
+
+
+def _backward(model: onnx.ModelProto, loss: str, wrt: Sequence[str]):
+    """The model as onnx-ir with the reverse pass appended: ``(model, emitter, targets, grads)``,
+    where ``grads`` maps each value on a path to the loss to its gradient."""
+    ir_model = prepare(model)
+    graph = ir_model.graph
+    values = _values(graph)
+    if loss not in values:
+        raise ValueError(f"loss {loss!r} is not a value of the model (outputs: {[v.name for v in graph.outputs]})")
+    loss_value = values[loss]
+    if loss_value.shape is None or any(d != 1 for d in loss_value.shape) or not loss_value.dtype.is_floating_point():
+        raise ValueError(f"loss {loss!r} must be a float scalar, got {loss_value.dtype} {loss_value.shape}")
+    targets = []
+    for name in wrt:
+        if name not in values or not values[name].dtype.is_floating_point():
+            raise ValueError(f"wrt: {name!r} is not a float input or initializer of the model")
+        targets.append(values[name])
+    _expose_outputs(graph)
+    emitter = Emitter(graph)
+    return ir_model, emitter, targets, _reverse(graph, loss_value, targets, emitter)
+
+
+def _selected(model: onnx.ModelProto, loss: str, wrt: str | Sequence[str] | None,
               frozen: str | Sequence[str] | None) -> list[str]:
     inputs = {i.name for i in model.graph.input}
+    floats = float_initializers(model)
     if wrt is None:
-        chosen = select_trainable(model, frozen=frozen)
+        chosen = differentiable_initializers(model, loss)
     else:
-        floats = float_initializers(model)
         chosen = [name for entry in ([wrt] if isinstance(wrt, str) else wrt)
                   for name in ([entry] if entry in inputs else matching(floats, entry, "wrt"))]
-        dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
-        chosen = [name for name in chosen if name not in dropped]
-    return list(dict.fromkeys(chosen))
+    dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
+    return list(dict.fromkeys(name for name in chosen if name not in dropped))
 
 
 def _values(graph: ir.Graph) -> dict[str, ir.Value]:
