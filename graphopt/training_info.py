@@ -45,6 +45,8 @@ def with_training_info(inference: onnx.ModelProto, step: onnx.ModelProto,
     shared = [v for v in algorithm.inputs if v.name in main_values]  # data inputs, parameters, buffers
     for value in shared:
         algorithm.inputs.remove(value)
+    for name in [name for name in algorithm.initializers if name in main_values]:
+        algorithm.initializers.pop(name)  # the inference graph's own constants, read from there
     for value in [v for v in algorithm.inputs if v.name in state]:
         algorithm.inputs.remove(value)
         value.const_value = ir.tensor(np.asarray(state[value.name]), name=value.name)

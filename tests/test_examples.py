@@ -42,6 +42,13 @@ def test_digits_cnn_reaches_95_percent_and_its_exports_run(tmp_path, capsys):
     session = ort.InferenceSession(str(tmp_path / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"x": x_test})
     assert np.mean(logits.argmax(1) == y_test) == history["test_accuracy"][-1]
-    resumed = graphopt.TrainingSession(str(tmp_path / "digits_training.onnx"))
+    training = onnx.load(str(tmp_path / "digits_training.onnx"))
+    onnx.checker.check_model(training)
+    main = {t.name for t in training.graph.initializer}  # the combined graph must not define a name twice
+    assert not main & {t.name for t in training.training_info[0].algorithm.initializer}
+    resumed = graphopt.TrainingSession(training)
     np.testing.assert_allclose(resumed.evaluate({"x": x_test})["logits"], logits, rtol=1e-5, atol=1e-5)
+    before = resumed.state["fc.w"].copy()
+    assert np.isfinite(resumed.step({"x": x_test[:32], "labels": y_test[:32]}))
+    assert not np.array_equal(resumed.state["fc.w"], before)
     assert "test accuracy" in capsys.readouterr().out
