@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt.preparation import infer_shapes
+
 LOSS = "loss"
 
 
@@ -37,7 +39,7 @@ class Loss:
         result = onnx.ModelProto()
         result.CopyFrom(model)
         graph = result.graph
-        inferred = onnx.shape_inference.infer_shapes(model).graph
+        inferred = infer_shapes(model).graph
         outputs = {o.name: o for o in inferred.output}
         output = self.output or graph.output[0].name
         if output not in outputs:

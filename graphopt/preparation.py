@@ -154,3 +154,27 @@ def _ensure(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
     if name not in {t.name for t in graph.initializer}:
         graph.initializer.append(numpy_helper.from_array(value, name))
     return name
+
+
+_SMALL = 1024  # bytes: initializers up to this size stay in the copy shape inference reads (shape tensors)
+
+
+def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` without serializing the weights: initializers over
+    1 KiB are stood in for by graph inputs of their type and shape while inference runs (it
+    only reads the values of small integer tensors), then the result's types are put on a copy."""
+    graph = model.graph
+    large = [t for t in graph.initializer if t.ByteSize() > _SMALL]
+    light_graph = helper.make_graph(
+        list(graph.node), graph.name,
+        [*graph.input, *(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in large)],
+        list(graph.output), [t for t in graph.initializer if t.ByteSize() <= _SMALL], value_info=list(graph.value_info))
+    light = helper.make_model(light_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                              functions=list(model.functions))
+    inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop).graph
+    result = _copy(model)
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(inferred.value_info)
+    del result.graph.output[:]
+    result.graph.output.extend(inferred.output)
+    return result

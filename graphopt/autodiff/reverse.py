@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import float_initializers, matching
+from graphopt.preparation import float_initializers, infer_shapes, matching
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -32,7 +32,7 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset != OPSET:
         model = onnx.version_converter.convert_version(model, OPSET)
-    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    model = infer_shapes(model, data_prop=True)
     return ir.serde.deserialize_model(model)
 
 
@@ -58,7 +58,7 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: st
     typed = [info for info in proto.graph.value_info if info.type.HasField("tensor_type")]
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(typed)  # backward values are typed by shape inference below
-    proto = onnx.shape_inference.infer_shapes(proto)
+    proto = infer_shapes(proto)
     ranked = [info for info in proto.graph.value_info if info.type.tensor_type.HasField("shape")]
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(ranked)  # drop what inference could not rank (a Split by run-time sizes)
