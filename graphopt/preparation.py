@@ -1,8 +1,9 @@
 """Edits that turn an inference model into one to train.
 
-    names = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
+    chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
+    model = infer_shapes(model)                         # without serializing the weights
 
 `buffers` maps each running statistic of a BatchNormalization (an initializer) to the
 output ``<name>.new`` that carries its value after a step, as torch updates
