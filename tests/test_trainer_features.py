@@ -279,3 +279,14 @@ def test_default_trainables_leave_out_non_differentiable_initializers():
     assert all(weights[k] == v for k, v in consts.items())
     explicit = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1), trainable=["W", "two"])
     assert list(explicit.parameters) == ["W", "two"]  # named explicitly: trained (the exponent is differentiable)
+
+
+def test_models_of_an_older_opset_train():
+    model = batch_norm_model()
+    model.opset_import[0].version = 13  # BatchNormalization-9 semantics, no training_mode attribute
+    trainer = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1))
+    x, t = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 2))
+    first = trainer.step({"x": x}, labels=t)
+    assert trainer.step({"x": x}, labels=t) < first
+    assert not np.allclose(trainer.buffers["mean"], numpy_helper.to_array(model.graph.initializer[2]))
+    assert trainer.evaluate({"x": x})["y"].shape == (4, 2)
