@@ -215,3 +215,84 @@ def test_negative_log_likelihood(reduction, weights, ignore_index, shape):
     names, inits, attrs = _loss_inputs(weights, ignore_index, shape)
     check_gradients([node("NegativeLogLikelihoodLoss", names, reduction=reduction, **attrs)], {"x": r(*shape)}, ["x"],
                     initializers=inits)
+
+
+MORE_UNARY = [("Sin", {}), ("Cos", {}), ("Softplus", {}), ("Selu", {}), ("Selu", {"alpha": 1.5, "gamma": 0.8}),
+              ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {})]
+
+
+@pytest.mark.parametrize("op, attrs", MORE_UNARY, ids=[f"{o}-{i}" for i, (o, _) in enumerate(MORE_UNARY)])
+def test_more_unary(op, attrs):
+    x = r(2, 3, 4) * 2.5
+    for kink in (0.0, -3.0, 3.0, (0 - 0.4) / 0.3, (1 - 0.4) / 0.3):
+        x[np.abs(x - kink) < 1e-2] += 0.05  # keep the finite difference off the kinks
+    check_gradients([node(op, ["x"], **attrs)], {"x": x}, ["x"])
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(approximate):
+    import math
+
+    def gelu(x):
+        if approximate == "tanh":
+            return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+    check_against_function([node("Gelu", ["x"], approximate=approximate)], r(2, 5) * 2, gelu)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Mean"])
+def test_max_min_mean_of_broadcast_inputs(op):
+    check_gradients([node(op, ["a", "b", "c"])], {"a": r(2, 3), "b": r(3), "c": r(2, 1)}, ["a", "b", "c"])
+
+
+def test_max_shares_the_gradient_between_ties():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0])
+    model = _model([node("Max", ["a", "b"])], {"a": a, "b": b}, "y")
+    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+    _, da, db = _run(add_gradients(model, "loss", ["a", "b"]), {"a": a, "b": b})
+    np.testing.assert_allclose(da, [weights[0] / 2, 0, weights[2]])
+    np.testing.assert_allclose(db, [weights[0] / 2, weights[1], 0])
+
+
+@pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL2", "ReduceLogSumExp"])
+@pytest.mark.parametrize("axes, keepdims", [([1], 0), ([0, 2], 1), (None, 0)])
+def test_more_reductions(op, axes, keepdims):
+    inputs, inits = (["x"], []) if axes is None else (["x", "axes"], [const("axes", np.array(axes, np.int64))])
+    check_gradients([node(op, inputs, keepdims=keepdims)], {"x": r(2, 3, 4)}, ["x"], initializers=inits)
+
+
+@pytest.mark.parametrize("pads, axes", [([1, 0, 2, 3], None), ([-1, 2, 1, -2], None), ([2, 1], [-1])])
+def test_pad_constant(pads, axes):
+    names = ["x", "pads", "value"] + ([] if axes is None else ["axes"])
+    inits = [const("pads", np.array(pads, np.int64)), const("value", np.array(0.7))]
+    inits += [] if axes is None else [const("axes", np.array(axes, np.int64))]
+    check_gradients([node("Pad", names)], {"x": r(3, 4)}, ["x"], initializers=inits)
+
+
+def test_tile():
+    check_gradients([node("Tile", ["x", "repeats"])], {"x": r(2, 3, 1)}, ["x"],
+                    initializers=[const("repeats", np.array([2, 1, 3], np.int64))])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_elements_adds_repeated_indices(axis):
+    indices = np.random.default_rng(5).integers(-3, 3, size=(3, 4))
+    check_gradients([node("GatherElements", ["x", "i"], axis=axis)], {"x": r(3, 4)}, ["x"],
+                    initializers=[const("i", indices.astype(np.int64))])
+
+
+TRANSPOSED = [
+    ("1-D strided", (2, 3, 4), (3, 2, 3), {"strides": [2], "pads": [1, 0], "output_padding": [1]}),
+    ("2-D dilated", (1, 2, 3, 3), (2, 3, 2, 2), {"dilations": [2, 1], "strides": [1, 2], "pads": [0, 1, 1, 0]}),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs", [t[1:] for t in TRANSPOSED], ids=[t[0] for t in TRANSPOSED])
+def test_conv_transpose(x_shape, w_shape, attrs):
+    check_gradients([node("ConvTranspose", ["x", "w", "b"], **attrs)],
+                    {"x": r(*x_shape), "w": r(*w_shape), "b": r(w_shape[1])}, ["x", "w", "b"])
+
+
+def test_instance_normalization():
+    check_gradients([node("InstanceNormalization", ["x", "scale", "bias"], epsilon=1e-3)],
+                    {"x": r(2, 3, 4, 2), "scale": r(3), "bias": r(3)}, ["x", "scale", "bias"])

@@ -194,3 +194,50 @@ def test_dropout_in_training_mode_matches_torch_given_the_same_mask():
     tx = torch.tensor(x, requires_grad=True)
     (tx * torch.from_numpy(results["mask"]) / 0.6 * weights).sum().backward()
     np.testing.assert_allclose(results["x.grad"], tx.grad.numpy(), rtol=1e-6)
+
+
+MORE_UNARY = [
+    ("Sin", {}, torch.sin), ("Cos", {}, torch.cos), ("Softplus", {}, lambda x: F.softplus(x)),
+    ("Selu", {}, lambda x: F.selu(x)), ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}, lambda x: F.hardsigmoid(x)),
+    ("HardSwish", {}, lambda x: F.hardswish(x)), ("Gelu", {}, lambda x: F.gelu(x)),
+    ("Gelu", {"approximate": "tanh"}, lambda x: F.gelu(x, approximate="tanh")),
+]
+
+
+@pytest.mark.parametrize("op, attrs, torch_fn", MORE_UNARY, ids=[f"{m[0]}-{i}" for i, m in enumerate(MORE_UNARY)])
+def test_more_unary(op, attrs, torch_fn):
+    x = r(3, 4, 5) * 2.5
+    for kink in (0.0, -3.0, 3.0):
+        x[np.abs(x - kink) < 1e-2] += 0.05
+    compare([node(op, ["x"], **attrs)], {"x": x}, torch_fn)
+
+
+def test_max_min_mean_reductions_pad_tile_gather_elements():
+    idx = np.random.default_rng(1).integers(0, 4, size=(3, 4)).astype(np.int64)
+    consts = [const("axes", np.array([1], np.int64)), const("pads", np.array([1, 0, 0, 2], np.int64)),
+              const("repeats", np.array([1, 2], np.int64)), const("idx", idx)]
+    nodes = [node("Max", ["a", "b"], ["mx"]), node("Min", ["a", "b"], ["mn"]), node("Mean", ["mx", "mn", "b"], ["me"]),
+             node("ReduceSumSquare", ["me", "axes"], ["ss"], keepdims=1), node("ReduceL2", ["a", "axes"], ["l2"]),
+             node("ReduceLogSumExp", ["b", "axes"], ["ls"]), node("Add", ["ss", "l2"], ["s1"]),
+             node("Add", ["s1", "ls"], ["s2"]), node("Mul", ["me", "s2"], ["prod"]), node("Pad", ["prod", "pads"], ["p"]),
+             node("Tile", ["p", "repeats"], ["t"]), node("GatherElements", ["a", "idx"], ["ge"], axis=1),
+             node("ReduceSum", ["ge"], ["gs"], keepdims=0), node("Mul", ["t", "gs"])]
+    tidx = torch.from_numpy(idx)
+
+    def torch_fn(a, b):
+        mx, mn = torch.maximum(a, b), torch.minimum(a, b)
+        me = (mx + mn + b) / 3
+        s = (me * me).sum(1, keepdim=True) + a.norm(dim=1, keepdim=True) + torch.logsumexp(b, 1, keepdim=True)
+        p = F.pad(me * s, (0, 2, 1, 0))
+        return p.repeat(1, 2) * torch.gather(a, 1, tidx).sum()
+    compare(nodes, {"a": r(3, 4), "b": r(3, 4)}, torch_fn, initializers=consts)
+
+
+def test_conv_transpose_and_instance_normalization():
+    attrs = {"strides": [2, 2], "pads": [1, 0, 1, 0], "output_padding": [1, 0], "dilations": [1, 2], "group": 2}
+    compare([node("ConvTranspose", ["x", "w", "b"], **attrs)], {"x": r(2, 4, 3, 4), "w": r(4, 3, 3, 2), "b": r(6)},
+            lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=(1, 0), output_padding=(1, 0), groups=2,
+                                               dilation=(1, 2)))
+    compare([node("InstanceNormalization", ["x", "scale", "bias"], epsilon=1e-3)],
+            {"x": r(2, 3, 4, 5), "scale": r(3), "bias": r(3)},
+            lambda x, scale, bias: F.instance_norm(x, weight=scale, bias=bias, eps=1e-3))

@@ -191,3 +191,101 @@ def _dropout(node, grads, e):
     scale = e.op("Where", [training, e.op("Reciprocal", [keep]), e.scalar_like(1.0, x)])
     kept = e.op("Mul", [g, e.cast_like(node.outputs[1], x)])
     return [e.op("Mul", [kept, scale]), None, None]
+
+
+@rule("Sin")
+def _sin(node, grads, e):
+    """``dx = g * cos(x)``."""
+    return [e.op("Mul", [grads[0], e.op("Cos", [node.inputs[0]])])]
+
+
+@rule("Cos")
+def _cos(node, grads, e):
+    """``dx = -g * sin(x)``."""
+    return [e.op("Neg", [e.op("Mul", [grads[0], e.op("Sin", [node.inputs[0]])])])]
+
+
+@rule("Softplus")
+def _softplus(node, grads, e):
+    """``y = log(1 + exp(x))``: ``dx = g * sigmoid(x)``."""
+    return [e.op("Mul", [grads[0], e.op("Sigmoid", [node.inputs[0]])])]
+
+
+@rule("Selu")
+def _selu(node, grads, e):
+    """``y = gamma * x`` for ``x > 0``, else ``gamma * alpha * (exp(x) - 1)``: ``dx = g * gamma``
+    where ``x > 0``, else ``g * (y + gamma * alpha)``."""
+    (g,), x, y = grads, node.inputs[0], node.outputs[0]
+    alpha = attribute(node, "alpha", 1.67326319217681884765625)
+    gamma = attribute(node, "gamma", 1.05070102214813232421875)
+    below = e.op("Mul", [g, e.op("Add", [y, e.scalar_like(gamma * alpha, x)])])
+    return [e.op("Where", [e.op("Greater", [x, e.scalar_like(0.0, x)]), e.op("Mul", [g, e.scalar_like(gamma, x)]),
+                           below])]
+
+
+@rule("HardSigmoid")
+def _hard_sigmoid(node, grads, e):
+    """``y = clip(alpha * x + beta, 0, 1)``: ``dx = g * alpha`` where ``0 < alpha * x + beta < 1``."""
+    (g,), x = grads, node.inputs[0]
+    alpha, beta = attribute(node, "alpha", 0.2), attribute(node, "beta", 0.5)
+    inner = e.op("Add", [e.op("Mul", [x, e.scalar_like(alpha, x)]), e.scalar_like(beta, x)])
+    inside = e.op("And", [e.op("Greater", [inner, e.scalar_like(0.0, x)]),
+                          e.op("Less", [inner, e.scalar_like(1.0, x)])])
+    return [e.op("Where", [inside, e.op("Mul", [g, e.scalar_like(alpha, x)]), e.scalar_like(0.0, x)])]
+
+
+@rule("HardSwish")
+def _hard_swish(node, grads, e):
+    """``y = x * clip(x / 6 + 1 / 2, 0, 1)``: ``dx = g * (x / 3 + 1 / 2)`` for ``-3 < x < 3``,
+    ``g`` above, 0 below."""
+    (g,), x = grads, node.inputs[0]
+    slope = e.op("Add", [e.op("Div", [x, e.scalar_like(3.0, x)]), e.scalar_like(0.5, x)])
+    slope = e.op("Where", [e.op("Greater", [x, e.scalar_like(3.0, x)]), e.scalar_like(1.0, x), slope])
+    slope = e.op("Where", [e.op("Less", [x, e.scalar_like(-3.0, x)]), e.scalar_like(0.0, x), slope])
+    return [e.op("Mul", [g, slope])]
+
+
+@rule("Gelu")
+def _gelu(node, grads, e):
+    """``approximate="none"``: ``y = x * Phi(x)``, ``dx = g * (Phi(x) + x * phi(x))`` with
+    ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``, ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``;
+    ``"tanh"``: ``y = x * (1 + t) / 2``, ``t = tanh(c * (x + 0.044715 x^3))``,
+    ``dx = g * ((1 + t) / 2 + x / 2 * (1 - t^2) * c * (1 + 3 * 0.044715 x^2))``, ``c = sqrt(2 / pi)``."""
+    (g,), x = grads, node.inputs[0]
+
+    def scalar(v):
+        return e.scalar_like(v, x)
+
+    square = e.op("Mul", [x, x])
+    if attribute(node, "approximate", "none") == "tanh":
+        c, k = np.sqrt(2 / np.pi), 0.044715
+        inner = e.op("Mul", [scalar(c), e.op("Add", [x, e.op("Mul", [scalar(k), e.op("Mul", [square, x])])])])
+        t = e.op("Tanh", [inner])
+        half_one_plus_t = e.op("Mul", [scalar(0.5), e.op("Add", [scalar(1.0), t])])
+        d_inner = e.op("Mul", [scalar(c), e.op("Add", [scalar(1.0), e.op("Mul", [scalar(3 * k), square])])])
+        rest = e.op("Mul", [e.op("Mul", [scalar(0.5), x]),
+                            e.op("Mul", [e.op("Sub", [scalar(1.0), e.op("Mul", [t, t])]), d_inner])])
+        return [e.op("Mul", [g, e.op("Add", [half_one_plus_t, rest])])]
+    erf = e.op("Erf", [e.op("Mul", [x, scalar(1 / np.sqrt(2))])])
+    cdf = e.op("Mul", [scalar(0.5), e.op("Add", [scalar(1.0), erf])])
+    pdf = e.op("Mul", [scalar(1 / np.sqrt(2 * np.pi)), e.op("Exp", [e.op("Mul", [square, scalar(-0.5)])])])
+    return [e.op("Mul", [g, e.op("Add", [cdf, e.op("Mul", [x, pdf])])])]
+
+
+@rule("Max", "Min")
+def _max_min(node, grads, e):
+    """``dx_i = unb(g * m_i / sum_j m_j)`` with ``m_i = (x_i == y)``: ties share the gradient."""
+    (g,), y = grads, node.outputs[0]
+    if len(node.inputs) == 1:
+        return [g]
+    hits = [e.cast_like(e.op("Equal", [x, y]), y) for x in node.inputs]
+    share = e.op("Div", [g, e.op("Sum", hits)])
+    return [e.unbroadcast(e.op("Mul", [share, hit]), x, y) for x, hit in zip(node.inputs, hits)]
+
+
+@rule("Mean")
+def _mean(node, grads, e):
+    """``dx_i = unb(g / n)``."""
+    (g,), y = grads, node.outputs[0]
+    share = e.op("Div", [g, e.scalar_like(float(len(node.inputs)), y)])
+    return [e.unbroadcast(share, x, y) for x in node.inputs]

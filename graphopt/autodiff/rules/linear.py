@@ -1,4 +1,4 @@
-"""Rules of the linear operators: MatMul, Gemm and Conv."""
+"""Rules of the linear operators: MatMul, Gemm, Conv and ConvTranspose."""
 
 from __future__ import annotations
 
@@ -67,14 +67,15 @@ def _conv(node, grads, e):
     win = window(node, kernel)
     group = attribute(node, "group", 1)
     dx = e.op("ConvTranspose", [g, w], {**win.attributes(), "group": group, "output_padding": win.output_padding})
-    result = [dx, _conv_weight_grad(node, g, win, group, e)]
+    result = [dx, _conv_weight_grad(node.inputs[0], g, w, win, group, node, e)]
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         result.append(e.op("ReduceSum", [g, e.ints([0, *range(2, 2 + len(kernel))])], {"keepdims": 0}))
     return result
 
 
-def _conv_weight_grad(node: ir.Node, g: ir.Value, win: Window, group: int, e: Emitter) -> ir.Value:
-    x, w = node.inputs[0], node.inputs[1]
+def _conv_weight_grad(x: ir.Value, g: ir.Value, w: ir.Value, win: Window, group: int, node: ir.Node,
+                      e: Emitter) -> ir.Value:
+    """The gradient of ``conv(x, w)`` (window ``win``) with respect to ``w``, given the output gradient ``g``."""
     spatial_axes = list(range(2, 2 + len(win.kernel)))
     channels_per_group = static_dims(w, node, "weight")[1]
     if group == 1:
@@ -91,3 +92,27 @@ def _conv_weight_grad(node: ir.Node, g: ir.Value, win: Window, group: int, e: Em
     if reach == win.kernel:
         return full
     return e.op("Slice", [full, e.ints([0] * len(reach)), e.ints(win.kernel), e.ints(spatial_axes)])
+
+
+@rule("ConvTranspose")
+def _conv_transpose(node, grads, e):
+    """``Y = conv_transpose(X, W) + B`` is the adjoint of ``conv(., W)`` (from Y's space to X's):
+    ``dX = conv(g, W)`` with the same strides, pads, dilations and groups,
+    ``dW = ``the weight gradient of that conv with input ``g`` and output gradient ``X``,
+    ``dB = sum(g)`` over all but axis 1. ``output_shape`` and ``auto_pad`` raise."""
+    (g,), x, w = grads, node.inputs[0], node.inputs[1]
+    if "output_shape" in node.attributes or attribute(node, "auto_pad", "NOTSET") != "NOTSET":
+        raise NotImplementedError(f"ConvTranspose node {node.name!r}: no gradient with output_shape or auto_pad; "
+                                  f"give pads and output_padding")
+    kernel = static_dims(w, node, "weight")[2:]
+    spatial = static_dims(node.outputs[0], node, "output", start=2)
+    rank = len(kernel)
+    pads = list(attribute(node, "pads", [0] * 2 * rank))
+    adjoint = Window(spatial, kernel, list(attribute(node, "strides", [1] * rank)),
+                     list(attribute(node, "dilations", [1] * rank)), pads[:rank], pads[rank:])
+    group = attribute(node, "group", 1)
+    dx = e.op("Conv", [g, w], {**adjoint.attributes(), "group": group})
+    result = [dx, _conv_weight_grad(g, x, w, adjoint, group, node, e)]
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        result.append(e.op("ReduceSum", [g, e.ints([0, *range(2, 2 + rank)])], {"keepdims": 0}))
+    return result

@@ -127,3 +127,18 @@ def _channel_window_sum(e: Emitter, v: ir.Value, x: ir.Value, size: int, before:
                                 e.ints([1])])
     ones = e.constant(np.ones((1, 1, size, 1), x.dtype.numpy()))
     return e.reshape_like(e.op("Conv", [column, ones], {"pads": [before, 0, after, 0]}), x)
+
+
+@rule("InstanceNormalization")
+def _instance_normalization(node, grads, e):
+    """``y = scale * xhat + B`` per channel, ``xhat`` standardized over the spatial axes of each
+    sample and channel: ``dx`` through the standardization of ``g * scale``,
+    ``dscale = sum(g * xhat)``, ``dB = sum(g)`` over all but axis 1."""
+    g, (x, scale, _) = grads[0], node.inputs
+    rank = len(x.shape)
+    spatial = e.ints(list(range(2, rank)))
+    per_channel = e.ints([0, *range(2, rank)])
+    xhat, invstd = _standardized(e, x, spatial, attribute(node, "epsilon", 1e-5))
+    dx = _through_standardization(e, e.op("Mul", [g, e.op("Unsqueeze", [scale, per_channel])]), xhat, invstd, spatial)
+    dscale = e.op("ReduceSum", [e.op("Mul", [g, xhat]), per_channel], {"keepdims": 0})
+    return [dx, dscale, e.op("ReduceSum", [g, per_channel], {"keepdims": 0})]

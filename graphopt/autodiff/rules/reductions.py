@@ -61,3 +61,28 @@ def _reduce_max(node, grads, e):
     count = e.op("ReduceSum", [hits] if axes is None else [hits, e.ints(axes)], {"keepdims": 1})
     return [e.op("Mul", [_expand_reduced(node, grads[0], e), e.op("Div", [hits, count])])] + \
         [None] * (len(node.inputs) - 1)
+
+
+@rule("ReduceSumSquare")
+def _reduce_sum_square(node, grads, e):
+    """``dx = 2 * x * expand(g)``."""
+    x = node.inputs[0]
+    twice = e.op("Mul", [x, e.scalar_like(2.0, x)])
+    return [e.op("Mul", [twice, _expand_reduced(node, grads[0], e)])] + [None] * (len(node.inputs) - 1)
+
+
+@rule("ReduceL2")
+def _reduce_l2(node, grads, e):
+    """``y = sqrt(sum(x^2))``: ``dx = x * expand(g / y)`` (0 where ``y = 0``)."""
+    x, y = node.inputs[0], node.outputs[0]
+    safe = e.op("Where", [e.op("Equal", [y, e.scalar_like(0.0, x)]), e.scalar_like(1.0, x), y])
+    return [e.op("Mul", [x, _expand_reduced(node, e.op("Div", [grads[0], safe]), e)])] + \
+        [None] * (len(node.inputs) - 1)
+
+
+@rule("ReduceLogSumExp")
+def _reduce_log_sum_exp(node, grads, e):
+    """``dx = expand(g) * exp(x - y)``, the softmax over the reduced axes."""
+    x, y = node.inputs[0], node.outputs[0]
+    weights = e.op("Exp", [e.op("Sub", [x, _keep_reduced(node, y, e)])])
+    return [e.op("Mul", [_expand_reduced(node, grads[0], e), weights])] + [None] * (len(node.inputs) - 1)

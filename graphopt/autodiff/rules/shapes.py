@@ -110,3 +110,36 @@ def _gather(node, grads, e):
     if axis:
         dx = e.op("Transpose", [dx], {"perm": [int(i) for i in np.argsort(to_front)]})
     return [dx, None]
+
+
+@rule("Pad")
+def _pad(node, grads, e):
+    """Constant mode: ``dx = pad(g, -pads)``, which crops what was added (and restores, as
+    zeros, what negative pads cropped). Reflect, edge and wrap modes raise."""
+    mode = attribute(node, "mode", "constant")
+    if mode != "constant":
+        raise NotImplementedError(f"Pad node {node.name!r}: no gradient for mode {mode!r}")
+    axes = optional_input(node, 3)
+    return [e.op("Pad", [grads[0], e.op("Neg", [node.inputs[1]]), None, axes]), None, None, None][:len(node.inputs)]
+
+
+@rule("Tile")
+def _tile(node, grads, e):
+    """``dx = sum over the tiles of g``: ``g`` seen as ``[r0, d0, r1, d1, ...]``, summed over the ``r`` axes."""
+    x, repeats = node.inputs
+    rank = len(x.shape)
+    pairs = e.op("Concat", [e.op("Unsqueeze", [repeats, e.ints([1])]), e.op("Unsqueeze", [e.shape(x), e.ints([1])])],
+                 {"axis": 1})
+    split = e.op("Reshape", [grads[0], e.op("Reshape", [pairs, e.ints([-1])])])
+    return [e.op("ReduceSum", [split, e.ints(list(range(0, 2 * rank, 2)))], {"keepdims": 0}), None]
+
+
+@rule("GatherElements")
+def _gather_elements(node, grads, e):
+    """``dx = scatter-add of g into zeros`` at ``indices`` along ``axis``."""
+    (g,), (x, indices) = grads, node.inputs
+    axis = _axis(node, len(x.shape))
+    indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
+    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
+    indices = e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
+    return [e.op("ScatterElements", [e.zeros(e.shape(x), x), indices, g], {"axis": axis, "reduction": "add"}), None]
