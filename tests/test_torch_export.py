@@ -1,0 +1,47 @@
+"""A CNN exported by torch.onnx (in training mode) and trained by graphopt's Trainer takes the
+same steps as torch itself: parameters and BatchNormalization running means agree."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+import graphopt
+from graphopt import losses, optim
+
+torch = pytest.importorskip("torch")
+
+
+def test_torch_exported_cnn_trains_like_torch():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.train(), torch.randn(2, 1, 8, 8), buffer, dynamo=False, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, opset_version=17,
+                          do_constant_folding=False, training=torch.onnx.TrainingMode.TRAINING)
+    model = onnx.load_from_string(buffer.getvalue())
+    trainer = graphopt.Trainer(model, losses.cross_entropy("logits"), optim.SGD(lr=0.1, momentum=0.9))
+    reference = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 10, 6)
+        loss = trainer.step({"x": x}, labels=y)
+        reference.zero_grad()
+        expected = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        expected.backward()
+        reference.step()
+        assert loss == pytest.approx(expected.item(), rel=1e-5)
+    state = net.state_dict()
+    for name, p in trainer.parameters.items():
+        np.testing.assert_allclose(p.data, state[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    # ONNX's running variance takes the biased batch variance where torch takes the unbiased one;
+    # the running means agree.
+    np.testing.assert_allclose(trainer.buffers["1.running_mean"], state["1.running_mean"].numpy(), rtol=1e-5, atol=1e-6)
