@@ -8,6 +8,7 @@ reduction is ``none``, ``sum``, or ``mean`` (the sum divided by ``sum(w_i)``).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
@@ -62,7 +63,8 @@ def _log_probability_grad(node: ir.Node, g: ir.Value, x: ir.Value, target: ir.Va
     if reduction == "none" or w is not None:
         coef = e.op("Unsqueeze", [coef, e.ints([1])])
     rank = len(x.shape)
-    classes = e.op("Range", [e.constant(0), e.op("Squeeze", [e.shape(x, 1, 2)]), e.constant(1)])
+    depth = e.op("Squeeze", [e.shape(x, 1, 2)])
+    classes = e.op("Range", [e.constant(np.int64(0)), depth, e.constant(np.int64(1))])
     classes = e.op("Reshape", [classes, e.ints([1, -1] + [1] * (rank - 2))])
     one_hot = e.cast_like(e.op("Equal", [e.op("Unsqueeze", [target, e.ints([1])]), classes]), x)
     return e.op("Neg", [e.op("Mul", [one_hot, coef])])
