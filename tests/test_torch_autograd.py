@@ -219,7 +219,8 @@ def test_max_min_mean_reductions_pad_tile_gather_elements():
     nodes = [node("Max", ["a", "b"], ["mx"]), node("Min", ["a", "b"], ["mn"]), node("Mean", ["mx", "mn", "b"], ["me"]),
              node("ReduceSumSquare", ["me", "axes"], ["ss"], keepdims=1), node("ReduceL2", ["a", "axes"], ["l2"]),
              node("ReduceLogSumExp", ["b", "axes"], ["ls"]), node("Add", ["ss", "l2"], ["s1"]),
-             node("Add", ["s1", "ls"], ["s2"]), node("Mul", ["me", "s2"], ["prod"]), node("Pad", ["prod", "pads"], ["p"]),
+             node("Add", ["s1", "ls"], ["s2"]), node("Mul", ["me", "s2"], ["prod"]),
+             node("Pad", ["prod", "pads"], ["p"]),
              node("Tile", ["p", "repeats"], ["t"]), node("GatherElements", ["a", "idx"], ["ge"], axis=1),
              node("ReduceSum", ["ge"], ["gs"], keepdims=0), node("Mul", ["t", "gs"])]
     tidx = torch.from_numpy(idx)
