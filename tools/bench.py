@@ -138,20 +138,22 @@ def split(n: int, tensors: int) -> list[int]:
     return sizes.tolist()
 
 
-def peers(kind: str, n: int, tensors: int, threads: int, chunk: int | None) -> dict[str, Callable[[], None]]:
-    """A step function per peer, each on its own copy of the same data."""
+def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None]) -> dict[str, Callable[[], None]]:
+    """A step function per peer, each on its own copy of the same data; graphopt once per row
+    length in ``chunks`` (None: its default), the first named ``graphopt``."""
     update = UPDATES[kind]
     rng = np.random.default_rng(0)
     sizes = split(n, tensors)
     grads = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
     runs: dict[str, Callable[[], None]] = {}
 
-    params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
-    runtime = Runtime(threads=threads) if chunk is None else Runtime(threads=threads, chunk_size=chunk)
-    opt = update.graphopt(params, runtime=runtime, **update.kwargs)
-    for p, g in zip(params, grads):
-        p.grad = g  # copied into the optimizer's gradient buffer once
-    runs["graphopt"] = opt.step
+    for k, chunk in enumerate(chunks):
+        params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
+        runtime = Runtime(threads=threads) if chunk is None else Runtime(threads=threads, chunk_size=chunk)
+        opt = update.graphopt(params, runtime=runtime, **update.kwargs)
+        for p, g in zip(params, grads):
+            p.grad = g  # copied into the optimizer's gradient buffer once
+        runs["graphopt" if k == 0 else f"graphopt-K{chunk}"] = opt.step
 
     np_params, np_state, counter = [np.zeros(s, np.float32) for s in sizes], [{} for _ in sizes], [0]
 
@@ -268,7 +270,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=None, help="graphopt's row length (default: its own)")
+    parser.add_argument("--chunk", default=None,
+                        help="graphopt's row length (default: its own); several, comma-separated, compare "
+                             "row lengths side by side (the first is the one the ratios use)")
     parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory measurement")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--sections", default="steps,training", help="steps (optimizer steps), training")
@@ -276,6 +280,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=64, help="the training benchmark's batch size")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
+    chunks = [None] if args.chunk is None else [int(c) for c in args.chunk.split(",")]
 
     kinds = args.optimizers.split(",")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -295,7 +300,7 @@ def main(argv=None) -> dict:
     pool = ThreadPoolExecutor(max_workers=max(1, args.threads - 1))
     for index, (kind, n, count) in enumerate(configs):
         progress(f"{UPDATES[kind].name} N={n} tensors={count}: setting up")
-        runs = peers(kind, n, count, args.threads, args.chunk)
+        runs = peers(kind, n, count, args.threads, chunks)
         if n not in buffers:
             buffers[n] = np.ones(n, np.float32)
         runs["stream"] = stream(buffers[n], pool, args.threads)
