@@ -1,5 +1,6 @@
 """Edits that turn an inference model into one to train.
 
+    model = inline_functions(model)                     # model-local functions -> plain nodes
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper
 
 from graphopt import names
@@ -28,6 +30,11 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     return result
+
+
+def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its model-local functions (as exporters wrap modules in) inlined."""
+    return onnx.inliner.inline_local_functions(model) if model.functions else model
 
 
 def running_statistics(model: onnx.ModelProto) -> list[str]:

@@ -34,7 +34,14 @@ from graphopt.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
 from graphopt.parameter import Parameter
-from graphopt.preparation import Selector, matching, promote_constants, select_trainable, to_training_mode
+from graphopt.preparation import (
+    Selector,
+    inline_functions,
+    matching,
+    promote_constants,
+    select_trainable,
+    to_training_mode,
+)
 from graphopt.runtime import Executable, Region, Runtime
 from graphopt.training_info import with_training_info
 from graphopt.training_step import build_gradients, build_training_step, trainable_as_inputs
@@ -75,7 +82,7 @@ class Trainer:
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
-        self.model = _promoted(model, promote_constants)
+        self.model = _promoted(inline_functions(model), promote_constants)
         self.labels = loss.labels if isinstance(loss, Loss) else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:

@@ -146,3 +146,20 @@ def test_default_wrt_is_every_float_initializer_less_frozen(tmp_path):
     assert [o.name for o in add_gradients(str(path), "loss", ["x", "b*"]).graph.output] == ["loss", "x.grad", "b.grad"]
     with pytest.raises(ValueError, match="wrt: 'nope' matches none of the candidate float initializers"):
         add_gradients(str(path), "loss", ["nope"])
+
+
+def test_model_local_functions_are_inlined():
+    """Exporters (torch's dynamo exporter among them) wrap modules in model-local functions."""
+    layer = helper.make_function("local", "Dense", ["x", "w"], ["y"],
+                                 [node("MatMul", ["x", "w"], ["h"]), node("Tanh", ["h"], ["y"])],
+                                 opset_imports=[helper.make_opsetid("", 21)])
+    graph = helper.make_graph([helper.make_node("Dense", ["x", "W"], ["y"], domain="local"),
+                               node("ReduceSum", ["y"], ["loss"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", D, [2, 3])],
+                              [helper.make_tensor_value_info("loss", D, [])],
+                              initializer=[numpy_helper.from_array(r(3, 4), "W")])
+    model = helper.make_model(graph, functions=[layer], ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("local", 1)])
+    x, w = r(2, 3), numpy_helper.to_array(graph.initializer[0])
+    (_, grad) = _run(add_gradients(model, "loss"), {"x": x})
+    np.testing.assert_allclose(grad, x.T @ (1 - np.tanh(x @ w) ** 2), rtol=1e-12)

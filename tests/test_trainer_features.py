@@ -290,3 +290,21 @@ def test_models_of_an_older_opset_train():
     assert trainer.step({"x": x}, labels=t) < first
     assert not np.allclose(trainer.buffers["mean"], numpy_helper.to_array(model.graph.initializer[2]))
     assert trainer.evaluate({"x": x})["y"].shape == (4, 2)
+
+
+def test_batch_normalization_inside_a_model_local_function_trains_in_training_mode():
+    model = batch_norm_model()
+    bn = model.graph.node[0]
+    block = helper.make_function("local", "Block", list(bn.input), ["n"], [bn],
+                                 opset_imports=[helper.make_opsetid("", 21)])
+    del model.graph.node[0]
+    model.graph.node.insert(0, helper.make_node("Block", list(bn.input), ["n"], domain="local"))
+    model.functions.append(block)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    trainer = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1))
+    assert sorted(trainer.buffers) == ["mean", "var"]
+    x = rng.standard_normal((4, 3, 2, 2)) + 3.0
+    trainer.step({"x": x}, labels=rng.standard_normal((4, 2)))
+    np.testing.assert_allclose(trainer.buffers["mean"],
+                               float(np.float32(0.8)) * numpy_helper.to_array(model.graph.initializer[2])
+                               + (1 - float(np.float32(0.8))) * x.mean((0, 2, 3)), rtol=1e-12)

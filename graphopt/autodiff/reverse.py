@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import float_initializers, infer_shapes, matching
+from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -28,7 +28,8 @@ class UnsupportedOperator(NotImplementedError):
 
 
 def prepare(model: onnx.ModelProto) -> ir.Model:
-    """``model`` at the pinned opset, shape-inferred, as onnx-ir."""
+    """``model`` with its local functions inlined, at the pinned opset, shape-inferred, as onnx-ir."""
+    model = inline_functions(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset != OPSET:
         model = onnx.version_converter.convert_version(model, OPSET)
