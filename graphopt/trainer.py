@@ -88,6 +88,9 @@ class Trainer:
         if providers is not None:
             optimizer._use_runtime(Runtime(providers))
         self._train_model, updated = to_training_mode(loss_model) if training_mode else (loss_model, {})
+        initializer_names = {t.name for t in self._train_model.graph.initializer}
+        # what a batch feeds: the model's inputs (and the loss's labels)
+        self._batch_inputs = [i.name for i in self._train_model.graph.input if i.name not in initializer_names]
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
         default = differentiable_initializers(self._train_model, self.loss) if trainable is None else None
@@ -117,10 +120,8 @@ class Trainer:
             self._accumulating = False
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
-        feeds = _checked(executable, self._feeds(inputs, labels), "step", self._data_inputs())
-        bindings = [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
-                                   spec.params, spec.transform.all_slots(), layout.hypers, safe)
-                    for layout, spec in zip(layouts, specs)]
+        feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
+        bindings = _bindings(layouts, specs, safe)
         state_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
         loss = np.empty((), _output_dtype(executable, self.loss))
         buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
@@ -141,7 +142,7 @@ class Trainer:
         if self._gradients is None:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
             self._gradients = self.optimizer._runtime.compile(model)
-        feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._data_inputs())
+        feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
         all_feeds = {**feeds, **self._current_weights()}
         _check_complete(self._gradients, all_feeds, "accumulate")
         values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
@@ -163,11 +164,6 @@ class Trainer:
                              "feed them in inputs under the model's input name")
         return {**inputs, self.labels: labels}
 
-    def _data_inputs(self) -> list[str]:
-        """The inputs a batch feeds: the model's (and the loss's labels)."""
-        initializers = {t.name for t in self._train_model.graph.initializer}
-        return [i.name for i in self._train_model.graph.input if i.name not in initializers]
-
     def _commit_buffers(self, new_values: Mapping[str, np.ndarray]) -> None:
         for name in self.buffers:
             self.buffers[name] = new_values[names.new(name)]
@@ -181,9 +177,8 @@ class Trainer:
                       for layout in layouts)
         if specs not in self._compiled:
             model = build_training_step(self._train_model, self.loss, specs, list(self.buffers))
-            pairs = [pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform.all_slots())]
             executable = self.optimizer._runtime.compile(model)
-            self._compiled[specs] = (model, executable, in_place_pairs(model.graph, pairs))
+            self._compiled[specs] = (model, executable, in_place_pairs(model.graph, _candidates(specs)))
         return layouts, specs, self._compiled[specs]
 
     # -- state -------------------------------------------------------------------------------
@@ -257,14 +252,24 @@ class Trainer:
         """The step model's state inputs (slots, step counts, hyperparameters) by name, as host arrays."""
         layouts, specs, _ = self._training_step()
         state = {}
-        for layout, spec in zip(layouts, specs):
-            active = [(f, i) for f in layout.flats for i in range(len(f.params))]
-            slots = spec.transform.all_slots()
-            no_scratch = set(in_place_candidates(spec.params, slots))  # nothing runs: read the feeds only
-            feeds = TensorBindings(layout.group, active, spec.params, slots, layout.hypers, no_scratch).feeds
-            state.update({k: v.numpy() if isinstance(v, Region) else np.array(v) for k, v in feeds.items()
+        # nothing runs: with every pair counted as in place no scratch arrays are made; only the feeds are read
+        for b in _bindings(layouts, specs, _candidates(specs)):
+            state.update({k: v.numpy() if isinstance(v, Region) else np.array(v) for k, v in b.feeds.items()
                           if k not in self.parameters})
         return state
+
+
+def _candidates(specs) -> set[tuple[str, str]]:
+    """Every (input, output) pair of the step model that could share a buffer."""
+    return {pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform.all_slots())}
+
+
+def _bindings(layouts, specs, safe: set) -> list[TensorBindings]:
+    """Every tensor of every group bound to the step model's I/O, the (input, output) pairs in
+    ``safe`` written in place."""
+    return [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
+                           spec.params, spec.transform.all_slots(), layout.hypers, safe)
+            for layout, spec in zip(layouts, specs)]
 
 
 def _promoted(model: onnx.ModelProto, which: bool | Sequence[str]) -> onnx.ModelProto:
@@ -310,7 +315,7 @@ def _checked(executable: Executable, feeds: Mapping[str, Any], method: str,
              data_inputs: list[str]) -> dict[str, np.ndarray]:
     """The user's ``feeds`` as numpy arrays of the model's input types: integers are widened or
     narrowed to the integer type expected (labels), other mismatches and wrong ranks raise."""
-    expected = {i.name: i for i in executable.session.get_inputs()}
+    expected = executable.inputs
     result = {}
     for name, value in feeds.items():
         value = np.asarray(value)
@@ -331,5 +336,4 @@ def _checked(executable: Executable, feeds: Mapping[str, Any], method: str,
 
 def _output_dtype(executable: Executable, name: str) -> np.dtype:
     output = next(o for o in executable.session.get_outputs() if o.name == name)
-    return np.dtype({"tensor(float)": np.float32, "tensor(double)": np.float64,
-                     "tensor(float16)": np.float16}[output.type])
+    return np.dtype(_NUMPY_TYPES[output.type])

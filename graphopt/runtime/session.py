@@ -20,7 +20,8 @@ class Executable:
 
     def __init__(self, session: ort.InferenceSession):
         self.session = session
-        self.input_names = tuple(i.name for i in session.get_inputs())
+        self.inputs = {i.name: i for i in session.get_inputs()}  # name -> onnxruntime NodeArg (type, shape)
+        self.input_names = tuple(self.inputs)
         self.output_names = tuple(o.name for o in session.get_outputs())
 
     def run(self, inputs: Mapping[str, Array], outputs: Mapping[str, Array]) -> None:
