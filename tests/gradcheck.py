@@ -76,7 +76,7 @@ def check_against_function(nodes, x: np.ndarray, function, rtol=1e-6, atol=1e-8)
     a float64 numpy model of the same graph (for operators whose float64 kernels are missing
     or inexact in both onnxruntime and onnx.reference)."""
     model = _model(nodes, {"x": x}, "y")
-    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+    weights = projection(model)
     analytic = _run(add_gradients(model, "loss", ["x"]), {"x": x})[1]
     eps, numeric = 1e-6, np.zeros_like(x)
     for index in np.ndindex(x.shape):
@@ -85,3 +85,24 @@ def check_against_function(nodes, x: np.ndarray, function, rtol=1e-6, atol=1e-8)
         down[index] -= eps
         numeric[index] = np.sum((function(up) - function(down)) * weights) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+
+
+def projection(model: onnx.ModelProto) -> np.ndarray:
+    """The fixed random ``R`` of the ``loss = sum(y * R)`` that `_model` appended."""
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+
+
+def check_against_torch(nodes, inputs: dict, torch_fn, initializers=(), rtol=1e-4, atol=1e-5):
+    """d loss / d input for every input, from graphopt's gradient graph run by ONNX Runtime and
+    from torch.autograd on ``torch_fn(**inputs)`` (callers skip where torch is missing)."""
+    import torch
+
+    model = _model(nodes, inputs, "y", initializers)
+    grad_model = add_gradients(model, "loss", list(inputs))
+    session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    (torch_fn(**tensors) * torch.tensor(projection(model))).sum().backward()
+    for name, tensor in tensors.items():
+        np.testing.assert_allclose(results[f"{name}.grad"], tensor.grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of {name}")

@@ -15,6 +15,7 @@ from tests.gradcheck import (
     check_against_function,
     check_gradients,
     node,
+    projection,
     r,
 )
 
@@ -43,7 +44,7 @@ def test_reduce_max_shares_the_gradient_between_ties():
     x = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, -1.0]])
     model = _model([node("ReduceMax", ["x", "axes"], keepdims=0)], {"x": x}, "y",
                    initializers=[const("axes", np.array([1], np.int64))])
-    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+    weights = projection(model)
     (_, dx) = _run(add_gradients(model, "loss", ["x"]), {"x": x})
     np.testing.assert_allclose(dx, [[0, weights[0] / 2, weights[0] / 2], [weights[1], 0, 0]])
 
@@ -162,7 +163,7 @@ def test_dropout_gradient_is_the_mask_over_the_keep_probability(with_mask):
     nodes = [node("Dropout", ["x", "ratio", "training"], outputs, seed=5),
              node("Identity", ["y"], ["out"])]
     model = _model(nodes, {"x": x}, "out", initializers=[const("ratio", 0.3), const("training", True)])
-    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+    weights = projection(model)
     grad_model = add_gradients(model, "loss", ["x"])
     grad_model.graph.output.append(helper.make_tensor_value_info("y", D, None))
     values = dict(zip([o.name for o in grad_model.graph.output], _run(grad_model, {"x": x})))
@@ -248,7 +249,7 @@ def test_max_min_mean_of_broadcast_inputs(op):
 def test_max_shares_the_gradient_between_ties():
     a, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 5.0, 0.0])
     model = _model([node("Max", ["a", "b"])], {"a": a, "b": b}, "y")
-    weights = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R"))
+    weights = projection(model)
     _, da, db = _run(add_gradients(model, "loss", ["a", "b"]), {"a": a, "b": b})
     np.testing.assert_allclose(da, [weights[0] / 2, 0, weights[2]])
     np.testing.assert_allclose(db, [weights[0] / 2, weights[1], 0])

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.autodiff import add_gradients
-from tests.gradcheck import _model, node
+from tests.gradcheck import _model, node, projection
+from tests.gradcheck import check_against_torch as compare
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -26,20 +27,6 @@ def r(*shape, positive=False):
 
 def const(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
-
-
-def compare(nodes, inputs, torch_fn, initializers=(), rtol=1e-4, atol=1e-5):
-    """d sum(y * R) / d input, from graphopt's graph in ONNX Runtime and from torch.autograd."""
-    model = _model(nodes, inputs, "y", initializers)
-    weights = torch.tensor(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R")))
-    grad_model = add_gradients(model, "loss", list(inputs))
-    session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
-    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
-    (torch_fn(**tensors) * weights).sum().backward()
-    for name, tensor in tensors.items():
-        np.testing.assert_allclose(results[f"{name}.grad"], tensor.grad.numpy(), rtol=rtol, atol=atol,
-                                   err_msg=f"gradient of {name}")
 
 
 CONVOLUTIONS = [
@@ -186,7 +173,7 @@ def test_dropout_in_training_mode_matches_torch_given_the_same_mask():
     x = r(40, 30)
     model = _model([node("Dropout", ["x", "ratio", "training"], ["y", "mask"])], {"x": x}, "y",
                    [const("ratio", np.float32(0.4)), const("training", np.array(True))])
-    weights = torch.tensor(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "R")))
+    weights = torch.tensor(projection(model))
     grad_model = add_gradients(model, "loss", ["x"])
     grad_model.graph.output.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
     session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
