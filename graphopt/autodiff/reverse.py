@@ -44,7 +44,9 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: st
     less the initializers matching ``frozen``."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(os.fspath(model))
-    ir_model, emitter, targets, grads = _backward(model, loss, _selected(model, loss, wrt, frozen))
+    ir_model, emitter, targets, grads = _backward(model, loss, _selected(model, wrt, frozen))
+    if wrt is None:  # the default: those the reverse pass reached (see differentiable_initializers)
+        targets = [t for t in targets if t in grads]
     graph = ir_model.graph
     for target in targets:
         grad = grads.get(target)
@@ -96,12 +98,12 @@ def _backward(model: onnx.ModelProto, loss: str, wrt: Sequence[str]):
     return ir_model, emitter, targets, _reverse(graph, loss_value, targets, emitter)
 
 
-def _selected(model: onnx.ModelProto, loss: str, wrt: str | Sequence[str] | None,
+def _selected(model: onnx.ModelProto, wrt: str | Sequence[str] | None,
               frozen: str | Sequence[str] | None) -> list[str]:
     inputs = {i.name for i in model.graph.input}
     floats = float_initializers(model)
     if wrt is None:
-        chosen = differentiable_initializers(model, loss)
+        chosen = floats
     else:
         chosen = [name for entry in ([wrt] if isinstance(wrt, str) else wrt)
                   for name in ([entry] if entry in inputs else matching(floats, entry, "wrt"))]
