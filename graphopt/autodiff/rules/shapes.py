@@ -92,15 +92,20 @@ def _scatter_by_flat_index(node: ir.Node, g: ir.Value, e: Emitter) -> ir.Value:
     return e.reshape_like(flat, x)
 
 
+def _from_the_front(e: Emitter, indices: ir.Value, x: ir.Value, axis: int) -> ir.Value:
+    """``indices`` into ``x`` along ``axis`` as int64, negative ones counted from the end made non-negative."""
+    indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
+    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
+    return e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
+
+
 @rule("Gather")
 def _gather(node, grads, e):
     """``dx = scatter-add of g into zeros`` at the gathered indices along ``axis`` (repeats add up)."""
     (g,), (x, indices) = grads, node.inputs
     rank, k = len(x.shape), len(static_dims(indices, node, "indices"))
     axis = _axis(node, rank)
-    indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
-    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
-    indices = e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
+    indices = _from_the_front(e, indices, x, axis)
     to_front = [axis, *range(axis), *range(axis + 1, rank)]  # x with the gathered axis first
     g_front = [*range(axis, axis + k), *range(axis), *range(axis + k, rank - 1 + k)]  # g with the index dims first
     zeros = e.zeros(e.op("Gather", [e.shape(x), e.ints(to_front)]), x)
@@ -139,7 +144,5 @@ def _gather_elements(node, grads, e):
     """``dx = scatter-add of g into zeros`` at ``indices`` along ``axis``."""
     (g,), (x, indices) = grads, node.inputs
     axis = _axis(node, len(x.shape))
-    indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
-    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
-    indices = e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
+    indices = _from_the_front(e, indices, x, axis)
     return [e.op("ScatterElements", [e.zeros(e.shape(x), x), indices, g], {"axis": axis, "reduction": "add"}), None]
