@@ -201,11 +201,11 @@ class Optimizer:
     accumulate_grad = sum_grad
 
     def _stored_grad(self, p: Parameter) -> np.ndarray:
-        """``p``'s gradient, checked, in its flat buffer (copied there if it was set behind the setter)."""
-        grad = check_grad(p, p._grad, self._label(p))  # noqa: SLF001
-        storage = p._grad_storage  # noqa: SLF001
+        """``p``'s gradient in its flat buffer: there already (set through the setter, or written in
+        place), or checked and copied there (it was set behind the setter)."""
+        grad, storage = p._grad, p._grad_storage  # noqa: SLF001
         if grad is not storage:
-            np.copyto(storage, grad)
+            np.copyto(storage, check_grad(p, grad, self._label(p)))
             p._grad = storage  # noqa: SLF001
         return storage
 
