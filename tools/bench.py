@@ -6,13 +6,16 @@
     python tools/bench.py --sections training  # only the training benchmarks (tools/bench_training.py)
 
 Every configuration (optimizer x size x tensor count) is measured side by side in
-one process: each round times a few steps of every peer in turn (interleaved, so
-drift on a shared machine hits all peers alike), and the table reports medians over
+one process: each round times a few steps of every peer in turn, in a new random
+order, after one untimed step (interleaved, so drift on a shared machine hits all peers
+alike, and no peer always follows the same one), and the table reports medians over
 rounds with their min-max. Peers:
 
 * ``stream``: an in-place pass ``x *= c`` over N floats on the same threads: the
   bandwidth yardstick, reported in GB/s;
 * ``numpy``: the same update written with in-place numpy ufuncs;
+* ``graphopt-1-tensor`` (in configurations of several tensors): graphopt over the same
+  N parameters as one tensor, for the cost of many tensors measured within one run;
 * ``torch-foreach`` / ``torch-fused``: torch.optim's implementations, when torch is
   importable (RMSprop has no fused version).
 
@@ -147,13 +150,18 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
     grads = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
     runs: dict[str, Callable[[], None]] = {}
 
-    for k, chunk in enumerate(chunks):
+    def graphopt_step(sizes: list[int], grads: list[np.ndarray], chunk: int | None) -> Callable[[], None]:
         params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
         runtime = Runtime(threads=threads) if chunk is None else Runtime(threads=threads, chunk_size=chunk)
         opt = update.graphopt(params, runtime=runtime, **update.kwargs)
         for p, g in zip(params, grads):
             p.grad = g  # copied into the optimizer's gradient buffer once
-        runs["graphopt" if k == 0 else f"graphopt-K{chunk}"] = opt.step
+        return opt.step
+
+    for k, chunk in enumerate(chunks):
+        runs["graphopt" if k == 0 else f"graphopt-K{chunk}"] = graphopt_step(sizes, grads, chunk)
+    if tensors > 1:  # the same parameters as one tensor, so that the two compare within one run
+        runs["graphopt-1-tensor"] = graphopt_step([n], [np.concatenate(grads)], chunks[0])
 
     np_params, np_state, counter = [np.zeros(s, np.float32) for s in sizes], [{} for _ in sizes], [0]
 
@@ -176,13 +184,22 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
 
 
 def measure(runs: dict[str, Callable[[], None]], rounds: int, steps: int, progress: Callable[[str], None]):
-    """Interleaved rounds: per round, ``steps`` timed steps of each peer; ms per step per round."""
+    """Interleaved rounds: per round, each peer in turn runs one untimed step, then ``steps`` timed
+    ones; returns ms per step per round.
+
+    The untimed step and a new random order each round keep a peer from paying for the one
+    before it: its data evicted from the caches, or torch's OpenMP threads, which keep
+    spinning on the cores for a while after their work is done.
+    """
     for run in runs.values():
         run()  # warm up: compile, first-touch
     times = {name: [] for name in runs}
+    shuffle = np.random.default_rng(0)
     for r in range(rounds):
-        for name, run in runs.items():
+        for name in shuffle.permutation(list(runs)):
+            run = runs[name]
             progress(f"round {r + 1}/{rounds} {name}")
+            run()
             start = time.perf_counter()
             for _ in range(steps):
                 run()
