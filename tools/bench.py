@@ -188,8 +188,8 @@ def measure(runs: dict[str, Callable[[], None]], rounds: int, steps: int, progre
     ones; returns ms per step per round.
 
     The untimed step and a new random order each round keep a peer from paying for the one
-    before it: its data evicted from the caches, or torch's OpenMP threads, which keep
-    spinning on the cores for a while after their work is done.
+    before it: its data evicted from the caches, or torch's OpenMP threads and ONNX Runtime's
+    thread pool, which keep spinning on the cores for a while after their work is done.
     """
     for run in runs.values():
         run()  # warm up: compile, first-touch
