@@ -1,0 +1,48 @@
+"""The benchmarks in tools/ still run, and measure what they say they measure (tiny sizes, no timing asserted)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tools import bench, bench_kernels
+
+
+def test_bench_steps_table_has_every_peer():
+    results = bench.main(["--sections", "steps", "--sizes", "64K", "--tensors", "1,3", "--optimizers", "sgd,adam",
+                          "--rounds", "2", "--steps", "1", "--no-memory"])
+    rows = {(r["optimizer"], r["tensors"]): r["peers"] for r in results["steps"]}
+    assert set(rows) == {("SGD momentum", 1), ("SGD momentum", 3), ("Adam", 1), ("Adam", 3)}
+    for (_, tensors), peers in rows.items():
+        assert {"graphopt", "numpy"} <= set(peers)
+        assert ("graphopt-1-tensor" in peers) == (tensors > 1)
+        assert all(0 < p["min_ms"] <= p["median_ms"] <= p["max_ms"] for p in peers.values())
+    assert results["build_1000_tensors"]["build_and_compile_s"] > 0
+
+
+def test_measure_runs_every_peer_untimed_then_timed_each_round():
+    calls = {"a": 0, "b": 0, "c": 0}
+    runs = {name: (lambda name=name: calls.__setitem__(name, calls[name] + 1)) for name in calls}
+    times = bench.measure(runs, rounds=3, steps=2, progress=lambda text: None)
+    assert calls == {"a": 1 + 3 * 3, "b": 1 + 3 * 3, "c": 1 + 3 * 3}  # warm-up, then per round 1 untimed + 2
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_kernel_bench_adam_body_is_adams_lazily_scaled_update():
+    n, k = 4 * 1024, 1024
+    rng = np.random.default_rng(0)
+    buffers = {"p": rng.standard_normal(n, dtype=np.float32), "g": rng.standard_normal(n, dtype=np.float32),
+               "m": rng.standard_normal(n, dtype=np.float32), "v": rng.random(n, dtype=np.float32)}
+    p, g, m, v = (buffers[name].astype(np.float64) for name in "pgmv")
+    c = bench_kernels.SCALARS
+    m = m + c["c1"] * g
+    v = v + c["c2"] * g * g
+    p = p + c["a"] * m / (np.sqrt(v) + c["eps"])
+    bench_kernels.RowRun(bench_kernels.adam_body("graphopt-body"), buffers, k, threads=2)()
+    for name, expected in (("p", p), ("m", m), ("v", v)):
+        np.testing.assert_allclose(buffers[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_kernel_bench_ops_reports_every_operator():
+    results = bench_kernels.bench_ops([1024], repeats=1)
+    assert set(results) == set(bench_kernels.OPS)
+    assert all(by_length[1024] > 0 for by_length in results.values())
