@@ -37,7 +37,7 @@ def test_kernel_bench_adam_body_is_adams_lazily_scaled_update():
     m = m + c["c1"] * g
     v = v + c["c2"] * g * g
     p = p + c["a"] * m / (np.sqrt(v) + c["eps"])
-    bench_kernels.RowRun(bench_kernels.adam_body("graphopt-body"), buffers, k, threads=2)()
+    bench_kernels.row_run(bench_kernels.adam_body("graphopt-body"), buffers, k, threads=2)()
     for name, expected in (("p", p), ("m", m), ("v", v)):
         np.testing.assert_allclose(buffers[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
 

@@ -27,7 +27,6 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -39,7 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import graphopt  # noqa: E402
 from graphopt import optim  # noqa: E402
-from graphopt.runtime import Runtime  # noqa: E402
+from graphopt.runtime import Executable, Runtime  # noqa: E402
+from graphopt.runtime.parallel import RowParallel  # noqa: E402
 from tools.bench import measure, parse_size, summary  # noqa: E402
 
 FLOAT = TensorProto.FLOAT
@@ -68,14 +68,14 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def bind(sess: ort.InferenceSession, arrays: dict[str, np.ndarray]) -> ort.IOBinding:
-    """Inputs bound zero-copy; output ``x.new.rows`` written into input ``x`` (in place), others into ``out``."""
+    """Inputs bound zero-copy, every output written into ``out``."""
     binding = sess.io_binding()
     for i in sess.get_inputs():
         a = arrays[i.name]
         binding.bind_input(i.name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
     for o in sess.get_outputs():
-        a = arrays.get(o.name.removesuffix(".rows").removesuffix(".new"), arrays.get("out"))
-        binding.bind_output(o.name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
+        out = arrays["out"]
+        binding.bind_output(o.name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
     return binding
 
 
@@ -131,23 +131,12 @@ def adam_body(variant: str) -> list[onnx.NodeProto]:
 ADAM_VARIANTS = ["graphopt-body", "square-as-pow", "first-moment-mul-add", "second-moment-first", "rows-only"]
 
 
-class RowRun:
-    """A Scan model over ``[rows, 1, k]`` views of ``buffers``, in place, split between threads."""
-
-    def __init__(self, body: list[onnx.NodeProto], buffers: dict[str, np.ndarray], k: int, threads: int):
-        self.session = session(scan_model(body, ["p", "g", "m", "v"], ["p.new", "m.new", "v.new"], k))
-        self.buffers = buffers  # the bindings hold raw pointers into them
-        views = {name: b.reshape(-1, 1, k) for name, b in buffers.items()}
-        rows = next(iter(views.values())).shape[0]
-        bounds = [rows * t // threads for t in range(threads + 1)]
-        self.bindings = [bind(self.session, {n: v[a:b] for n, v in views.items()}) for a, b in zip(bounds, bounds[1:])]
-        self.pool = ThreadPoolExecutor(max(1, threads - 1))
-
-    def __call__(self) -> None:
-        pending = [self.pool.submit(self.session.run_with_iobinding, b) for b in self.bindings[:-1]]
-        self.session.run_with_iobinding(self.bindings[-1])
-        for future in pending:
-            future.result()
+def row_run(body: list[onnx.NodeProto], buffers: dict[str, np.ndarray], k: int, threads: int) -> Callable[[], None]:
+    """A Scan model over ``[rows, 1, k]`` views of ``buffers``, in place, run by graphopt's `RowParallel`."""
+    model = scan_model(body, ["p", "g", "m", "v"], ["p.new", "m.new", "v.new"], k)
+    rows = {name: b.reshape(-1, 1, k) for name, b in buffers.items()}
+    rows.update({f"{name}.new.rows": rows[name] for name in ("p", "m", "v")})  # written in place
+    return RowParallel(Executable(session(model)), rows, {}, threads).run
 
 
 def adam_peers(n: int, k: int) -> dict[str, Callable[[], None]]:
@@ -160,8 +149,8 @@ def adam_peers(n: int, k: int) -> dict[str, Callable[[], None]]:
     buffers = {"p": np.zeros(n, np.float32), "g": grads, "m": np.zeros(n, np.float32),
                "v": np.zeros(n, np.float32)}
     for variant in ADAM_VARIANTS:
-        runs[variant] = RowRun(adam_body(variant), buffers, k, threads=2)
-    runs["graphopt-body-1-thread"] = RowRun(adam_body("graphopt-body"), buffers, k, threads=1)
+        runs[variant] = row_run(adam_body(variant), buffers, k, threads=2)
+    runs["graphopt-body-1-thread"] = row_run(adam_body("graphopt-body"), buffers, k, threads=1)
     try:
         import torch
     except ImportError:
@@ -194,13 +183,14 @@ def main(argv=None) -> None:
     runs = adam_peers(n, args.chunk)
     times = measure(runs, args.rounds, 3, lambda text: (sys.stderr.write(f"\r\033[K{text}"), sys.stderr.flush()))
     sys.stderr.write("\r\033[K")
-    reference = summary(times.get("torch-fused", times["graphopt-optimizer"]))["median_ms"]
+    reference = "torch-fused" if "torch-fused" in times else "graphopt-optimizer"
+    reference_ms = summary(times[reference])["median_ms"]
     print(f"Adam, N={args.size}, rows of {args.chunk}, 2 threads unless named: ms per step, median [min-max] "
-          f"of {args.rounds} rounds, and the ratio to {'torch-fused' if 'torch-fused' in times else 'graphopt'}")
+          f"of {args.rounds} rounds, and the ratio to {reference}")
     for name, samples in times.items():
         s = summary(samples)
         print(f"  {name:24s} {s['median_ms']:8.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]  "
-              f"{s['median_ms'] / reference:.2f}x")
+              f"{s['median_ms'] / reference_ms:.2f}x")
 
 
 if __name__ == "__main__":
