@@ -60,7 +60,6 @@ class Region:
         per_row = int(np.prod(self.shape[1:]))
         return Region(self.buffer, self.start + first * per_row, (stop - first, *self.shape[1:]))
 
-
     def binding_args(self) -> tuple:
         """``(device kind, device id, dtype, shape, pointer)``, as IOBinding's raw binders take them."""
         device = self.buffer.device
