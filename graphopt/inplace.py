@@ -15,13 +15,24 @@ the new ``x`` and silently computes ``(x + 1) ** 2``. Binding output ``O`` onto 
    alias it (Identity, Reshape, ...), or as an implicit input of a subgraph -- is an
    ancestor of ``W``, so any topological order runs it before ``W`` writes;
 3. ``I`` is not itself a graph output.
+
+The proof must hold on the graph ONNX Runtime *executes*, not only on the one graphopt
+built: its optimizers rewrite graphs (a ``Transpose`` pair cancels, ``Transpose`` and
+``MatMul`` fuse), and a node that read a parameter through a chain that ran before
+the update may then read the parameter itself, after the update wrote it.
+`proven_in_place` therefore checks both graphs: the model, and the optimized graph
+the session saved (`graphopt.runtime.Executable.optimized`). A writer of another
+domain (an ONNX Runtime fusion) is never taken to be elementwise.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import onnx
+
+if TYPE_CHECKING:
+    from graphopt.runtime import Executable
 
 ELEMENTWISE = frozenset({
     "Abs", "Add", "Cast", "Clip", "Div", "Exp", "Identity", "LeakyRelu", "Log", "Max", "Mean", "Min", "Mul", "Neg",
@@ -34,6 +45,16 @@ def in_place_pairs(graph: onnx.GraphProto, pairs: Iterable[tuple[str, str]]) -> 
     """The ``(input, output)`` pairs of ``graph`` that may share one buffer."""
     index = _GraphIndex(graph)
     return {(i, o) for i, o in pairs if index.can_write_in_place(i, o)}
+
+
+def proven_in_place(model: onnx.ModelProto, executable: Executable,
+                     pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The pairs that may share one buffer in ``model`` and in the graph ``executable`` runs
+    (compiled with ``keep_optimized=True``; without that graph, none)."""
+    if executable.optimized is None:
+        return set()
+    pairs = list(pairs)
+    return in_place_pairs(model.graph, pairs) & in_place_pairs(executable.optimized.graph, pairs)
 
 
 def can_write_in_place(graph: onnx.GraphProto, input_name: str, output_name: str) -> bool:
@@ -104,6 +125,8 @@ def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
 def _writes_elementwise(writer: onnx.NodeProto, aliases: set[str], output_name: str) -> bool:
     """Whether ``writer`` reads ``aliases`` only where writing ``output_name`` over them is safe."""
     positions = [k for k, name in enumerate(writer.input) if name in aliases]
+    if writer.domain not in ("", "ai.onnx"):
+        return False
     if writer.op_type == "Gemm":
         return all(k == 2 for k in positions)
     if writer.op_type == "Scan":

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 from graphopt import names
 from graphopt.autodiff import differentiable_initializers
-from graphopt.inplace import in_place_pairs
+from graphopt.inplace import proven_in_place
 from graphopt.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
@@ -177,8 +177,8 @@ class Trainer:
                       for layout in layouts)
         if specs not in self._compiled:
             model = build_training_step(self._train_model, self.loss, specs, list(self.buffers))
-            executable = self.optimizer._runtime.compile(model)
-            self._compiled[specs] = (model, executable, in_place_pairs(model.graph, _candidates(specs)))
+            executable = self.optimizer._runtime.compile(model, keep_optimized=True)
+            self._compiled[specs] = (model, executable, proven_in_place(model, executable, _candidates(specs)))
         return layouts, specs, self._compiled[specs]
 
     # -- state -------------------------------------------------------------------------------

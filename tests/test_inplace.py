@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.inplace import can_write_in_place
+from graphopt.inplace import can_write_in_place, proven_in_place
+from graphopt.runtime import Runtime
 
 F = TensorProto.FLOAT
 
@@ -130,3 +131,31 @@ def test_implicit_reader_in_a_subgraph_counts():
                               [helper.make_tensor_value_info("Y", F, [1, 8]),
                                helper.make_tensor_value_info("H", F, [3, 1, 8])])
     assert not can_write_in_place(graph, "X", "Y")
+
+
+def test_the_proof_holds_on_the_graph_onnx_runtime_runs():
+    # The update w' = w + sum(t) reads w only through t = transpose(w), an ancestor of the
+    # writer, and z reads w through transpose(t), after w' is written (it needs w'). On this
+    # graph the pair is safe; ONNX Runtime cancels the two transposes, so the MatMul it runs
+    # reads w itself, after the update overwrote it.
+    nodes = [helper.make_node("Transpose", ["w"], ["t"]), helper.make_node("Transpose", ["t"], ["t2"]),
+             helper.make_node("ReduceSum", ["t"], ["s"], keepdims=1), helper.make_node("Add", ["w", "s"], ["w2"]),
+             helper.make_node("ReduceSum", ["w2", "axis0"], ["late"], keepdims=1),
+             helper.make_node("MatMul", ["late", "t2"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("w", F, [8, 8])],
+                              [helper.make_tensor_value_info("w2", F, [8, 8]),
+                               helper.make_tensor_value_info("z", F, [1, 8])],
+                              [numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    assert can_write_in_place(model.graph, "w", "w2")
+    executable = Runtime().compile(model, keep_optimized=True)
+    assert proven_in_place(model, executable, [("w", "w2")]) == set()
+    feeds = {"w": _x((8, 8)) / 64}
+    assert not np.allclose(_run(model, feeds, ("w", "w2"))["z"], _run(model, feeds)["z"])  # the real hazard
+    assert proven_in_place(model, Runtime().compile(model), [("w", "w2")]) == set()  # no optimized graph kept
+
+
+def test_a_fused_writer_of_another_domain_is_not_elementwise():
+    nodes = [helper.make_node("FusedMatMul", ["x", "y"], ["z"], domain="com.microsoft")]
+    model = _model(nodes, [("x", [8, 8]), ("y", [8, 8])], ["z"], shape=[8, 8])
+    assert not can_write_in_place(model.graph, "x", "z")

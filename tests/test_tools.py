@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tools import bench, bench_kernels
 
@@ -46,3 +47,12 @@ def test_kernel_bench_ops_reports_every_operator():
     results = bench_kernels.bench_ops([1024], repeats=1)
     assert set(results) == set(bench_kernels.OPS)
     assert all(by_length[1024] > 0 for by_length in results.values())
+
+
+def test_bench_zoo_times_graphopt_and_torch_eager():
+    pytest.importorskip("torch")
+    results = bench.main(["--sections", "zoo", "--zoo", "mlp,lenet", "--rounds", "1", "--steps", "1"])
+    assert set(results["zoo"]) == {"mlp", "lenet"}
+    for peers in results["zoo"].values():
+        assert set(peers) == {"graphopt", "torch-eager"}
+        assert all(p["median_ms"] > 0 for p in peers.values())

@@ -4,6 +4,7 @@
     python tools/bench.py --sizes 1M,16M --optimizers adam --rounds 3
     python tools/bench.py --json bench.json
     python tools/bench.py --sections training  # only the training benchmarks (tools/bench_training.py)
+    python tools/bench.py --sections zoo       # a training step of each zoo model (tools/bench_zoo.py)
 
 Every configuration (optimizer x size x tensor count) is measured side by side in
 one process: each round times a few steps of every peer in turn, in a new random
@@ -29,6 +30,9 @@ The ``training`` section times one full training iteration (forward, cross-entro
 backward, Adam) of an MLP 784-1024-1024-10 at batch 64 with graphopt's Trainer, next
 to the same model in PyTorch eager mode (torch's default Adam and its fused one), and
 the time to build and compile the training step of ResNet-50.
+
+The ``zoo`` section (torch required) times one training step (forward, loss, backward,
+AdamW) of each model of tools/zoo.py, graphopt's Trainer against PyTorch eager mode.
 """
 
 from __future__ import annotations
@@ -292,7 +296,9 @@ def main(argv=None) -> dict:
                              "row lengths side by side (the first is the one the ratios use)")
     parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory measurement")
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--sections", default="steps,training", help="steps (optimizer steps), training")
+    parser.add_argument("--sections", default="steps,training",
+                        help="steps (optimizer steps), training, zoo (torch models; not in the default)")
+    parser.add_argument("--zoo", default=None, help="the zoo models to time, comma-separated (default: all)")
     parser.add_argument("--mlp", default="784,1024,1024,10", help="the training benchmark's layer widths")
     parser.add_argument("--batch", type=int, default=64, help="the training benchmark's batch size")
     args = parser.parse_args(argv)
@@ -338,6 +344,8 @@ def main(argv=None) -> dict:
                                          "peers": {name: summary(t) for name, t in times.items()}}
         progress("build and compile the ResNet-50 training step")
         results["resnet50_build"] = resnet50_build_time(args.threads)
+    if "zoo" in sections:
+        results["zoo"] = zoo_times(args, progress)
     if "steps" in sections:
         progress("build and compile for 1000 tensors")
         results["build_1000_tensors"] = build_time(1000, args.threads)  # sessions exist already: warm
@@ -353,6 +361,22 @@ def main(argv=None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    return results
+
+
+def zoo_times(args, progress) -> dict[str, dict]:
+    """Per zoo model, graphopt's and torch eager's ms per training step."""
+    from tools.bench_zoo import zoo_peers
+    from tools.zoo import CASES
+
+    wanted = None if args.zoo is None else set(args.zoo.split(","))
+    results = {}
+    for case in CASES:
+        if wanted is None or case.name in wanted:
+            progress(f"zoo {case.name}: setting up")
+            times = measure(zoo_peers(case, args.threads), args.rounds, max(args.steps, 5),
+                            lambda t: progress(f"zoo {case.name}: {t}"))  # noqa: B023
+            results[case.name] = {name: summary(t) for name, t in times.items()}
     return results
 
 
@@ -395,7 +419,18 @@ def report(results: dict) -> str:
         lines += ["", f"ResNet-50 training step ({r['parameters'] / 1e6:.1f}M parameters, {r['forward_nodes']} "
                       f"forward nodes, {r['step_nodes']} in the step graph): Trainer set-up {r['setup_s']:.2f} s, "
                       f"build {r['build_s']:.2f} s, onnxruntime compile {r['compile_s']:.2f} s"]
+    if "zoo" in results:
+        lines += ["", "zoo (tools/zoo.py): one training step (forward, loss, backward, AdamW), ms, median [min-max]",
+                  f"  {'model':22s} {'graphopt':>22s} {'torch eager':>22s} {'torch / graphopt':>17s}"]
+        for name, peers in results["zoo"].items():
+            ours, theirs = peers["graphopt"], peers["torch-eager"]
+            lines.append(f"  {name:22s} {_spread(ours):>22s} {_spread(theirs):>22s} "
+                         f"{theirs['median_ms'] / ours['median_ms']:16.2f}x")
     return "\n".join(lines)
+
+
+def _spread(s: dict) -> str:
+    return f"{s['median_ms']:.2f} [{s['min_ms']:.2f}-{s['max_ms']:.2f}]"
 
 
 if __name__ == "__main__":

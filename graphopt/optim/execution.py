@@ -21,7 +21,7 @@ import numpy as np
 from graphopt import names
 from graphopt.chunked import (GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked, scale_input,
                                scale_output)
-from graphopt.inplace import in_place_pairs
+from graphopt.inplace import proven_in_place
 from graphopt.optim.flat import FlatGroup
 from graphopt.runtime import Executable, Runtime
 from graphopt.runtime.parallel import RowParallel
@@ -60,10 +60,11 @@ class Executor:
             except NotChunkable:
                 self._chunked[spec] = None
             else:
-                update = self.runtime.compile(models.update, intra_op_threads=1)
+                update = self.runtime.compile(models.update, intra_op_threads=1, keep_optimized=True)
                 reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
                 pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
-                self._chunked[spec] = (update, reduce, in_place_pairs(models.update.graph, pairs), models.scaled_slots)
+                safe = proven_in_place(models.update, update, pairs)
+                self._chunked[spec] = (update, reduce, safe, models.scaled_slots)
         return self._chunked[spec]
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
@@ -72,7 +73,8 @@ class Executor:
         else:
             model = build_update([spec])
             pairs = in_place_candidates(spec.params, spec.transform.all_slots())
-            self._per_tensor[spec] = (self.runtime.compile(model), in_place_pairs(model.graph, pairs))
+            executable = self.runtime.compile(model, keep_optimized=True)
+            self._per_tensor[spec] = (executable, proven_in_place(model, executable, pairs))
             if len(self._per_tensor) > _CACHE_SIZE:
                 self._per_tensor.popitem(last=False)
         return self._per_tensor[spec]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,10 +17,16 @@ Array = np.ndarray | Buffer | Region
 
 
 class Executable:
-    """One ONNX Runtime session; `run` binds host arrays and buffers by name, zero-copy."""
+    """One ONNX Runtime session; `run` binds host arrays and buffers by name, zero-copy.
 
-    def __init__(self, session: ort.InferenceSession):
+    ``optimized`` is the graph the session executes, after ONNX Runtime's own rewrites
+    (fusions, eliminated transposes, its node order), without the values of large
+    initializers; None unless `Runtime.compile` was asked to keep it.
+    """
+
+    def __init__(self, session: ort.InferenceSession, optimized: onnx.ModelProto | None = None):
         self.session = session
+        self.optimized = optimized
         self.inputs = {i.name: i for i in session.get_inputs()}  # name -> onnxruntime NodeArg (type, shape)
         self.input_names = tuple(self.inputs)
         self.output_names = tuple(o.name for o in session.get_outputs())
@@ -64,18 +71,29 @@ class Runtime:
         self.chunk_size = chunk_size
         self.sessions_built = 0
 
-    def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0) -> Executable:
-        """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core."""
+    def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False) -> Executable:
+        """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
+        ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
+        is what a proof that two bound buffers may alias must look at (`graphopt.inplace`)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+        with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
+            path = os.path.join(folder, "optimized.onnx")
+            if keep_optimized:
+                options.optimized_model_filepath = path
+                options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                 "weights.bin")
+                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                                 "1024")
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+            optimized = onnx.load(path, load_external_data=False) if keep_optimized else None
         wanted = provider_name(self.providers[0])
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
             raise RuntimeError(f"providers: {wanted} could not be initialised (no usable GPU?); "
                                f"the session got {session.get_providers()}")
         self.sessions_built += 1
-        return Executable(session)
+        return Executable(session, optimized)
 
     def zeros(self, size: int, dtype: np.dtype) -> np.ndarray | Buffer:
         """A flat zeroed buffer for state: a `Buffer` with ``device_buffers``, else a numpy array."""
