@@ -170,14 +170,30 @@ def test_gradients_match_central_differences(kind, attrs, direction, layout, len
     float32 kernels; the torch test below checks the same gradients against an independent code."""
     feeds = _feeds(kind, direction, layout, lengths, initial, bias)
     attrs = {"direction": direction, **attrs}
+    _check_gradients(_model(kind, feeds, attrs, layout, loss_on=loss_on), feeds,
+                     _model(kind, feeds, attrs, layout, kernel=True, loss_on=loss_on))
+
+
+def _check_gradients(model, feeds, reference):
     wrt = [k for k in FLOATS if k in feeds]
-    grad_model = add_gradients(_model(kind, feeds, attrs, layout, loss_on=loss_on), "loss", wrt)
+    grad_model = add_gradients(model, "loss", wrt)
     results = dict(zip([o.name for o in grad_model.graph.output], _session(grad_model).run(None, feeds)))
-    reference = _model(kind, feeds, attrs, layout, kernel=True, loss_on=loss_on)
     numeric = _numeric_gradients(_expanded(reference), feeds, wrt)
     for name in wrt:
         np.testing.assert_allclose(results[f"{name}.grad"], numeric[name], rtol=1e-5, atol=1e-7,
                                    err_msg=f"gradient of {name}")
+
+
+def test_unnamed_outputs_and_hidden_size_from_r():
+    """Y and Y_h left out (empty names), no hidden_size attribute: the size comes from R."""
+    feeds = _feeds("LSTM", "bidirectional", initial=True, lengths=True)
+    model = _model("LSTM", feeds, {"direction": "bidirectional"}, loss_on=["Y_c"])
+    node = model.graph.node[0]
+    node.output[:2] = ["", ""]
+    del node.attribute[[a.name for a in node.attribute].index("hidden_size")]
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("loss", TensorProto.DOUBLE, []))
+    _check_gradients(model, feeds, model)
 
 
 def test_recurrent_node_off_the_differentiated_path_keeps_its_kernel():
@@ -293,18 +309,21 @@ def test_gradients_match_torch(kind, bidirectional, batch_first, initial, length
 
 
 def _classifier(torch, kind):
-    """Embedding (LSTM) or Linear (GRU) -> the recurrence -> Linear on the last state."""
+    """Embedding -> a 2-layer LSTM, or Linear -> a bidirectional GRU; then Linear on the last state."""
 
     class Classifier(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.embed = torch.nn.Embedding(12, 5) if kind == "LSTM" else torch.nn.Linear(3, 5)
-            self.rnn = getattr(torch.nn, kind)(5, 6, batch_first=True)
-            self.head = torch.nn.Linear(6, 4)
+            if kind == "LSTM":
+                self.rnn = torch.nn.LSTM(5, 6, num_layers=2, batch_first=True)
+            else:
+                self.rnn = torch.nn.GRU(5, 6, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(6 if kind == "LSTM" else 12, 4)
 
         def forward(self, x):
             _, h = self.rnn(self.embed(x))
-            return self.head((h[0] if kind == "LSTM" else h)[-1])
+            return self.head(h[0][-1] if kind == "LSTM" else torch.cat([h[-2], h[-1]], -1))
     return Classifier()
 
 

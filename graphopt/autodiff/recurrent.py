@@ -89,7 +89,6 @@ class _Spec:
 
     def __init__(self, node: ir.Node):
         self.node, self.kind = node, node.op_type
-        self.gates = GATES[self.kind]
         for name in ("clip", "activation_alpha", "activation_beta"):
             if name in node.attributes:
                 self._unsupported(f"attribute {name!r}")
@@ -111,9 +110,9 @@ class _Spec:
         self.activations = self._activations()
 
     def _unsupported(self, what: str):
-        raise NotImplementedError(f"{self.kind} node {self.node.name!r}: {what} is not supported by the "
-                                  f"gradient (its unrolled form supports none of clip, input_forget, peepholes, "
-                                  f"activation_alpha/beta)")
+        raise NotImplementedError(f"{self.kind} node {self.node.name!r}: {what} is not supported by the gradient "
+                                  f"of recurrent nodes (activations Sigmoid, Tanh, Relu; no clip, input_forget, "
+                                  f"peepholes P, activation_alpha/beta)")
 
     def _hidden_size(self) -> int:
         hidden = attribute(self.node, "hidden_size")
