@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
+from graphopt.autodiff.recurrent import expand_recurrent
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
 from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching
 from graphopt.symbolic import IR_VERSION, OPSET
@@ -94,6 +95,7 @@ def _backward(model: onnx.ModelProto, loss: str, wrt: Sequence[str]):
             raise ValueError(f"wrt: {name!r} is not a float input or initializer of the model")
         targets.append(values[name])
     _expose_outputs(graph)
+    expand_recurrent(ir_model, _on_a_path(list(graph), targets, loss_value))  # LSTM, GRU, RNN: unrolled
     emitter = Emitter(graph)
     return ir_model, emitter, targets, _reverse(graph, loss_value, targets, emitter)
 

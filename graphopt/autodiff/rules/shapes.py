@@ -146,3 +146,9 @@ def _gather_elements(node, grads, e):
     axis = _axis(node, len(x.shape))
     indices = _from_the_front(e, indices, x, axis)
     return [e.op("ScatterElements", [e.zeros(e.shape(x), x), indices, g], {"axis": axis, "reduction": "add"}), None]
+
+
+@rule("ConstantOfShape")
+def _constant_of_shape(node, grads, e):
+    """The values do not depend on the input, a shape (as torch.onnx exports zero initial states): none."""
+    return [None]
