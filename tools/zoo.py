@@ -249,6 +249,23 @@ class EmbeddingBagOfWords(nn.Module):
         return self.head(self.embed(tokens).mean(dim=1))
 
 
+class RecurrentClassifier(nn.Module):
+    """Embedding, a two-layer (LSTM) or bidirectional (GRU) recurrence, a head on the last step."""
+
+    def __init__(self, cell: str, vocab=20, d=8, hidden=12, classes=3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        if cell == "lstm":
+            self.rnn = nn.LSTM(d, hidden, num_layers=2, batch_first=True)
+        else:
+            self.rnn = nn.GRU(d, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(hidden * (2 if cell == "gru" else 1), classes)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(out[:, -1])
+
+
 class Norms(nn.Module):
     def __init__(self):
         super().__init__()
@@ -273,6 +290,8 @@ CASES = [
     Case("resnet_like", ResNetLike, images(channels=3)),
     Case("mobilenet_v2_like", MobileNetV2Like, images(channels=3)),
     Case("gpt_decoder", GPT, tokens(per_token=True)),
+    Case("lstm_classifier", lambda: RecurrentClassifier("lstm"), tokens()),
+    Case("gru_classifier", lambda: RecurrentClassifier("gru"), tokens()),
     Case("text_cnn", TextCNN, tokens()),
     Case("unet_conv_transpose", UNet, segmentation),
     Case("autoencoder", AutoEncoder, reconstruction, loss="mse"),
