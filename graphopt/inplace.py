@@ -12,7 +12,8 @@ the new ``x`` and silently computes ``(x + 1) ** 2``. Binding output ``O`` onto 
    test for the matching body input and output (iteration ``i`` reads and writes row
    ``i`` only);
 2. every other node that reads ``I`` -- directly, through a view-like op that may
-   alias it (Identity, Reshape, ...), or as an implicit input of a subgraph -- is an
+   alias it (Identity, Reshape, ..., and Transpose, which ONNX Runtime fuses into a
+   following MatMul or Gemm), or as an implicit input of a subgraph -- is an
    ancestor of ``W``, so any topological order runs it before ``W`` writes;
 3. ``I`` is not itself a graph output.
 """
@@ -27,7 +28,9 @@ ELEMENTWISE = frozenset({
     "Abs", "Add", "Cast", "Clip", "Div", "Exp", "Identity", "LeakyRelu", "Log", "Max", "Mean", "Min", "Mul", "Neg",
     "Pow", "Reciprocal", "Relu", "Sigmoid", "Sign", "Sqrt", "Sub", "Sum", "Tanh", "Where",
 })
-VIEW_LIKE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+# Ops whose output may be (or, after ONNX Runtime's graph optimizations, be replaced by) their
+# input: a Transpose feeding a MatMul or Gemm is fused into it, which then reads the input itself.
+VIEW_LIKE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
 def in_place_pairs(graph: onnx.GraphProto, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -130,3 +130,16 @@ def test_implicit_reader_in_a_subgraph_counts():
                               [helper.make_tensor_value_info("Y", F, [1, 8]),
                                helper.make_tensor_value_info("H", F, [3, 1, 8])])
     assert not can_write_in_place(graph, "X", "Y")
+
+
+def test_a_transpose_is_read_through_since_onnx_runtime_may_remove_it():
+    """d = x @ W.T, W2 = W - d written onto W, z = x2 @ (W.T).T: both Transposes run before the
+    write, but ONNX Runtime's transpose optimizer may cancel the pair, and the second MatMul,
+    which nothing orders before the write, then reads W itself. The reverse pass of a torch
+    export holds this pattern; there ONNX Runtime really does it (a tied-embedding GPT trained
+    off torch's steps: tests/test_from_torch.py); this small graph it happens to run safely."""
+    nodes = [helper.make_node("Transpose", ["W"], ["Wt"]), helper.make_node("MatMul", ["x", "Wt"], ["d"]),
+             helper.make_node("Transpose", ["Wt"], ["Wtt"]), helper.make_node("Sub", ["W", "d"], ["W2"]),
+             helper.make_node("MatMul", ["x2", "Wtt"], ["z"])]
+    model = _model(nodes, [("W", None), ("x", None), ("x2", None)], ["W2", "z"], shape=(8, 8))
+    assert not can_write_in_place(model.graph, "W", "W2")
