@@ -78,11 +78,14 @@ def default_trainable(model: onnx.ModelProto, differentiable: Sequence[str]) -> 
     loss depends on differentiably), the parameters the model records (`recorded_parameters`)
     if it records them, else all but `exporter_constants`."""
     recorded = recorded_parameters(model)
-    excluded = set(exporter_constants(model)) if recorded is None else set(differentiable) - set(recorded)
+    if recorded is not None:
+        kept = set(recorded)
+        return [name for name in differentiable if name in kept]
+    excluded = set(exporter_constants(model, differentiable))
     return [name for name in differentiable if name not in excluded]
 
 
-def exporter_constants(model: onnx.ModelProto) -> list[str]:
+def exporter_constants(model: onnx.ModelProto, among: Sequence[str] | None = None) -> list[str]:
     """The float initializers that look like constants an exporter folded, not weights:
 
     * scalars: tensors of rank 0 (``x * 0.25``, an epsilon, a scale), and tensors of one element
@@ -93,21 +96,24 @@ def exporter_constants(model: onnx.ModelProto) -> list[str]:
       that normalizes a Reshape's output (torch's exporters build GroupNorm that way and apply
       the module's weight and bias after it).
 
-    A learnable scalar (a 0-d temperature) is therefore not trained unless named."""
+    A learnable scalar (a 0-d temperature) is therefore not trained unless named. ``among``
+    limits the search to those initializers (default: all)."""
     readers: dict[str, set[str]] = {}
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, set()).add(node.op_type)
     found = set(_group_norm_helpers(model))
+    wanted = None if among is None else set(among)
     for tensor in model.graph.initializer:
-        if helper.tensor_dtype_to_np_dtype(tensor.data_type).kind != "f":
+        floating = helper.tensor_dtype_to_np_dtype(tensor.data_type).kind == "f"
+        if not floating or (wanted is not None and tensor.name not in wanted):
             continue
         value = numpy_helper.to_array(tensor)
         scalar = value.ndim == 0 or (value.size == 1 and readers.get(tensor.name, {""}) <= {"Mul", "Div"})
         masked = value.size and not np.all(np.abs(value) < np.finfo(value.dtype).max / 2)
         if scalar or masked:
             found.add(tensor.name)
-    return [t.name for t in model.graph.initializer if t.name in found]
+    return [t.name for t in model.graph.initializer if t.name in found and (wanted is None or t.name in wanted)]
 
 
 def _group_norm_helpers(model: onnx.ModelProto) -> list[str]:

@@ -64,6 +64,10 @@ def from_torch(module: Any, example_inputs: Any, *, input_names: Sequence[str] |
     import torch
 
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    for i, arg in enumerate(args):
+        if not isinstance(arg, torch.Tensor):
+            raise TypeError(f"from_torch: example_inputs[{i}] is a {type(arg).__name__}; pass a tensor or a "
+                            f"tuple of tensors, forward's positional arguments")
     reference = copy.deepcopy(module).eval()
     expected, reached = _reference(torch, reference, args)
     input_names = list(input_names) if input_names is not None else [f"input_{i}" for i in range(len(args))]
@@ -72,7 +76,7 @@ def from_torch(module: Any, example_inputs: Any, *, input_names: Sequence[str] |
         raise ValueError(f"from_torch: {len(output_names)} output_names given, the module returns "
                          f"{len(expected)} tensors")
     if dynamic_axes is None and dynamic_batch:
-        ranks = {**{n: a.dim() for n, a in zip(input_names, args) if isinstance(a, torch.Tensor)},
+        ranks = {**{n: a.dim() for n, a in zip(input_names, args)},
                  **{n: e.ndim for n, e in zip(output_names, expected)}}
         dynamic_axes = {name: {0: "batch"} for name, rank in ranks.items() if rank >= 1}
     model = _export(torch, module, args, input_names, output_names, dynamic_axes, opset_version)
@@ -82,7 +86,7 @@ def from_torch(module: Any, example_inputs: Any, *, input_names: Sequence[str] |
     recorded = _checked_parameters(model, parameters, reached)
     model = to_inference_mode(model)
     model.metadata_props.add(key=PARAMETERS, value=json.dumps(recorded))
-    feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args) if isinstance(a, torch.Tensor)}
+    feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args)}
     model = _ranked(model, feeds)
     if check:
         _check_outputs(model, feeds, dict(zip(output_names, expected)), rtol, atol)

@@ -135,6 +135,30 @@ def test_a_gpt_with_a_tied_head_trains_one_initializer_like_torch():
     np.testing.assert_array_equal(trainer.evaluate({"x": batches[0][0]})["logits"].shape, (18, 11))
 
 
+def test_a_tied_parameter_written_under_both_names_becomes_one_initializer(monkeypatch):
+    """Were an exporter to write a tied parameter once per name, the copies would train apart:
+    from_torch makes them one initializer again, under the first name."""
+    export = torch_export._export
+
+    def untying(*args):
+        model = export(*args)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(next(t for t in model.graph.initializer if t.name == "tokens.weight"))
+        copy.name = "head.weight"
+        model.graph.initializer.append(copy)
+        reader = next(n for n in model.graph.node if "tokens.weight" in n.input and n.op_type != "Gather")
+        reader.input[:] = ["head.weight" if name == "tokens.weight" else name for name in reader.input]
+        return model
+
+    monkeypatch.setattr(torch_export, "_export", untying)
+    torch.manual_seed(0)
+    net = TinyGPT()
+    model = graphopt.from_torch(net, torch.randint(0, 11, (2, 6)), dynamic_batch=False)
+    assert [t.name for t in model.graph.initializer].count("tokens.weight") == 1
+    assert "head.weight" not in initializers(model)
+    assert not any("head.weight" in n.input for n in model.graph.node)
+
+
 def test_batch_norm_buffers_are_kept_and_the_module_is_left_untouched():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 2))
@@ -158,6 +182,24 @@ def test_batch_norm_buffers_are_kept_and_the_module_is_left_untouched():
     trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.1))
     assert set(trainer.parameters) == {"0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"}
     assert set(trainer.buffers) == {"1.running_mean", "1.running_var"}
+
+
+def test_a_batch_norm_cnn_trains_like_torch():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(64, 10))
+    model = graphopt.from_torch(net, torch.randn(2, 1, 8, 8), input_names=["x"], output_names=["logits"])
+    rng = np.random.default_rng(6)
+    batches = [(rng.standard_normal((6, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 6)) for _ in range(3)]
+    trainer = train_both(net, model, batches, (losses.cross_entropy("logits"), nn.functional.cross_entropy))
+    # ONNX's running variance takes the biased batch variance where torch takes the unbiased one;
+    # the running means agree
+    np.testing.assert_allclose(trainer.buffers["1.running_mean"], net[1].running_mean.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_example_inputs_must_be_tensors():
+    with pytest.raises(TypeError, match=r"example_inputs\[1\] is a int"):
+        graphopt.from_torch(nn.Linear(3, 2), (torch.randn(2, 3), 4))
 
 
 def test_a_parameter_forward_does_not_use_warns_and_is_left_out():
