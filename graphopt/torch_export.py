@@ -76,9 +76,8 @@ def from_torch(module: Any, example_inputs: Any, *, input_names: Sequence[str] |
         raise ValueError(f"from_torch: {len(output_names)} output_names given, the module returns "
                          f"{len(expected)} tensors")
     if dynamic_axes is None and dynamic_batch:
-        ranks = {**{n: a.dim() for n, a in zip(input_names, args)},
-                 **{n: e.ndim for n, e in zip(output_names, expected)}}
-        dynamic_axes = {name: {0: "batch"} for name, rank in ranks.items() if rank >= 1}
+        dynamic_axes = _batch_axes({**{n: a.dim() for n, a in zip(input_names, args)},
+                                    **{n: e.ndim for n, e in zip(output_names, expected)}})
     model = _export(torch, module, args, input_names, output_names, dynamic_axes, opset_version)
     parameters = _aliases(module)
     model = _tied(model, parameters)
@@ -105,6 +104,11 @@ def _reference(torch, module, args) -> tuple[list[np.ndarray], set[str]]:
         grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True)
         reached = {name for (name, _), g in zip(params, grads) if g is not None}
     return [o.detach().cpu().numpy() for o in outputs], reached
+
+
+def _batch_axes(ranks: Mapping[str, int]) -> dict[str, dict[int, str]]:
+    """torch.onnx.export's ``dynamic_axes``: dimension 0 of every input and output of rank >= 1."""
+    return {name: {0: "batch"} for name, rank in ranks.items() if rank >= 1}
 
 
 def _flat(value) -> list:
