@@ -11,6 +11,7 @@
 from graphopt import losses, names, optim, transforms
 from graphopt.checkpoint import load_state_dict, save_state_dict
 from graphopt.parameter import Parameter
+from graphopt.torch_export import from_torch
 from graphopt.trainer import Trainer
 from graphopt.training_info import TrainingSession
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer", "TrainingSession", "__version__",
-    "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
+    "from_torch", "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
 ]

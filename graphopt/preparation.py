@@ -2,8 +2,10 @@
 
     model = inline_functions(model)                     # model-local functions -> plain nodes
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
+    default = default_trainable(model, differentiable)  # the weights, not an exporter's constants
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
+    model = to_inference_mode(exported)                 # a training-mode export in inference mode
     model = infer_shapes(model)                         # without serializing the weights
 
 `buffers` maps each running statistic of a BatchNormalization (an initializer) to the
@@ -14,6 +16,7 @@ output ``<name>.new`` that carries its value after a step, as torch updates
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +27,8 @@ from onnx import helper, numpy_helper
 from graphopt import names
 
 Selector = str | Sequence[str] | None
+
+PARAMETERS = "graphopt.parameters"  # metadata_props key: the JSON list of a model's parameters (from_torch)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -54,6 +59,75 @@ def select_trainable(model: onnx.ModelProto, trainable: Selector = None, frozen:
         chosen = matching(floats, trainable, "trainable")
     dropped = set() if frozen is None else set(matching(floats, frozen, "frozen"))
     return [name for name in chosen if name not in dropped]
+
+
+def recorded_parameters(model: onnx.ModelProto) -> list[str] | None:
+    """The parameters recorded in ``model.metadata_props`` under `PARAMETERS` (as
+    `graphopt.from_torch` does: the module's trainable parameters), or None."""
+    entry = next((e.value for e in model.metadata_props if e.key == PARAMETERS), None)
+    if entry is None:
+        return None
+    recorded = json.loads(entry)
+    if not isinstance(recorded, list) or not all(isinstance(name, str) for name in recorded):
+        raise ValueError(f"model metadata {PARAMETERS!r} must be a JSON list of initializer names, got {entry[:200]!r}")
+    return recorded
+
+
+def default_trainable(model: onnx.ModelProto, differentiable: Sequence[str]) -> list[str]:
+    """What a trainer trains when not told: of ``differentiable`` (the float initializers the
+    loss depends on differentiably), the parameters the model records (`recorded_parameters`)
+    if it records them, else all but `exporter_constants`."""
+    recorded = recorded_parameters(model)
+    if recorded is not None:
+        kept = set(recorded)
+        return [name for name in differentiable if name in kept]
+    excluded = set(exporter_constants(model, differentiable))
+    return [name for name in differentiable if name not in excluded]
+
+
+def exporter_constants(model: onnx.ModelProto, among: Sequence[str] | None = None) -> list[str]:
+    """The float initializers that look like constants an exporter folded, not weights:
+
+    * scalars: tensors of rank 0 (``x * 0.25``, an epsilon, a scale), and tensors of one element
+      that only Mul and Div nodes read (an attention's ``1/sqrt(d)``);
+    * masks: tensors holding a non-finite value or one at the float type's extremes (an
+      attention mask filled with ``-inf`` or the type's lowest value);
+    * GroupNorm's helpers: the all-ones scale and all-zeros bias of an InstanceNormalization
+      that normalizes a Reshape's output (torch's exporters build GroupNorm that way and apply
+      the module's weight and bias after it).
+
+    A learnable scalar (a 0-d temperature) is therefore not trained unless named. ``among``
+    limits the search to those initializers (default: all)."""
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    found = set(_group_norm_helpers(model))
+    wanted = None if among is None else set(among)
+    for tensor in model.graph.initializer:
+        floating = helper.tensor_dtype_to_np_dtype(tensor.data_type).kind == "f"
+        if not floating or (wanted is not None and tensor.name not in wanted):
+            continue
+        value = numpy_helper.to_array(tensor)
+        scalar = value.ndim == 0 or (value.size == 1 and readers.get(tensor.name, {""}) <= {"Mul", "Div"})
+        masked = value.size and not np.all(np.abs(value) < np.finfo(value.dtype).max / 2)
+        if scalar or masked:
+            found.add(tensor.name)
+    return [t.name for t in model.graph.initializer if t.name in found and (wanted is None or t.name in wanted)]
+
+
+def _group_norm_helpers(model: onnx.ModelProto) -> list[str]:
+    values = {t.name: t for t in model.graph.initializer}
+    reshaped = {out for node in model.graph.node if node.op_type == "Reshape" for out in node.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "InstanceNormalization" or node.input[0] not in reshaped:
+            continue
+        scale, bias = (values.get(name) for name in node.input[1:3])
+        if (scale is not None and bias is not None and np.all(numpy_helper.to_array(scale) == 1)
+                and np.all(numpy_helper.to_array(bias) == 0)):
+            found += [scale.name, bias.name]
+    return found
 
 
 def float_initializers(model: onnx.ModelProto) -> list[str]:
@@ -148,6 +222,26 @@ def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     graph.output.extend(helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None)
                         for out in buffers.values())
     return result, buffers
+
+
+def to_inference_mode(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with BatchNormalization (running statistics) and Dropout (identity) nodes in
+    inference mode, what ``module.eval()`` computes: for a model exported in training mode."""
+    result = _copy(model)
+    read = {name for node in result.graph.node for name in node.input} | {o.name for o in result.graph.output}
+    for node in result.graph.node:
+        if node.op_type not in ("BatchNormalization", "Dropout"):
+            continue
+        used = [name for name in node.output[1:] if name in read]
+        if used:
+            raise ValueError(f"{node.op_type} node {node.name!r}: its training outputs {used} are read; "
+                             f"it cannot run in inference mode")
+        del node.output[1:]
+        if node.op_type == "BatchNormalization":
+            _set_attribute(node, "training_mode", 0)
+        else:
+            del node.input[2:]
+    return result
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:

@@ -7,8 +7,8 @@
     trainer.export("trained.onnx", kind="inference")
 
 The loss is a built-in one (`graphopt.losses`) attached to a model output, or the name
-of a float scalar the model computes itself. The trainable initializers (all float
-ones by default, running statistics excepted) become graphopt `Parameter` s in the
+of a float scalar the model computes itself. The trainable initializers (by default the
+model's weights, not running statistics nor an exporter's constants) become graphopt `Parameter` s in the
 optimizer's flat buffers; BatchNormalization and Dropout run in training mode, and
 the running statistics are updated by each step as in torch's ``train()`` mode.
 Each step runs the training-step model (`graphopt.training_step`) with parameters
@@ -36,6 +36,7 @@ from graphopt.optim.optimizer import Optimizer
 from graphopt.parameter import Parameter
 from graphopt.preparation import (
     Selector,
+    default_trainable,
     inline_functions,
     matching,
     promote_constants,
@@ -58,10 +59,13 @@ class Trainer:
         loss: a `graphopt.losses.Loss` (which adds a ``labels`` input), or the name of a
             float scalar output of the model.
         optimizer: a graphopt optimizer constructed without parameters, e.g. ``optim.Adam(lr=1e-3)``.
-        trainable: names or ``fnmatch`` patterns of the initializers to train (default: the float
-            initializers the loss depends on through a differentiable input, so not running
-            statistics, Dropout ratios, Clip bounds or constant exponents); ``frozen`` removes
-            matches from those.
+        trainable: names or ``fnmatch`` patterns of the initializers to train, constants included
+            (default: the model's weights among the float initializers the loss depends on through
+            a differentiable input, so not running statistics, Dropout ratios, Clip bounds or
+            constant exponents; the weights are the parameters the model records, as
+            `graphopt.from_torch` does, else all but what looks like an exporter's constant:
+            scalars, masks, GroupNorm's helpers, see `preparation.exporter_constants`);
+            ``frozen`` removes matches from those.
         groups: param groups, as ``[{"params": "conv*", "lr_mult": 0.1}, ...]``: ``params`` is a
             name, a pattern or a list of them; a parameter joins the first group it matches and
             the parameters no group matches form one last group with the optimizer's defaults.
@@ -93,7 +97,8 @@ class Trainer:
         self._batch_inputs = [i.name for i in self._train_model.graph.input if i.name not in initializer_names]
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
-        default = differentiable_initializers(self._train_model, self.loss) if trainable is None else None
+        default = (default_trainable(self.model, differentiable_initializers(self._train_model, self.loss))
+                   if trainable is None else None)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]).copy(), name=name)
                            for name in trainable_names}

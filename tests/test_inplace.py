@@ -159,3 +159,16 @@ def test_a_fused_writer_of_another_domain_is_not_elementwise():
     nodes = [helper.make_node("FusedMatMul", ["x", "y"], ["z"], domain="com.microsoft")]
     model = _model(nodes, [("x", [8, 8]), ("y", [8, 8])], ["z"], shape=[8, 8])
     assert not can_write_in_place(model.graph, "x", "z")
+
+
+def test_a_cancelled_transpose_pair_is_seen_in_the_optimized_graph():
+    """d = x @ W.T, W2 = W - d written onto W, z = x2 @ (W.T).T: both Transposes run before the
+    write, but ONNX Runtime's transpose optimizer cancels the pair, and the second MatMul,
+    which nothing orders before the write, then reads W itself (the pattern of a torch export's
+    reverse pass: tests/test_zoo.py's GPT drifts from torch without this proof)."""
+    nodes = [helper.make_node("Transpose", ["W"], ["Wt"]), helper.make_node("MatMul", ["x", "Wt"], ["d"]),
+             helper.make_node("Transpose", ["Wt"], ["Wtt"]), helper.make_node("Sub", ["W", "d"], ["W2"]),
+             helper.make_node("MatMul", ["x2", "Wtt"], ["z"])]
+    model = _model(nodes, [("W", None), ("x", None), ("x2", None)], ["W2", "z"], shape=(8, 8))
+    assert can_write_in_place(model.graph, "W", "W2")
+    assert proven_in_place(model, Runtime().compile(model, keep_optimized=True), [("W", "W2")]) == set()
