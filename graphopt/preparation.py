@@ -1,6 +1,7 @@
 """Edits that turn an inference model into one to train.
 
-    model = inline_functions(model)                     # model-local functions -> plain nodes
+    model = normalized(model)                           # functions inlined, pinned opset and IR version
+    model = with_weights_as_initializers(model)         # statistics and filled weights -> initializers
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
@@ -14,6 +15,7 @@ output ``<name>.new`` that carries its value after a step, as torch updates
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +24,7 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 
 from graphopt import names
+from graphopt.symbolic import IR_VERSION, OPSET
 
 Selector = str | Sequence[str] | None
 
@@ -30,6 +33,32 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     return result
+
+
+def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` in the form the rest of graphopt reads, computing the same function: its
+    model-local functions inlined, converted to the pinned opset (`graphopt.symbolic.OPSET`), at
+    the pinned IR version, and, for an IR version below 4 (where every initializer had to be
+    listed as a graph input too), its initializers no longer listed as inputs. Returns ``model``
+    itself when nothing changes. Run it before adding nodes of the pinned opset (a loss, training
+    mode), which an older opset may not have."""
+    model = inline_functions(model)
+    if _opset(model) != OPSET:
+        model = onnx.version_converter.convert_version(model, OPSET)
+    if model.ir_version == IR_VERSION:
+        return model
+    result = _copy(model)
+    if result.ir_version < 4:
+        initializers = {t.name for t in result.graph.initializer}
+        inputs = [i for i in result.graph.input if i.name not in initializers]
+        del result.graph.input[:]
+        result.graph.input.extend(inputs)
+    result.ir_version = IR_VERSION
+    return result
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
 def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,11 +104,54 @@ def matching(candidates: list[str], selector: str | Sequence[str], what: str) ->
     return [name for name in candidates if name in matched]
 
 
+def implicit_initializers(model: onnx.ModelProto) -> list[str]:
+    """The float Constant / ConstantOfShape outputs that stand for initializers, and that
+    `weights_as_initializers` promotes unasked: those a BatchNormalization reads as running
+    statistics (state that a training step updates), and every ConstantOfShape of a constant
+    shape (a weight stored as its fill value, as in the files of ``onnx/backend/test/data/light``;
+    constant folding would have made it an initializer)."""
+    constant = {t.name for t in model.graph.initializer}
+    floats = set()
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        if node.op_type == "Constant":
+            constant.add(node.output[0])
+            if _constant_is_float(node):
+                floats.add(node.output[0])
+        elif node.op_type == "ConstantOfShape" and node.input[0] in constant:
+            constant.add(node.output[0])
+            fill = next((a.t.data_type for a in node.attribute if a.name == "value"), onnx.TensorProto.FLOAT)
+            if helper.tensor_dtype_to_np_dtype(fill).kind == "f":
+                floats.add(node.output[0])
+    stats = set(running_statistics(model))
+    return [node.output[0] for node in model.graph.node if node.output and node.output[0] in floats
+            and (node.op_type == "ConstantOfShape" or node.output[0] in stats)]
+
+
+def _constant_is_float(node: onnx.NodeProto) -> bool:
+    attr = node.attribute[0]
+    return attr.name in ("value_float", "value_floats") or \
+        (attr.name == "value" and helper.tensor_dtype_to_np_dtype(attr.t.data_type).kind == "f")
+
+
+def weights_as_initializers(model: onnx.ModelProto, promote: bool | Sequence[str] = False) -> onnx.ModelProto:
+    """``model`` with its `implicit_initializers` and the constants named by ``promote`` (True:
+    every float Constant and ConstantOfShape of a constant shape; or a list of names) turned into
+    initializers by `promote_constants`. Returns ``model`` itself when there are none."""
+    if promote is True:
+        return promote_constants(model, True)
+    named = [promote] if isinstance(promote, str) else list(promote or ())
+    which = [*implicit_initializers(model), *named]
+    return promote_constants(model, which) if which else model
+
+
 def promote_constants(model: onnx.ModelProto, which: bool | Sequence[str] = True) -> onnx.ModelProto:
     """``model`` with float Constant and ConstantOfShape (of a constant shape) outputs turned
     into initializers of the same name: all of them (``which=True``) or those named."""
     result = _copy(model)
     graph = result.graph
+    which = True if which is True else set([which] if isinstance(which, str) else which or ())
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     promoted, kept = [], []
     for node in graph.node:
@@ -167,16 +239,23 @@ def _ensure(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
 _SMALL = 1024  # bytes: initializers up to this size stay in the copy shape inference reads (shape tensors)
 
 
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """The tensor's size from its dims (``ByteSize()`` walks the data: tens of ms for a large weight)."""
+    return math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
 def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """``onnx.shape_inference.infer_shapes`` without serializing the weights: initializers over
     1 KiB are stood in for by graph inputs of their type and shape while inference runs (it
     only reads the values of small integer tensors), then the result's types are put on a copy."""
     graph = model.graph
-    large = [t for t in graph.initializer if t.ByteSize() > _SMALL]
+    small = {t.name for t in graph.initializer if _nbytes(t) <= _SMALL}
+    listed = {i.name for i in graph.input}  # below IR 4, initializers are inputs too
+    large = [t for t in graph.initializer if t.name not in small and t.name not in listed]
     light_graph = helper.make_graph(
         list(graph.node), graph.name,
         [*graph.input, *(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in large)],
-        list(graph.output), [t for t in graph.initializer if t.ByteSize() <= _SMALL], value_info=list(graph.value_info))
+        list(graph.output), [t for t in graph.initializer if t.name in small], value_info=list(graph.value_info))
     light = helper.make_model(light_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                               functions=list(model.functions))
     inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop).graph
