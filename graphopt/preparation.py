@@ -152,29 +152,46 @@ def promote_constants(model: onnx.ModelProto, which: bool | Sequence[str] = True
     result = _copy(model)
     graph = result.graph
     which = True if which is True else set([which] if isinstance(which, str) else which or ())
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = _Constants(graph)
     promoted, kept = [], []
     for node in graph.node:
         value = _constant_value(node, constants)
         if value is not None:
-            constants[node.output[0]] = value
+            constants.values[node.output[0]] = value
         wanted = which is True or (which and node.output and node.output[0] in which)
         if value is not None and value.dtype.kind == "f" and wanted:
-            promoted.append(numpy_helper.from_array(value, node.output[0]))
+            promoted.append((node.output[0], value))
         else:
             kept.append(node)
     if which is not True and which:
-        missing = sorted(set(which) - {t.name for t in promoted})
+        missing = sorted(set(which) - {name for name, _ in promoted})
         if missing:
             raise ValueError(f"promote_constants: {missing} are not outputs of float Constant or "
                              f"ConstantOfShape nodes with a constant shape")
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(promoted)
+    for name, value in promoted:  # written once, straight into the model (weights may be GBs)
+        graph.initializer.add(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape,
+                              raw_data=value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes())
     return result
 
 
-def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> np.ndarray | None:
+class _Constants:
+    """Values known before run time: initializers (read when asked) and constant nodes' outputs."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.values: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self.values and name in self.initializers:
+            self.values[name] = numpy_helper.to_array(self.initializers[name])
+        return self.values.get(name)
+
+
+def _constant_value(node: onnx.NodeProto, constants: _Constants) -> np.ndarray | None:
+    """The node's output if it is a Constant or a ConstantOfShape of a constant shape (a
+    read-only broadcast view for the latter), else None."""
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Constant":
@@ -183,9 +200,12 @@ def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> n
             return numpy_helper.to_array(attr.t)
         if attr.name in ("value_float", "value_floats"):
             return np.array(helper.get_attribute_value(attr), np.float32)
-    if node.op_type == "ConstantOfShape" and node.input[0] in constants:
-        fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
-        return np.full(constants[node.input[0]].astype(np.int64), fill[0], fill.dtype)
+    if node.op_type == "ConstantOfShape":
+        shape = constants.get(node.input[0])
+        if shape is not None:
+            fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                        np.zeros(1, np.float32))
+            return np.broadcast_to(fill.reshape(-1)[:1].reshape(()), tuple(shape.astype(np.int64)))
     return None
 
 

@@ -102,7 +102,7 @@ class Trainer:
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
         default = differentiable_initializers(self._train_model, self.loss) if trainable is None else None
         trainable_names = select_trainable(self.model, trainable, frozen, default)
-        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]).copy(), name=name)
+        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):
             optimizer.add_param_group({**group, "params": [self.parameters[n] for n in group["params"]]})
