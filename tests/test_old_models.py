@@ -92,6 +92,15 @@ def test_light_model_trains(path):
 
 
 
+def test_promote_constants_on_a_light_model():
+    """``promote_constants=True`` on an IR-3 file (it failed on the initializers listed as inputs)."""
+    model, logits, _ = with_logits(onnx.load(str(LIGHT / "light_squeezenet.onnx")))
+    filled = {n.output[0] for n in model.graph.node if n.op_type == "ConstantOfShape"}
+    trained = [set(graphopt.Trainer(model, losses.cross_entropy(logits), optim.SGD(lr=0.01),
+                                    promote_constants=promote).parameters) for promote in (False, True, ["conv1_w_0"])]
+    assert filled <= trained[0] == trained[1] == trained[2]
+
+
 # -- each preparation piece, on a tiny IR-3 / opset-9 model ---------------------------------------
 
 SCALE, BIAS, EPS, MOMENTUM, K = np.array([1.0, 2.0, 0.5], np.float32), np.array([0.1, -0.2, 0.3], np.float32), \
