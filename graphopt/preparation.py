@@ -1,7 +1,7 @@
 """Edits that turn an inference model into one to train.
 
     model = normalized(model)                           # functions inlined, pinned opset and IR version
-    model = with_weights_as_initializers(model)         # statistics and filled weights -> initializers
+    model = weights_as_initializers(model)              # statistics and filled weights -> initializers
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
@@ -110,29 +110,14 @@ def implicit_initializers(model: onnx.ModelProto) -> list[str]:
     statistics (state that a training step updates), and every ConstantOfShape of a constant
     shape (a weight stored as its fill value, as in the files of ``onnx/backend/test/data/light``;
     constant folding would have made it an initializer)."""
-    constant = {t.name for t in model.graph.initializer}
-    floats = set()
+    constants, stats, found = _Constants(model.graph), set(running_statistics(model)), []
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or not node.output:
-            continue
-        if node.op_type == "Constant":
-            constant.add(node.output[0])
-            if _constant_is_float(node):
-                floats.add(node.output[0])
-        elif node.op_type == "ConstantOfShape" and node.input[0] in constant:
-            constant.add(node.output[0])
-            fill = next((a.t.data_type for a in node.attribute if a.name == "value"), onnx.TensorProto.FLOAT)
-            if helper.tensor_dtype_to_np_dtype(fill).kind == "f":
-                floats.add(node.output[0])
-    stats = set(running_statistics(model))
-    return [node.output[0] for node in model.graph.node if node.output and node.output[0] in floats
-            and (node.op_type == "ConstantOfShape" or node.output[0] in stats)]
-
-
-def _constant_is_float(node: onnx.NodeProto) -> bool:
-    attr = node.attribute[0]
-    return attr.name in ("value_float", "value_floats") or \
-        (attr.name == "value" and helper.tensor_dtype_to_np_dtype(attr.t.data_type).kind == "f")
+        value = _constant_value(node, constants)
+        if value is not None:
+            constants.values[node.output[0]] = value
+            if value.dtype.kind == "f" and (node.op_type == "ConstantOfShape" or node.output[0] in stats):
+                found.append(node.output[0])
+    return found
 
 
 def weights_as_initializers(model: onnx.ModelProto, promote: bool | Sequence[str] = False) -> onnx.ModelProto:
@@ -200,6 +185,8 @@ def _constant_value(node: onnx.NodeProto, constants: _Constants) -> np.ndarray |
             return numpy_helper.to_array(attr.t)
         if attr.name in ("value_float", "value_floats"):
             return np.array(helper.get_attribute_value(attr), np.float32)
+        if attr.name in ("value_int", "value_ints"):
+            return np.array(helper.get_attribute_value(attr), np.int64)
     if node.op_type == "ConstantOfShape":
         shape = constants.get(node.input[0])
         if shape is not None:

@@ -173,7 +173,11 @@ def test_normalized_converts_opset_and_ir_and_lists_only_real_inputs():
 
 def test_implicit_initializers_are_statistics_and_filled_weights():
     """Not the ConstantOfShape of a run-time shape, not the float Constant K."""
-    assert preparation.implicit_initializers(preparation.normalized(tiny_model())) == ["mean", "var", "W"]
+    model = preparation.normalized(tiny_model())
+    assert preparation.implicit_initializers(model) == ["mean", "var", "W"]
+    model.graph.node.extend([helper.make_node("Constant", [], ["two"], value_ints=[2]),
+                             helper.make_node("ConstantOfShape", ["two"], ["filled"])])  # zeros, float
+    assert preparation.implicit_initializers(model) == ["mean", "var", "W", "filled"]
 
 
 def test_weights_as_initializers():
