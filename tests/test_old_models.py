@@ -8,7 +8,6 @@ on a tiny hand-built IR-3 / opset-9 model.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +56,8 @@ def data_input(model: onnx.ModelProto) -> str:
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_light_model_trains(path):
     """Cross-entropy attached to the logits before the Softmax; one 1x3x224x224 image, a random
-    class. Two steps: the second step's loss, on the same batch after one update, is lower."""
-    start = time.perf_counter()
+    class. Two steps: the second step's loss, on the same batch after one update, is lower.
+    ``pytest --durations=0`` gives each model's seconds (VGG-19: about half the file's)."""
     ort.set_seed(0)  # Dropout's masks
     rng = np.random.default_rng(0)
     model, logits, rank = with_logits(onnx.load(str(path)))
@@ -87,8 +86,6 @@ def test_light_model_trains(path):
     assert sorted(changed) == sorted(weights)
     for name, value in trainer.buffers.items():
         assert np.isfinite(value).all() and not np.array_equal(value, buffers[name]), name
-    print(f"{path.stem}: {time.perf_counter() - start:.1f} s, loss {first:.3g} -> {second:.3g}")
-
 
 
 
