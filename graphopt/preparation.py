@@ -1,6 +1,7 @@
 """Edits that turn an inference model into one to train.
 
-    model = inline_functions(model)                     # model-local functions -> plain nodes
+    model = normalized(model)                           # functions inlined, pinned opset and IR version
+    model = weights_as_initializers(model)              # statistics and filled weights -> initializers
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     default = default_trainable(model, differentiable)  # the weights, not an exporter's constants
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +27,7 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 
 from graphopt import names
+from graphopt.symbolic import IR_VERSION, OPSET
 
 Selector = str | Sequence[str] | None
 
@@ -35,6 +38,32 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     return result
+
+
+def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` in the form the rest of graphopt reads, computing the same function: its
+    model-local functions inlined, converted to the pinned opset (`graphopt.symbolic.OPSET`), at
+    the pinned IR version, and, for an IR version below 4 (where every initializer had to be
+    listed as a graph input too), its initializers no longer listed as inputs. Returns ``model``
+    itself when nothing changes. Run it before adding nodes of the pinned opset (a loss, training
+    mode), which an older opset may not have."""
+    model = inline_functions(model)
+    if _opset(model) != OPSET:
+        model = onnx.version_converter.convert_version(model, OPSET)
+    if model.ir_version == IR_VERSION:
+        return model
+    result = _copy(model)
+    if result.ir_version < 4:
+        initializers = {t.name for t in result.graph.initializer}
+        inputs = [i for i in result.graph.input if i.name not in initializers]
+        del result.graph.input[:]
+        result.graph.input.extend(inputs)
+    result.ir_version = IR_VERSION
+    return result
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
 def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -149,34 +178,79 @@ def matching(candidates: list[str], selector: str | Sequence[str], what: str) ->
     return [name for name in candidates if name in matched]
 
 
+def implicit_initializers(model: onnx.ModelProto) -> list[str]:
+    """The float Constant / ConstantOfShape outputs that stand for initializers, and that
+    `weights_as_initializers` promotes unasked: those a BatchNormalization reads as running
+    statistics (state that a training step updates), and every ConstantOfShape of a constant
+    shape (a weight stored as its fill value, as in the files of ``onnx/backend/test/data/light``;
+    constant folding would have made it an initializer)."""
+    constants, stats, found = _Constants(model.graph), set(running_statistics(model)), []
+    for node in model.graph.node:
+        value = _constant_value(node, constants)
+        if value is not None:
+            constants.values[node.output[0]] = value
+            if value.dtype.kind == "f" and (node.op_type == "ConstantOfShape" or node.output[0] in stats):
+                found.append(node.output[0])
+    return found
+
+
+def weights_as_initializers(model: onnx.ModelProto, promote: bool | Sequence[str] = False) -> onnx.ModelProto:
+    """``model`` with its `implicit_initializers` and the constants named by ``promote`` (True:
+    every float Constant and ConstantOfShape of a constant shape; or a list of names) turned into
+    initializers by `promote_constants`. Returns ``model`` itself when there are none."""
+    if promote is True:
+        return promote_constants(model, True)
+    named = [promote] if isinstance(promote, str) else list(promote or ())
+    which = [*implicit_initializers(model), *named]
+    return promote_constants(model, which) if which else model
+
+
 def promote_constants(model: onnx.ModelProto, which: bool | Sequence[str] = True) -> onnx.ModelProto:
     """``model`` with float Constant and ConstantOfShape (of a constant shape) outputs turned
     into initializers of the same name: all of them (``which=True``) or those named."""
     result = _copy(model)
     graph = result.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    which = True if which is True else set([which] if isinstance(which, str) else which or ())
+    constants = _Constants(graph)
     promoted, kept = [], []
     for node in graph.node:
         value = _constant_value(node, constants)
         if value is not None:
-            constants[node.output[0]] = value
+            constants.values[node.output[0]] = value
         wanted = which is True or (which and node.output and node.output[0] in which)
         if value is not None and value.dtype.kind == "f" and wanted:
-            promoted.append(numpy_helper.from_array(value, node.output[0]))
+            promoted.append((node.output[0], value))
         else:
             kept.append(node)
     if which is not True and which:
-        missing = sorted(set(which) - {t.name for t in promoted})
+        missing = sorted(set(which) - {name for name, _ in promoted})
         if missing:
             raise ValueError(f"promote_constants: {missing} are not outputs of float Constant or "
                              f"ConstantOfShape nodes with a constant shape")
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(promoted)
+    for name, value in promoted:  # written once, straight into the model (weights may be GBs)
+        graph.initializer.add(name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape,
+                              raw_data=value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes())
     return result
 
 
-def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> np.ndarray | None:
+class _Constants:
+    """Values known before run time: initializers (read when asked) and constant nodes' outputs."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.values: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self.values and name in self.initializers:
+            self.values[name] = numpy_helper.to_array(self.initializers[name])
+        return self.values.get(name)
+
+
+def _constant_value(node: onnx.NodeProto, constants: _Constants) -> np.ndarray | None:
+    """The node's output if it is a Constant or a ConstantOfShape of a constant shape (a
+    read-only broadcast view for the latter), else None."""
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "Constant":
@@ -185,9 +259,14 @@ def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> n
             return numpy_helper.to_array(attr.t)
         if attr.name in ("value_float", "value_floats"):
             return np.array(helper.get_attribute_value(attr), np.float32)
-    if node.op_type == "ConstantOfShape" and node.input[0] in constants:
-        fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
-        return np.full(constants[node.input[0]].astype(np.int64), fill[0], fill.dtype)
+        if attr.name in ("value_int", "value_ints"):
+            return np.array(helper.get_attribute_value(attr), np.int64)
+    if node.op_type == "ConstantOfShape":
+        shape = constants.get(node.input[0])
+        if shape is not None:
+            fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                        np.zeros(1, np.float32))
+            return np.broadcast_to(fill.reshape(-1)[:1].reshape(()), tuple(shape.astype(np.int64)))
     return None
 
 
@@ -261,16 +340,23 @@ def _ensure(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
 _SMALL = 1024  # bytes: initializers up to this size stay in the copy shape inference reads (shape tensors)
 
 
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """The tensor's size from its dims (``ByteSize()`` walks the data: tens of ms for a large weight)."""
+    return math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
 def infer_shapes(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """``onnx.shape_inference.infer_shapes`` without serializing the weights: initializers over
     1 KiB are stood in for by graph inputs of their type and shape while inference runs (it
     only reads the values of small integer tensors), then the result's types are put on a copy."""
     graph = model.graph
-    large = [t for t in graph.initializer if t.ByteSize() > _SMALL]
+    small = {t.name for t in graph.initializer if _nbytes(t) <= _SMALL}
+    listed = {i.name for i in graph.input}  # below IR 4, initializers are inputs too
+    large = [t for t in graph.initializer if t.name not in small and t.name not in listed]
     light_graph = helper.make_graph(
         list(graph.node), graph.name,
         [*graph.input, *(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in large)],
-        list(graph.output), [t for t in graph.initializer if t.ByteSize() <= _SMALL], value_info=list(graph.value_info))
+        list(graph.output), [t for t in graph.initializer if t.name in small], value_info=list(graph.value_info))
     light = helper.make_model(light_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                               functions=list(model.functions))
     inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop).graph

@@ -37,11 +37,11 @@ from graphopt.parameter import Parameter
 from graphopt.preparation import (
     Selector,
     default_trainable,
-    inline_functions,
     matching,
-    promote_constants,
+    normalized,
     select_trainable,
     to_training_mode,
+    weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
 from graphopt.training_info import with_training_info
@@ -55,7 +55,9 @@ class Trainer:
     """Forward, backward and update of ``model`` as one ONNX Runtime call per ``step``.
 
     Args:
-        model: an ``onnx.ModelProto`` or a path to one.
+        model: an ``onnx.ModelProto`` or a path to one, of any opset and IR version: it is
+            first `graphopt.preparation.normalized` (functions inlined, the pinned opset and IR
+            version), then the loss and training mode are added.
         loss: a `graphopt.losses.Loss` (which adds a ``labels`` input), or the name of a
             float scalar output of the model.
         optimizer: a graphopt optimizer constructed without parameters, e.g. ``optim.Adam(lr=1e-3)``.
@@ -70,7 +72,11 @@ class Trainer:
             name, a pattern or a list of them; a parameter joins the first group it matches and
             the parameters no group matches form one last group with the optimizer's defaults.
         promote_constants: turn float Constant / ConstantOfShape outputs into trainable
-            initializers: True for all, or a list of names.
+            initializers: True for all, or a list of names. Promoted in any case
+            (`graphopt.preparation.implicit_initializers`): the running statistics a
+            BatchNormalization reads from such nodes, and every float ConstantOfShape of a
+            constant shape (a weight stored as its fill value, as in old model-zoo files),
+            then trained, or not, as initializers are.
         training_mode: run BatchNormalization (batch statistics, running statistics updated)
             and Dropout in training mode during steps; `evaluate` and the inference export
             keep the model's own mode.
@@ -86,7 +92,8 @@ class Trainer:
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
-        self.model = _promoted(inline_functions(model), promote_constants)
+        # converted first: the loss and training mode add nodes of the pinned opset
+        self.model = weights_as_initializers(normalized(model), promote_constants)
         self.labels = loss.labels if isinstance(loss, Loss) else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:
@@ -100,7 +107,7 @@ class Trainer:
         default = (default_trainable(self.model, differentiable_initializers(self._train_model, self.loss))
                    if trainable is None else None)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
-        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]).copy(), name=name)
+        self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):
             optimizer.add_param_group({**group, "params": [self.parameters[n] for n in group["params"]]})
@@ -275,10 +282,6 @@ def _bindings(layouts, specs, safe: set) -> list[TensorBindings]:
     return [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
                            spec.params, spec.transform.all_slots(), layout.hypers, safe)
             for layout, spec in zip(layouts, specs)]
-
-
-def _promoted(model: onnx.ModelProto, which: bool | Sequence[str]) -> onnx.ModelProto:
-    return promote_constants(model, which) if which else model
 
 
 def _with_loss(model: onnx.ModelProto, loss: Loss | str) -> tuple[onnx.ModelProto, str]:

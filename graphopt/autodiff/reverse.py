@@ -20,8 +20,8 @@ from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.recurrent import expand_recurrent
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching
-from graphopt.symbolic import IR_VERSION, OPSET
+from graphopt.preparation import float_initializers, infer_shapes, matching, normalized
+from graphopt.symbolic import IR_VERSION
 
 
 class UnsupportedOperator(NotImplementedError):
@@ -29,12 +29,9 @@ class UnsupportedOperator(NotImplementedError):
 
 
 def prepare(model: onnx.ModelProto) -> ir.Model:
-    """``model`` with its local functions inlined, at the pinned opset, shape-inferred, as onnx-ir."""
-    model = inline_functions(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-    if opset != OPSET:
-        model = onnx.version_converter.convert_version(model, OPSET)
-    model = infer_shapes(model, data_prop=True)
+    """``model`` `normalized` (local functions inlined, pinned opset and IR version), shape-inferred,
+    as onnx-ir."""
+    model = infer_shapes(normalized(model), data_prop=True)
     return ir.serde.deserialize_model(model)
 
 
