@@ -73,6 +73,9 @@ class _GraphIndex:
         for node in graph.node:
             for name in set(self.reads[id(node)]):
                 self.readers.setdefault(name, []).append(node)
+        self.order = _topological(graph.node, self.reads, self.producers)
+        self.position = {id(node): k for k, node in enumerate(self.order)}
+        self._bits: dict[int, int] | None = None
 
     def can_write_in_place(self, input_name: str, output_name: str) -> bool:
         if input_name in self.outputs:
@@ -84,7 +87,8 @@ class _GraphIndex:
         if not _writes_elementwise(writer, aliases, output_name):
             return False
         readers = {id(n) for name in aliases for n in self.readers.get(name, ())} - {id(writer)}
-        return not readers or readers <= self._ancestors(writer)
+        ancestors = self._ancestor_bits()[id(writer)]
+        return all(ancestors >> self.position[r] & 1 for r in readers)
 
     def _aliases(self, name: str) -> set[str]:
         """``name`` and every value that may share its memory through view-like ops."""
@@ -97,17 +101,42 @@ class _GraphIndex:
                     stack.extend(fresh)
         return aliases
 
-    def _ancestors(self, node: onnx.NodeProto) -> set[int]:
-        """ids of the nodes ``node`` depends on, through inputs and its subgraphs' implicit inputs."""
-        seen: set[int] = set()
-        stack = [node]
-        while stack:
-            for name in self.reads[id(stack.pop())]:
-                parent = self.producers.get(name)
-                if parent is not None and id(parent) not in seen:
-                    seen.add(id(parent))
-                    stack.append(parent)
-        return seen
+    def _ancestor_bits(self) -> dict[int, int]:
+        """Per node (by id), the set of nodes it depends on (through inputs and its subgraphs'
+        implicit inputs) as bits of their `position`: computed once, in topological order."""
+        if self._bits is None:
+            bits: dict[int, int] = {}
+            for node in self.order:
+                mask = 0
+                for name in self.reads[id(node)]:
+                    parent = self.producers.get(name)
+                    if parent is not None:
+                        mask |= bits[id(parent)] | 1 << self.position[id(parent)]
+                bits[id(node)] = mask
+            self._bits = bits
+        return self._bits
+
+
+def _topological(nodes, reads: dict[int, tuple], producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` with every producer before its readers (ONNX asks graphs to be sorted; this
+    does not rely on it)."""
+    pending = {id(node): len({id(producers[n]) for n in reads[id(node)] if n in producers}) for node in nodes}
+    children: dict[int, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for parent in {id(producers[n]) for n in reads[id(node)] if n in producers}:
+            children.setdefault(parent, []).append(node)
+    ready = [node for node in nodes if not pending[id(node)]]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child in children.get(id(node), ()):
+            pending[id(child)] -= 1
+            if not pending[id(child)]:
+                ready.append(child)
+    if len(order) != len(nodes):
+        raise ValueError("in-place analysis: the graph has a cycle")
+    return order
 
 
 def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
