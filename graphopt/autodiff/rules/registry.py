@@ -57,8 +57,18 @@ def optional_input(node: ir.Node, index: int) -> ir.Value | None:
 
 def static_dims(value: ir.Value, node: ir.Node, what: str, start: int = 0) -> list[int]:
     """``value``'s dimensions from ``start`` on, which ``node``'s rule needs to know when the graph is built."""
-    dims = [] if value.shape is None else list(value.shape)[start:]
-    if value.shape is None or not all(isinstance(d, int) for d in dims):
+    dims = list(value.shape)[start:] if known_rank(value, node, what) else []
+    if not all(isinstance(d, int) for d in dims):
         raise NotImplementedError(f"{node.op_type} node {node.name!r}: the gradient needs the static shape of "
                                   f"its {what} {value.name!r}, got {value.shape}")
     return dims
+
+
+def known_rank(value: ir.Value, node: ir.Node, what: str) -> int:
+    """``value``'s rank, which ``node``'s rule needs when the graph is built (where no run-time
+    form of the rule exists): a clear error where shape inference could not find it."""
+    if value.shape is None:
+        raise NotImplementedError(f"{node.op_type} node {node.name!r}: the gradient needs the rank of its {what} "
+                                  f"{value.name!r}, which shape inference could not determine (an operator of a "
+                                  f"custom domain upstream?); give the model's values static ranks (value_info)")
+    return len(value.shape)
