@@ -65,9 +65,14 @@ class Emitter:
     def reshape_like(self, g: ir.Value, x: ir.Value) -> ir.Value:
         return self.op("Reshape", [g, self.shape(x)])
 
+    def length(self, v: ir.Value) -> ir.Value:
+        """The length of the 1-D ``v`` at run time, a 0-d int64 (not Size: ONNX Runtime 1.32 infers
+        a wrong shape for a Range whose limit is a Size)."""
+        return self.op("Squeeze", [self.shape(v)])
+
     def rank(self, x: ir.Value) -> ir.Value:
         """``x``'s rank at run time, a 0-d int64."""
-        return self.op("Size", [self.shape(x)])
+        return self.length(self.shape(x))
 
     def axes(self, x: ir.Value, start: int, leading: Sequence[int] = ()) -> ir.Value:
         """The axes ``[*leading, start, ..., rank - 1]`` of ``x`` (``start`` may count from the end):

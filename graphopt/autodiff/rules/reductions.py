@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
-from graphopt.autodiff.rules.registry import attribute, constant_input, rule
+from graphopt.autodiff.rules.registry import attribute, folded_input, rule
 
 
 def _axes_input(node: ir.Node) -> ir.Value | None:
@@ -19,7 +19,7 @@ def _written_axes(node: ir.Node) -> list[int] | None:
     """The axes as the node gives them (maybe negative; ``[]``: all, or none with ``noop_with_empty_axes``),
     from its input (opset 18) or attribute; None if they are computed at run time."""
     if _axes_input(node) is not None:
-        axes = constant_input(node, 1)
+        axes = folded_input(node, 1)
         return None if axes is None else [int(a) for a in axes.reshape(-1)]
     return [int(a) for a in attribute(node, "axes", [])]
 
@@ -53,15 +53,18 @@ def _kept_shape(node: ir.Node, e: Emitter) -> ir.Value:
     ``shape(x)`` with ones scattered at ``axes`` (made non-negative); all ones where ``axes`` is
     empty, unless ``noop_with_empty_axes``."""
     shape = e.shape(node.inputs[0])
-    rank = e.op("Size", [shape])
+    rank = e.length(shape)
     axes = e.op("Reshape", [e.op("Cast", [node.inputs[1]], {"to": ir.DataType.INT64}), e.ints([-1])])
     axes = e.op("Where", [e.op("Less", [axes, e.constant(np.int64(0))]), e.op("Add", [axes, rank]), axes])
-    ones = e.op("ConstantOfShape", [e.shape(axes)], {"value": ir.tensor(np.ones(1, np.int64))})
+    # ones like axes, and their count, computed elementwise: ONNX Runtime can infer a wrong static
+    # shape for axes made by Range from Size, which a Shape or Size of them would be folded to
+    ones = e.op("Add", [e.op("Sub", [axes, axes]), e.constant(np.int64(1))])
     kept = e.op("ScatterElements", [shape, axes, ones])
     if attribute(node, "noop_with_empty_axes", 0):
         return kept
     all_ones = e.op("ConstantOfShape", [e.shape(shape)], {"value": ir.tensor(np.ones(1, np.int64))})
-    return e.op("Where", [e.op("Equal", [e.op("Size", [axes]), e.constant(np.int64(0))]), all_ones, kept])
+    count = e.op("ReduceSum", [ones], {"keepdims": 0})
+    return e.op("Where", [e.op("Equal", [count, e.constant(np.int64(0))]), all_ones, kept])
 
 
 def _expand_reduced(node: ir.Node, g: ir.Value, e: Emitter) -> ir.Value:

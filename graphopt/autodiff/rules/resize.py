@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
-from graphopt.autodiff.rules.registry import attribute, constant_input, known_rank, optional_input, rule
+from graphopt.autodiff.rules.registry import attribute, folded_input, known_rank, optional_input, rule
 
 _COORDINATES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric", "align_corners", "asymmetric")
 _ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -64,7 +64,7 @@ def _given(node: ir.Node, index: int) -> tuple[bool, np.ndarray | None]:
     value = optional_input(node, index)
     if value is None:
         return False, None
-    array = constant_input(node, index)
+    array = folded_input(node, index)
     if array is not None:
         return array.size > 0, array
     empty = value.shape is not None and any(d == 0 for d in value.shape)

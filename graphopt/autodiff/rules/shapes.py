@@ -69,7 +69,7 @@ def _slice(node, grads, e):
     starts, ends = (e.op("Cast", [node.inputs[i]], {"to": ir.DataType.INT64}) for i in (1, 2))
     axes = optional_input(node, 3)
     if axes is None:  # 0, 1, ..., len(starts) - 1
-        axes = e.op("Range", [e.constant(np.int64(0)), e.op("Size", [node.inputs[1]]), e.constant(np.int64(1))])
+        axes = e.op("Range", [e.constant(np.int64(0)), e.length(node.inputs[1]), e.constant(np.int64(1))])
     dims = e.op("Gather", [e.shape(x), axes])
     zero = e.ints([0])
 
@@ -140,7 +140,8 @@ def _tile(node, grads, e):
     pairs = e.op("Concat", [e.op("Unsqueeze", [repeats, e.ints([1])]), e.op("Unsqueeze", [e.shape(x), e.ints([1])])],
                  {"axis": 1})
     split = e.op("Reshape", [grads[0], e.op("Reshape", [pairs, e.ints([-1])])])
-    every_other = e.op("Range", [e.constant(np.int64(0)), e.op("Size", [pairs]), e.constant(np.int64(2))])
+    every_other = e.op("Range", [e.constant(np.int64(0)), e.op("Mul", [e.rank(x), e.constant(np.int64(2))]),
+                                   e.constant(np.int64(2))])
     return [e.op("ReduceSum", [split, every_other], {"keepdims": 0}), None]
 
 
