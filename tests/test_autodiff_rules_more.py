@@ -391,3 +391,36 @@ def test_torch_exported_resize_einsum_prelu_mish_match_torch_autograd(dynamo):
     for name, parameter in net.named_parameters():
         np.testing.assert_allclose(results[f"{name}.grad"], parameter.grad.numpy(), rtol=1e-4, atol=1e-4,
                                    err_msg=name)
+
+
+def test_torch_transformer_layer_in_a_wrapper_with_dynamic_axes_matches_torch_autograd():
+    """The TorchScript export of a TransformerEncoderLayer behind an Embedding, with a dynamic batch
+    and length, leaves the rank of the embedding table's Gather output unknown to shape inference."""
+    torch = pytest.importorskip("torch")
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 16)
+            self.enc = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.head = torch.nn.Linear(16, 1)
+
+        def forward(self, ids):
+            return self.head(self.enc(self.emb(ids))).mean()
+
+    torch.manual_seed(0)
+    net, ids = Wrapper(), torch.randint(0, 20, (2, 5))
+    with torch.no_grad():
+        for parameter in net.parameters():  # distinct values: the exporter merges equal initializers
+            parameter.copy_(torch.randn_like(parameter) * 0.3)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (ids,), buffer, dynamo=False, do_constant_folding=False, input_names=["ids"],
+                          output_names=["loss"], dynamic_axes={"ids": {0: "batch", 1: "length"}})
+    grads = add_gradients(onnx.load_from_string(buffer.getvalue()), "loss")
+    results = dict(zip([o.name for o in grads.graph.output], _run(grads, {"ids": ids.numpy()})))
+    net(ids).backward()
+    for name, parameter in net.named_parameters():
+        np.testing.assert_allclose(results[f"{name}.grad"], parameter.grad.numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
