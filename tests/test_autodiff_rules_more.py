@@ -370,19 +370,19 @@ def test_torch_exported_resize_einsum_prelu_mish_match_torch_autograd(dynamo):
                 (self.act(mixed) ** 2).sum()
 
     torch.manual_seed(0)
-    net, x = Net(), torch.randn(1, 2, 3, 4)
-    with warnings.catch_warnings():
+    net, x = Net(), torch.randn(3, 2, 3, 4)
+    with warnings.catch_warnings():  # a dynamic batch: the nearest Resize's sizes are computed from x's shape
         warnings.simplefilter("ignore")
         if dynamo:
-            model = torch.onnx.export(net, (x,), dynamo=True, optimize=False, input_names=["x"],
-                                      output_names=["loss"]).model_proto
+            model = torch.onnx.export(net, (x,), dynamo=True, optimize=False, input_names=["x"], output_names=["loss"],
+                                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}}).model_proto
         else:
             buffer = io.BytesIO()
             torch.onnx.export(net, (x,), buffer, dynamo=False, do_constant_folding=False, input_names=["x"],
-                              output_names=["loss"])
+                              output_names=["loss"], dynamic_axes={"x": {0: "batch"}})
             model = onnx.load_from_string(buffer.getvalue())
-    ops = {n.op_type for n in model.graph.node}
-    assert {"Resize", "Einsum", "PRelu"} <= ops
+    assert {"Resize", "Einsum", "PRelu"} <= {n.op_type for n in model.graph.node}
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     grads = add_gradients(model, "loss")
     names = [o.name for o in grads.graph.output]
     results = dict(zip(names, _run(grads, {"x": x.numpy()})))

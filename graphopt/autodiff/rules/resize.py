@@ -23,7 +23,14 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
-from graphopt.autodiff.rules.registry import attribute, folded_input, known_rank, optional_input, rule
+from graphopt.autodiff.rules.registry import (
+    attribute,
+    constant_value,
+    folded_input,
+    known_rank,
+    optional_input,
+    rule,
+)
 
 _COORDINATES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric", "align_corners", "asymmetric")
 _ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -79,6 +86,9 @@ def _axis_matrices(node: ir.Node, rank: int) -> list[tuple[int, np.ndarray]]:
     has_sizes, sizes = _given(node, 3)
     if has_scales and scales is None:
         raise NotImplementedError(f"Resize node {node.name!r}: no gradient with scales computed at run time")
+    traced = _traced_sizes(node.inputs[3]) if has_sizes and sizes is None else None
+    if traced is not None and len(traced) != len(axes):
+        traced = None
     in_dims = list(x.shape)
     out_dims = list(y.shape) if y.shape is not None else [None] * rank
     matrices = []
@@ -90,6 +100,10 @@ def _axis_matrices(node: ir.Node, rank: int) -> list[tuple[int, np.ndarray]]:
                 continue  # every coordinate transformation maps i to i
         elif sizes is not None:
             m = int(sizes[i])
+        elif has_sizes and traced is not None:
+            if traced[i] == (x, axis):
+                continue  # the input's own length, read at run time: the identity
+            m = traced[i] if isinstance(traced[i], int) else _dim_of(*traced[i])
         if n == m and (isinstance(n, int) or getattr(n, "value", None) is not None):
             continue  # the same length: the identity (its scale is 1)
         if not isinstance(n, int):
@@ -102,6 +116,45 @@ def _axis_matrices(node: ir.Node, rank: int) -> list[tuple[int, np.ndarray]]:
                                       f"resized axis {axis} of its output {y.name!r}, got {y.shape}")
         matrices.append((axis, interpolation_matrix(node, n, m, scale if has_scales else m / n)))
     return matrices
+
+
+def _dim_of(value: ir.Value, k: int):
+    return None if value.shape is None else value.shape[k]
+
+
+def _traced_sizes(value: ir.Value, depth: int = 6) -> list | None:
+    """The elements of the 1-D int64 ``value`` computed at run time, each a constant ``int`` or
+    ``(v, k)`` for dimension ``k`` of ``v`` (torch's TorchScript exporter writes the sizes of
+    an interpolation as ``Concat(Slice(Shape(x), 0, 2), constant sizes)``); None where it cannot tell."""
+    array = constant_value(value, depth=0)
+    if array is not None:
+        return [int(a) for a in array.reshape(-1)]
+    node = value.producer()
+    if depth == 0 or node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape" and node.inputs[0].shape is not None:
+        rank = len(node.inputs[0].shape)
+        start, end = attribute(node, "start", 0), attribute(node, "end", rank)
+        return [(node.inputs[0], k) for k in range(rank)[slice(start, end)]]
+    if node.op_type in ("Cast", "Identity"):
+        return _traced_sizes(node.inputs[0], depth - 1)
+    if node.op_type == "Concat":
+        parts = [_traced_sizes(v, depth - 1) for v in node.inputs]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if node.op_type == "Slice":
+        return _traced_slice(node, depth)
+    return None
+
+
+def _traced_slice(node: ir.Node, depth: int) -> list | None:
+    """`_traced_sizes` of a Slice of a 1-D value by constants."""
+    data = _traced_sizes(node.inputs[0], depth - 1)
+    starts, ends, axes, steps = ([*(constant_value(v, depth=0) if v is not None else None for v in node.inputs[1:5]),
+                                  None, None][:4])
+    if data is None or starts is None or ends is None or (axes is not None and int(axes.reshape(-1)[0]) not in (0, -1)):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    return data[int(starts.reshape(-1)[0]):int(ends.reshape(-1)[0]):step]
 
 
 def source_coordinates(mode: str, n: int, m: int, scale: float) -> np.ndarray:
