@@ -208,15 +208,36 @@ def _as_identity(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def test_gather_and_reductions_of_values_of_unknown_shape():
-    """Gather, ReduceMean (constant axes) and ReduceMax (run-time axes) of ``W * u``, where
-    shape inference knows nothing of ``u``, against central differences of the same graph."""
-    model = _opaque_model([node("Gather", ["h", "ids"], ["e"]), node("ReduceMean", ["e", "axes"], ["mean"], keepdims=0),
-                           node("Shape", ["e"], ["shape"]), node("Size", ["shape"], ["rank"]),
-                           node("Sub", ["rank", "one"], ["last"]), node("Reshape", ["last", "flat"], ["runtime_axes"]),
-                           node("ReduceMax", ["e", "runtime_axes"], ["max"], keepdims=0),
-                           node("Add", ["mean", "max"], ["m"])])
-    model.graph.initializer.extend([const("one", np.int64(1)), const("flat", np.array([1], np.int64))])
+# consumers of h = W * u (u of unknown shape, W [5, 4]) computing m; their initializers
+UNKNOWN_SHAPE_CONSUMERS = {
+    "Gather, ReduceMean, ReduceMax over run-time axes": (
+        [node("Gather", ["h", "ids"], ["e"]), node("ReduceMean", ["e", "axes"], ["mean"], keepdims=0),
+         node("Shape", ["e"], ["shape"]), node("Size", ["shape"], ["rank"]), node("Sub", ["rank", "one"], ["last"]),
+         node("Reshape", ["last", "flat"], ["runtime_axes"]),
+         node("ReduceMax", ["e", "runtime_axes"], ["max"], keepdims=0), node("Add", ["mean", "max"], ["m"])],
+        [const("one", np.int64(1)), const("flat", np.array([1], np.int64))]),
+    "LayerNormalization, BatchNormalization, Softmax, broadcast Add": (
+        [node("LayerNormalization", ["h", "scale", "bias"], ["n"], axis=-1), node("Softmax", ["n"], ["s"], axis=0),
+         node("BatchNormalization", ["h", "scale", "bias", "mean", "var"], ["bn"], training_mode=1),
+         node("Add", ["s", "bias"], ["sb"]), node("Add", ["sb", "bn"], ["m"])],
+        [const("scale", r(4)), const("bias", r(4)), const("mean", np.zeros(4)), const("var", np.ones(4))]),
+    "Concat, Split, Tile, Slice, GatherElements, Transpose": (
+        [node("Concat", ["h", "h"], ["cat"], axis=-1), node("Split", ["cat"], ["p", "q"], axis=-1, num_outputs=2),
+         node("Mul", ["p", "q"], ["pq"]), node("Tile", ["pq", "reps"], ["t"]),
+         node("Slice", ["t", "starts", "ends"], ["sl"]), node("GatherElements", ["sl", "picks"], ["ge"], axis=-1),
+         node("Transpose", ["ge"], ["m"], perm=[1, 0])],
+        [const("reps", np.array([1, 2], np.int64)), const("starts", np.array([1, 1], np.int64)),
+         const("ends", np.array([5, 7], np.int64)), const("picks", np.array([[0, 5], [4, 1], [2, 2]], np.int64))]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNKNOWN_SHAPE_CONSUMERS))
+def test_rules_on_values_of_unknown_shape(case):
+    """Rules given ``h = W * u``, where shape inference knows nothing of ``u``, against central
+    differences of the same graph (run with ``u``'s Opaque node as the Identity it stands for)."""
+    consumers, initializers = UNKNOWN_SHAPE_CONSUMERS[case]
+    model = _opaque_model(consumers)
+    model.graph.initializer.extend(initializers)
     grad_model = _as_identity(add_gradients(model, "loss", ["W"]))
     forward = _as_identity(model)
     w = r(5, 4)
