@@ -220,7 +220,8 @@ UNKNOWN_SHAPE_CONSUMERS = {
         [node("LayerNormalization", ["h", "scale", "bias"], ["n"], axis=-1), node("Softmax", ["n"], ["s"], axis=0),
          node("BatchNormalization", ["h", "scale", "bias", "mean", "var"], ["bn"], training_mode=1),
          node("Add", ["s", "bias"], ["sb"]), node("Add", ["sb", "bn"], ["m"])],
-        [const("scale", r(4)), const("bias", r(4)), const("mean", np.zeros(4)), const("var", np.ones(4))]),
+        [const("scale", np.linspace(0.5, 2.0, 4)), const("bias", np.linspace(-1.0, 1.0, 4)),
+         const("mean", np.zeros(4)), const("var", np.ones(4))]),
     "Concat, Split, Tile, Slice, GatherElements, Transpose": (
         [node("Concat", ["h", "h"], ["cat"], axis=-1), node("Split", ["cat"], ["p", "q"], axis=-1, num_outputs=2),
          node("Mul", ["p", "q"], ["pq"]), node("Tile", ["pq", "reps"], ["t"]),
