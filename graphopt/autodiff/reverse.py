@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
+from graphopt.autodiff.scopes import reads, subgraphs, through_control_flow
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
 from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching
 from graphopt.symbolic import IR_VERSION, OPSET
@@ -126,13 +127,13 @@ def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitte
     seed = e.op("ConstantOfShape", [e.shape(loss)], {"value": ir.tensor(np.ones(1, loss.dtype.numpy()))})
     grads: dict[ir.Value, ir.Value] = {loss: seed}  # d loss / d loss = 1
     for node in reversed(forward):
-        if not any(v in needed for v in _reads(node)):
+        if not any(v in needed for v in reads(node)):
             continue
         output_grads = [grads.get(v) for v in node.outputs]
         if all(g is None for g in output_grads):
             continue
-        if any(True for _ in _subgraphs(node)):
-            raise _through_control_flow(node, forward, targets, needed)
+        if next(subgraphs(node), None) is not None:
+            raise UnsupportedOperator(through_control_flow(node, forward, targets, needed))
         if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperator(f"no gradient rule for {node.domain or 'ai.onnx'}::{node.op_type} "
                                       f"(node {node.name!r}); supported: {', '.join(supported())}")
@@ -189,53 +190,11 @@ def _on_a_path(nodes: list[ir.Node], sources: list[ir.Value], sink: ir.Value) ->
     through the inputs of nodes and the values their subgraphs read from the enclosing scope."""
     reached = set(sources)
     for node in nodes:
-        if any(v in reached for v in _reads(node)):
+        if any(v in reached for v in reads(node)):
             reached.update(node.outputs)
     feeding = {sink}
     for node in reversed(nodes):
         if any(v in feeding for v in node.outputs):
-            feeding.update(_reads(node))
+            feeding.update(reads(node))
     return reached & feeding
 
-
-def _subgraphs(node: ir.Node):
-    """The graphs in ``node``'s attributes (a Loop's or Scan's body, an If's branches)."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.value
-
-
-def _reads(node: ir.Node) -> list[ir.Value]:
-    """``node``'s inputs and the values of enclosing scopes its subgraphs read (implicit inputs)."""
-    reads = [v for v in node.inputs if v is not None]
-    for graph in _subgraphs(node):
-        defined = {*graph.inputs, *graph.initializers.values()}
-        for inner in graph:
-            defined.update(inner.outputs)
-            reads.extend(v for v in _reads(inner) if v not in defined)
-        reads.extend(v for v in graph.outputs if v not in defined)
-    return list(dict.fromkeys(reads))
-
-
-def _through_control_flow(node: ir.Node, nodes: list[ir.Node], targets: list[ir.Value],
-                          needed: set[ir.Value]) -> UnsupportedOperator:
-    """The error for a Loop, If or Scan node that a differentiated value flows through."""
-    flowing = [v for v in _reads(node) if v in needed]
-    implicit = [v.name for v in flowing if v not in node.inputs]
-    sources = [t.name for t in targets if node in _consumers(nodes, t)]
-    how = f", read by its body from the enclosing scope: {implicit}" if implicit else ""
-    return UnsupportedOperator(
-        f"no gradient through {node.op_type} node {node.name!r} (control flow is not differentiated): "
-        f"{sources} reach the loss through it{how}. Freeze them (frozen=[...]) or leave them out of wrt")
-
-
-def _consumers(nodes: list[ir.Node], source: ir.Value) -> set[ir.Node]:
-    """The nodes that depend on ``source``."""
-    reached, consumers = {source}, set()
-    for node in nodes:
-        if any(v in reached for v in _reads(node)):
-            consumers.add(node)
-            reached.update(node.outputs)
-    return consumers
