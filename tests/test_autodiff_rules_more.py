@@ -192,7 +192,7 @@ def _opaque_model(consumers: list, output: str = "m") -> onnx.ModelProto:
              node("Reshape", ["total", "scalar"], ["loss"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("W", D, [5, 4])],
                               [helper.make_tensor_value_info("loss", D, [])],
-                              initializer=[const("c", r(5, 4)), const("ids", np.array([[0, 3], [3, 1]], np.int64)),
+                              initializer=[const("c", np.random.default_rng(3).standard_normal((5, 4))), const("ids", np.array([[0, 3], [3, 1]], np.int64)),
                                            const("axes", np.array([-1], np.int64)),
                                            const("scalar", np.array([], np.int64))])
     return helper.make_model(graph, ir_version=10,
@@ -241,7 +241,7 @@ def test_rules_on_values_of_unknown_shape(case):
     model.graph.initializer.extend(initializers)
     grad_model = _as_identity(add_gradients(model, "loss", ["W"]))
     forward = _as_identity(model)
-    w = r(5, 4)
+    w = np.random.default_rng(4).standard_normal((5, 4))
     (_, analytic) = _run(grad_model, {"W": w})
     numeric, eps = np.zeros_like(w), 1e-6
     for index in np.ndindex(w.shape):
@@ -249,7 +249,8 @@ def test_rules_on_values_of_unknown_shape(case):
         up[index] += eps
         down[index] -= eps
         numeric[index] = (_run(forward, {"W": up})[0] - _run(forward, {"W": down})[0]) / (2 * eps)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    # the loss is of the fourth degree in W: differences carry noise relative to its largest slope
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9 * np.abs(numeric).max())
 
 
 @pytest.mark.parametrize("consumer, message", [
