@@ -192,7 +192,8 @@ def _opaque_model(consumers: list, output: str = "m") -> onnx.ModelProto:
              node("Reshape", ["total", "scalar"], ["loss"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("W", D, [5, 4])],
                               [helper.make_tensor_value_info("loss", D, [])],
-                              initializer=[const("c", np.random.default_rng(3).standard_normal((5, 4))), const("ids", np.array([[0, 3], [3, 1]], np.int64)),
+                              initializer=[const("c", np.random.default_rng(3).standard_normal((5, 4))),
+                                           const("ids", np.array([[0, 3], [3, 1]], np.int64)),
                                            const("axes", np.array([-1], np.int64)),
                                            const("scalar", np.array([], np.int64))])
     return helper.make_model(graph, ir_version=10,
