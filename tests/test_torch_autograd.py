@@ -286,3 +286,16 @@ def test_prelu_and_mish(slope_shape):
     compare([node("PRelu", ["x", "slope"])], {"x": x, "slope": r(*slope_shape)},
             lambda x, slope: F.prelu(x, slope.reshape(-1)))
     compare([node("Mish", ["x"])], {"x": x * 3}, lambda x: F.mish(x))
+
+
+def test_reduce_min_l1_log_sum_and_cast_like():
+    axes = const("axes", np.array([1], np.int64))
+    x = r(3, 4, 2)
+    x[np.abs(x) < 1e-2] = 0.3
+    compare([node("ReduceMin", ["x", "axes"], keepdims=0)], {"x": x}, lambda x: x.amin(1), initializers=[axes])
+    compare([node("ReduceL1", ["x", "axes"], keepdims=1)], {"x": x}, lambda x: x.abs().sum(1, keepdim=True),
+            initializers=[axes])
+    compare([node("ReduceLogSum", ["x", "axes"], keepdims=0)], {"x": _positive(3, 4, 2)},
+            lambda x: torch.log(x.sum(1)), initializers=[axes])
+    compare([node("CastLike", ["x", "f64"], ["d"]), node("Mul", ["d", "d"], ["dd"]), node("CastLike", ["dd", "x"])],
+            {"x": x}, lambda x: (x.double() ** 2).float(), initializers=[const("f64", np.float64(0))])
