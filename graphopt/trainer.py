@@ -104,8 +104,8 @@ class Trainer:
         self._batch_inputs = [i.name for i in self._train_model.graph.input if i.name not in initializer_names]
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
-        default = (default_trainable(self.model, differentiable_initializers(self._train_model, self.loss))
-                   if trainable is None else None)
+        default = None if trainable is not None else default_trainable(
+            self.model, differentiable_initializers(self._train_model, self.loss, frozen=frozen))
         trainable_names = select_trainable(self.model, trainable, frozen, default)
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}

@@ -229,3 +229,73 @@ def test_conv_transpose_and_instance_normalization():
     compare([node("InstanceNormalization", ["x", "scale", "bias"], epsilon=1e-3)],
             {"x": r(2, 3, 4, 5), "scale": r(3), "bias": r(3)},
             lambda x, scale, bias: F.instance_norm(x, weight=scale, bias=bias, eps=1e-3))
+
+
+def _resize(mode, coordinates, nearest_mode="floor"):
+    return node("Resize", ["x", "", "scales"], mode=mode, coordinate_transformation_mode=coordinates,
+                nearest_mode=nearest_mode)
+
+
+# Resize nodes as torch's exporters write them for F.interpolate, the same call in torch
+INTERPOLATIONS = [
+    ("nearest", _resize("nearest", "asymmetric"), [1, 1, 2, 3], (2, 3, 3, 4),
+     lambda x: F.interpolate(x, scale_factor=(2, 3), mode="nearest")),
+    ("nearest downsampling", _resize("nearest", "asymmetric"), [1, 1, 0.5, 0.5], (1, 2, 6, 8),
+     lambda x: F.interpolate(x, scale_factor=0.5, mode="nearest")),
+    ("bilinear", _resize("linear", "pytorch_half_pixel"), [1, 1, 2, 1.5], (2, 3, 3, 4),
+     lambda x: F.interpolate(x, scale_factor=(2, 1.5), mode="bilinear", align_corners=False)),
+    ("bilinear downsampling", _resize("linear", "half_pixel"), [1, 1, 0.5, 0.5], (1, 2, 6, 8),
+     lambda x: F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)),
+    ("bilinear align_corners", _resize("linear", "align_corners"), [1, 1, 2, 3], (2, 3, 3, 4),
+     lambda x: F.interpolate(x, scale_factor=(2, 3), mode="bilinear", align_corners=True)),
+    ("trilinear", _resize("linear", "pytorch_half_pixel"), [1, 1, 2, 2, 1.5], (1, 2, 2, 3, 4),
+     lambda x: F.interpolate(x, scale_factor=(2, 2, 1.5), mode="trilinear", align_corners=False)),
+    ("trilinear align_corners", _resize("linear", "align_corners"), [1, 1, 2, 2, 2], (1, 2, 2, 3, 2),
+     lambda x: F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=True)),
+]
+
+
+@pytest.mark.parametrize("resize, scales, shape, torch_fn", [i[1:] for i in INTERPOLATIONS],
+                         ids=[i[0] for i in INTERPOLATIONS])
+def test_interpolate(resize, scales, shape, torch_fn):
+    compare([resize], {"x": r(*shape)}, torch_fn, initializers=[const("scales", np.array(scales, np.float32))])
+
+
+EINSUMS = [
+    ("matmul", "ij,jk->ik", [(3, 4), (4, 5)]),
+    ("attention scores", "bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+    ("attention values", "bhqk,bhkd->bhqd", [(2, 3, 4, 6), (2, 3, 6, 5)]),
+    ("ellipsis", "...ij,...jk->...ik", [(2, 1, 3, 4), (1, 3, 4, 5)]),
+    ("summed-out label", "ijk,jl->il", [(2, 3, 4), (3, 5)]),
+    ("implicit output", "ij,jk", [(3, 4), (4, 2)]),
+    ("outer product and a broadcast ellipsis", "i...,...->...i", [(2, 3, 4), (1, 4)]),
+]
+
+
+@pytest.mark.parametrize("equation, shapes", [e[1:] for e in EINSUMS], ids=[e[0] for e in EINSUMS])
+def test_einsum(equation, shapes):
+    inputs = {f"x{i}": r(*shape) for i, shape in enumerate(shapes)}
+    compare([node("Einsum", list(inputs), equation=equation)], inputs,
+            lambda **xs: torch.einsum(equation, *xs.values()))
+
+
+@pytest.mark.parametrize("slope_shape", [(1,), (3, 1, 1)], ids=["one slope", "per channel"])
+def test_prelu_and_mish(slope_shape):
+    x = r(2, 3, 4, 5)
+    x[np.abs(x) < 1e-2] = 0.3
+    compare([node("PRelu", ["x", "slope"])], {"x": x, "slope": r(*slope_shape)},
+            lambda x, slope: F.prelu(x, slope.reshape(-1)))
+    compare([node("Mish", ["x"])], {"x": x * 3}, lambda x: F.mish(x))
+
+
+def test_reduce_min_l1_log_sum_and_cast_like():
+    axes = const("axes", np.array([1], np.int64))
+    x = r(3, 4, 2)
+    x[np.abs(x) < 1e-2] = 0.3
+    compare([node("ReduceMin", ["x", "axes"], keepdims=0)], {"x": x}, lambda x: x.amin(1), initializers=[axes])
+    compare([node("ReduceL1", ["x", "axes"], keepdims=1)], {"x": x}, lambda x: x.abs().sum(1, keepdim=True),
+            initializers=[axes])
+    compare([node("ReduceLogSum", ["x", "axes"], keepdims=0)], {"x": _positive(3, 4, 2)},
+            lambda x: torch.log(x.sum(1)), initializers=[axes])
+    compare([node("CastLike", ["x", "f64"], ["d"]), node("Mul", ["d", "d"], ["dd"]), node("CastLike", ["dd", "x"])],
+            {"x": x}, lambda x: (x.double() ** 2).float(), initializers=[const("f64", np.float64(0))])

@@ -65,6 +65,25 @@ class Emitter:
     def reshape_like(self, g: ir.Value, x: ir.Value) -> ir.Value:
         return self.op("Reshape", [g, self.shape(x)])
 
+    def length(self, v: ir.Value) -> ir.Value:
+        """The length of the 1-D ``v`` at run time, a 0-d int64 (not Size: ONNX Runtime 1.32 infers
+        a wrong shape for a Range whose limit is a Size)."""
+        return self.op("Squeeze", [self.shape(v)])
+
+    def rank(self, x: ir.Value) -> ir.Value:
+        """``x``'s rank at run time, a 0-d int64."""
+        return self.length(self.shape(x))
+
+    def axes(self, x: ir.Value, start: int, leading: Sequence[int] = ()) -> ir.Value:
+        """The axes ``[*leading, start, ..., rank - 1]`` of ``x`` (``start`` may count from the end):
+        a constant where ``x``'s rank is known, else computed at run time."""
+        if x.shape is not None:
+            return self.ints([*leading, *range(start % len(x.shape) if start < 0 else start, len(x.shape))])
+        rank = self.rank(x)
+        first = self.op("Add", [rank, self.constant(np.int64(start))]) if start < 0 else self.constant(np.int64(start))
+        tail = self.op("Range", [first, rank, self.constant(np.int64(1))])
+        return self.op("Concat", [self.ints(leading), tail], {"axis": 0}) if leading else tail
+
     def unbroadcast(self, g: ir.Value, x: ir.Value, out: ir.Value) -> ir.Value:
         """``g`` (shaped like the broadcast result ``out``) summed back to ``x``'s shape.
 
@@ -73,30 +92,28 @@ class Emitter:
         """
         axes = broadcast_axes(x, out)
         if axes is None:
-            g = self.op("ReduceSum", [g, self._runtime_broadcast_axes(x, g, len(out.shape))],
+            g = self.op("ReduceSum", [g, self._runtime_broadcast_axes(x, g, out)],
                         {"keepdims": 1, "noop_with_empty_axes": 1})
         elif axes:
             g = self.op("ReduceSum", [g, self.ints(axes)], {"keepdims": 1})
-        if axes != [] or _rank(out) != _rank(x):
+        if axes != [] or len(out.shape) != len(x.shape):
             g = self.reshape_like(g, x)
         return g
 
-    def _runtime_broadcast_axes(self, x: ir.Value, g: ir.Value, rank: int) -> ir.Value:
-        """Axes where ``x``'s runtime shape, left-padded with ones to ``rank``, is 1 and ``g``'s is not."""
-        lead = rank - _rank(x)
+    def _runtime_broadcast_axes(self, x: ir.Value, g: ir.Value, out: ir.Value) -> ir.Value:
+        """Axes where ``x``'s runtime shape, left-padded with ones to ``g``'s rank, is 1 and ``g``'s is not
+        (``out`` is a value shaped like ``g``, whose rank may be known)."""
         padded = self.shape(x)
-        if lead:
-            padded = self.op("Concat", [self.ints([1] * lead), padded], {"axis": 0})
+        if x.shape is None or out.shape is None:
+            count = self.op("Reshape", [self.op("Sub", [self.rank(g), self.rank(x)]), self.ints([1])])
+            lead = self.op("ConstantOfShape", [count], {"value": ir.tensor(np.ones(1, np.int64))})
+            padded = self.op("Concat", [lead, padded], {"axis": 0})
+        elif len(out.shape) > len(x.shape):
+            padded = self.op("Concat", [self.ints([1] * (len(out.shape) - len(x.shape))), padded], {"axis": 0})
         one = self.ints([1])
         mask = self.op("And", [self.op("Equal", [padded, one]),
                                self.op("Not", [self.op("Equal", [self.shape(g), one])])])
         return self.op("Reshape", [self.op("NonZero", [mask]), self.ints([-1])])
-
-
-def _rank(x: ir.Value) -> int:
-    if x.shape is None:
-        raise ValueError(f"value {x.name!r} has no known rank; run shape inference on the model first")
-    return len(x.shape)
 
 
 def _dim(d: Any) -> int | None:
@@ -104,8 +121,10 @@ def _dim(d: Any) -> int | None:
 
 
 def broadcast_axes(x: ir.Value, out: ir.Value) -> list[int] | None:
-    """The axes of ``out`` along which ``x`` was broadcast, or None if its dims are not known."""
-    lead = _rank(out) - _rank(x)
+    """The axes of ``out`` along which ``x`` was broadcast, or None if its rank or dims are not known."""
+    if x.shape is None or out.shape is None:
+        return None
+    lead = len(out.shape) - len(x.shape)
     axes = list(range(lead))
     for i, (sx, so) in enumerate(zip(x.shape, list(out.shape)[lead:])):
         dx, do = _dim(sx), _dim(so)

@@ -19,6 +19,7 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.recurrent import expand_recurrent
+from graphopt.autodiff.scopes import reads, subgraphs, through_control_flow
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
 from graphopt.preparation import float_initializers, infer_shapes, matching, normalized
 from graphopt.symbolic import IR_VERSION
@@ -67,11 +68,12 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: st
     return proto
 
 
-def differentiable_initializers(model: onnx.ModelProto, loss: str) -> list[str]:
-    """The float initializers (running statistics excepted) that the loss depends on through a
-    differentiable input: not, say, a Dropout ratio, a Clip bound or a constant Pow exponent,
-    which an optimizer's weight decay would otherwise change."""
-    _, _, targets, grads = _backward(model, loss, float_initializers(model))
+def differentiable_initializers(model: onnx.ModelProto, loss: str, *,
+                                frozen: str | Sequence[str] | None = None) -> list[str]:
+    """The float initializers (running statistics and those matching ``frozen`` excepted) that the
+    loss depends on through a differentiable input: not, say, a Dropout ratio, a Clip bound or a
+    constant Pow exponent, which an optimizer's weight decay would otherwise change."""
+    _, _, targets, grads = _backward(model, loss, _selected(model, None, frozen))
     return [t.name for t in targets if t in grads]
 
 
@@ -124,11 +126,13 @@ def _reverse(graph: ir.Graph, loss: ir.Value, targets: list[ir.Value], e: Emitte
     seed = e.op("ConstantOfShape", [e.shape(loss)], {"value": ir.tensor(np.ones(1, loss.dtype.numpy()))})
     grads: dict[ir.Value, ir.Value] = {loss: seed}  # d loss / d loss = 1
     for node in reversed(forward):
-        if not any(v in needed for v in node.inputs if v is not None):
+        if not any(v in needed for v in reads(node)):
             continue
         output_grads = [grads.get(v) for v in node.outputs]
         if all(g is None for g in output_grads):
             continue
+        if next(subgraphs(node), None) is not None:
+            raise UnsupportedOperator(through_control_flow(node, forward, targets, needed))
         if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
             raise UnsupportedOperator(f"no gradient rule for {node.domain or 'ai.onnx'}::{node.op_type} "
                                       f"(node {node.name!r}); supported: {', '.join(supported())}")
@@ -181,13 +185,15 @@ def _expose_outputs(graph: ir.Graph) -> None:
 
 
 def _on_a_path(nodes: list[ir.Node], sources: list[ir.Value], sink: ir.Value) -> set[ir.Value]:
-    """Values that depend on a source and that the sink depends on (sources and sink included)."""
+    """Values that depend on a source and that the sink depends on (sources and sink included),
+    through the inputs of nodes and the values their subgraphs read from the enclosing scope."""
     reached = set(sources)
     for node in nodes:
-        if any(v in reached for v in node.inputs if v is not None):
+        if any(v in reached for v in reads(node)):
             reached.update(node.outputs)
     feeding = {sink}
     for node in reversed(nodes):
         if any(v in feeding for v in node.outputs):
-            feeding.update(v for v in node.inputs if v is not None)
+            feeding.update(reads(node))
     return reached & feeding
+

@@ -5,12 +5,14 @@ contract a rule follows.
 """
 
 from graphopt.autodiff.rules import (  # noqa: F401 - each module registers its rules
+    einsum,
     elementwise,
     linear,
     losses,
     normalization,
     pooling,
     reductions,
+    resize,
     shapes,
 )
 from graphopt.autodiff.rules.registry import PARTIAL, RULES, supported

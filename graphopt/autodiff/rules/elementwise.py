@@ -68,8 +68,6 @@ def _pow(node, grads, e):
     return [e.unbroadcast(da, a, y), db]
 
 
-
-
 @rule("Relu")
 def _relu(node, grads, e):
     """``dx = g`` where ``x > 0``, else 0."""
@@ -289,3 +287,31 @@ def _mean(node, grads, e):
     (g,), y = grads, node.outputs[0]
     share = e.op("Div", [g, e.scalar_like(float(len(node.inputs)), y)])
     return [e.unbroadcast(share, x, y) for x in node.inputs]
+
+
+@rule("PRelu")
+def _prelu(node, grads, e):
+    """``y = x`` where ``x >= 0``, else ``slope * x`` (``slope`` broadcast to ``x``):
+    ``dx = g`` where ``x >= 0``, else ``g * slope``; ``dslope = unb(g * x where x < 0, else 0)``."""
+    (g,), (x, slope), y = grads, node.inputs, node.outputs[0]
+    negative = e.op("Less", [x, e.scalar_like(0.0, x)])
+    dx = e.op("Where", [negative, e.op("Mul", [g, slope]), g])
+    dslope = e.op("Where", [negative, e.op("Mul", [g, x]), e.scalar_like(0.0, x)])
+    return [dx, e.unbroadcast(dslope, slope, y)]
+
+
+@rule("Mish")
+def _mish(node, grads, e):
+    """``y = x * tanh(softplus(x))``: ``dx = g * (t + x * (1 - t * t) * sigmoid(x))``, ``t = tanh(softplus(x))``."""
+    (g,), x = grads, node.inputs[0]
+    t = e.op("Tanh", [e.op("Softplus", [x])])
+    sech2 = e.op("Sub", [e.scalar_like(1.0, x), e.op("Mul", [t, t])])
+    slope = e.op("Add", [t, e.op("Mul", [x, e.op("Mul", [sech2, e.op("Sigmoid", [x])])])])
+    return [e.op("Mul", [g, slope])]
+
+
+@rule("CastLike")
+def _cast_like(node, grads, e):
+    """``dx = cast(g, dtype of x)`` (for float inputs); the target gives only its type and gets none."""
+    x = node.inputs[0]
+    return [e.cast_like(grads[0], x) if x.dtype.is_floating_point() else None, None]

@@ -6,11 +6,10 @@ import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules.geometry import Window, window
-from graphopt.autodiff.rules.registry import attribute, rule, static_dims
+from graphopt.autodiff.rules.registry import attribute, known_rank, rule, static_dims
 
 
-def _transpose_last(e: Emitter, x: ir.Value) -> ir.Value:
-    rank = len(x.shape)
+def _transpose_last(e: Emitter, x: ir.Value, rank: int) -> ir.Value:
     return e.op("Transpose", [x], {"perm": list(range(rank - 2)) + [rank - 1, rank - 2]})
 
 
@@ -18,10 +17,12 @@ def _transpose_last(e: Emitter, x: ir.Value) -> ir.Value:
 def _matmul(node, grads, e):
     """``da = unb(g @ b^T)``, ``db = unb(a^T @ g)`` (operands of rank >= 2)."""
     (g,), (a, b), y = grads, node.inputs, node.outputs[0]
-    if len(a.shape) < 2 or len(b.shape) < 2:
+    rank_a, rank_b = known_rank(a, node, "first operand"), known_rank(b, node, "second operand")
+    known_rank(y, node, "output")
+    if rank_a < 2 or rank_b < 2:
         raise NotImplementedError(f"MatMul node {node.name!r}: gradients of 1-D operands are not supported")
-    da = e.op("MatMul", [g, _transpose_last(e, b)])
-    db = e.op("MatMul", [_transpose_last(e, a), g])
+    da = e.op("MatMul", [g, _transpose_last(e, b, rank_b)])
+    db = e.op("MatMul", [_transpose_last(e, a, rank_a), g])
     return [e.unbroadcast(da, a, _like_rank(y, a)), e.unbroadcast(db, b, _like_rank(y, b))]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.autodiff.emitter import Emitter
-from graphopt.autodiff.rules.registry import attribute, rule
+from graphopt.autodiff.rules.registry import attribute, known_rank, rule
 
 
 @rule("NegativeLogLikelihoodLoss")
@@ -62,7 +62,7 @@ def _log_probability_grad(node: ir.Node, g: ir.Value, x: ir.Value, target: ir.Va
         coef = e.op("Mul", [coef, w])
     if reduction == "none" or w is not None:
         coef = e.op("Unsqueeze", [coef, e.ints([1])])
-    rank = len(x.shape)
+    rank = known_rank(x, node, "scores")
     depth = e.op("Squeeze", [e.shape(x, 1, 2)])
     classes = e.op("Range", [e.constant(np.int64(0)), depth, e.constant(np.int64(1))])
     classes = e.op("Reshape", [classes, e.ints([1, -1] + [1] * (rank - 2))])

@@ -57,9 +57,7 @@ def _batch_normalization(node, grads, e):
     """
     g = grads[0]
     x, scale = node.inputs[0], node.inputs[1]
-    rank = len(x.shape)
-    reduced = [0, *range(2, rank)]
-    axes = e.ints(reduced)
+    axes = e.axes(x, 2, leading=[0])
 
     def per_channel(v):  # [C] -> [1, C, 1, ...]
         return e.op("Unsqueeze", [v, axes])
@@ -85,8 +83,7 @@ def _layer_normalization(node, grads, e):
     ``dB = unb(g)``. The Mean and InvStdDev outputs must not reach the loss."""
     _only_first_output_reaches_loss(node, grads)
     g, (x, scale), y = grads[0], node.inputs[:2], node.outputs[0]
-    rank = len(x.shape)
-    axes = e.ints(list(range(int(attribute(node, "axis", -1)) % rank, rank)))
+    axes = e.axes(x, int(attribute(node, "axis", -1)))
     xhat, invstd = _standardized(e, x, axes, attribute(node, "epsilon", 1e-5))
     dx = _through_standardization(e, e.op("Mul", [g, scale]), xhat, invstd, axes)
     result = [dx, e.unbroadcast(e.op("Mul", [g, xhat]), scale, y)]
@@ -135,9 +132,8 @@ def _instance_normalization(node, grads, e):
     sample and channel: ``dx`` through the standardization of ``g * scale``,
     ``dscale = sum(g * xhat)``, ``dB = sum(g)`` over all but axis 1."""
     g, (x, scale, _) = grads[0], node.inputs
-    rank = len(x.shape)
-    spatial = e.ints(list(range(2, rank)))
-    per_channel = e.ints([0, *range(2, rank)])
+    spatial = e.axes(x, 2)
+    per_channel = e.axes(x, 2, leading=[0])
     xhat, invstd = _standardized(e, x, spatial, attribute(node, "epsilon", 1e-5))
     dx = _through_standardization(e, e.op("Mul", [g, e.op("Unsqueeze", [scale, per_channel])]), xhat, invstd, spatial)
     dscale = e.op("ReduceSum", [e.op("Mul", [g, xhat]), per_channel], {"keepdims": 0})

@@ -9,9 +9,9 @@ from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.rules.registry import (
     attribute,
     constant_input,
+    known_rank,
     optional_input,
     rule,
-    static_dims,
 )
 
 
@@ -24,30 +24,31 @@ def _reshape(node, grads, e):
 @rule("Transpose")
 def _transpose(node, grads, e):
     """``dx = transpose(g, inverse of perm)``."""
-    rank = len(node.inputs[0].shape)
-    perm = attribute(node, "perm", list(range(rank))[::-1])
+    perm = attribute(node, "perm")
+    if perm is None:
+        perm = list(range(known_rank(node.inputs[0], node, "input")))[::-1]
     return [e.op("Transpose", [grads[0]], {"perm": [int(i) for i in np.argsort(perm)]})]
 
 
-def _axis(node, rank: int, default: int = 0) -> int:
-    return int(attribute(node, "axis", default)) % rank
+def _dim(e: Emitter, x: ir.Value, axis: int) -> ir.Value:
+    """``x``'s size along ``axis`` (negative: from the end) at run time, as a 1-D tensor."""
+    return e.shape(x, axis, axis + 1 if axis != -1 else None)
 
 
 @rule("Concat")
 def _concat(node, grads, e):
     """``dx_i = split(g, sizes of the x_i along axis)``."""
-    axis = _axis(node, len(node.inputs[0].shape))
+    axis = int(attribute(node, "axis"))
     if len(node.inputs) == 1:
         return [grads[0]]
-    sizes = e.op("Concat", [e.shape(x, axis, axis + 1) for x in node.inputs], {"axis": 0})
+    sizes = e.op("Concat", [_dim(e, x, axis) for x in node.inputs], {"axis": 0})
     return list(e.op("Split", [grads[0], sizes], {"axis": axis}, num_outputs=len(node.inputs)))
 
 
 @rule("Split")
 def _split(node, grads, e):
     """``dx = concat(g_0, ..., g_k, axis)``."""
-    axis = _axis(node, len(node.inputs[0].shape))
-    return [e.op("Concat", list(grads), {"axis": axis})] + [None] * (len(node.inputs) - 1)
+    return [e.op("Concat", list(grads), {"axis": int(attribute(node, "axis", 0))})] + [None] * (len(node.inputs) - 1)
 
 
 @rule("Expand")
@@ -67,8 +68,8 @@ def _slice(node, grads, e):
         return [_scatter_by_flat_index(node, g, e)] + no_grads
     starts, ends = (e.op("Cast", [node.inputs[i]], {"to": ir.DataType.INT64}) for i in (1, 2))
     axes = optional_input(node, 3)
-    if axes is None:
-        axes = e.ints(list(range(static_dims(node.inputs[1], node, "starts")[0])))
+    if axes is None:  # 0, 1, ..., len(starts) - 1
+        axes = e.op("Range", [e.constant(np.int64(0)), e.length(node.inputs[1]), e.constant(np.int64(1))])
     dims = e.op("Gather", [e.shape(x), axes])
     zero = e.ints([0])
 
@@ -95,7 +96,7 @@ def _scatter_by_flat_index(node: ir.Node, g: ir.Value, e: Emitter) -> ir.Value:
 def _from_the_front(e: Emitter, indices: ir.Value, x: ir.Value, axis: int) -> ir.Value:
     """``indices`` into ``x`` along ``axis`` as int64, negative ones counted from the end made non-negative."""
     indices = e.op("Cast", [indices], {"to": ir.DataType.INT64})
-    size = e.op("Squeeze", [e.shape(x, axis, axis + 1)])
+    size = e.op("Squeeze", [_dim(e, x, axis)])
     return e.op("Where", [e.op("Less", [indices, e.constant(np.int64(0))]), e.op("Add", [indices, size]), indices])
 
 
@@ -103,9 +104,13 @@ def _from_the_front(e: Emitter, indices: ir.Value, x: ir.Value, axis: int) -> ir
 def _gather(node, grads, e):
     """``dx = scatter-add of g into zeros`` at the gathered indices along ``axis`` (repeats add up)."""
     (g,), (x, indices) = grads, node.inputs
-    rank, k = len(x.shape), len(static_dims(indices, node, "indices"))
-    axis = _axis(node, rank)
+    axis = int(attribute(node, "axis", 0))
     indices = _from_the_front(e, indices, x, axis)
+    if axis == 0:  # the common case (embeddings), which needs no rank
+        zeros = e.zeros(e.shape(x), x)
+        return [e.op("ScatterND", [zeros, e.op("Unsqueeze", [indices, e.ints([-1])]), g], {"reduction": "add"}), None]
+    rank, k = known_rank(x, node, "data"), known_rank(node.inputs[1], node, "indices")
+    axis %= rank
     to_front = [axis, *range(axis), *range(axis + 1, rank)]  # x with the gathered axis first
     g_front = [*range(axis, axis + k), *range(axis), *range(axis + k, rank - 1 + k)]  # g with the index dims first
     zeros = e.zeros(e.op("Gather", [e.shape(x), e.ints(to_front)]), x)
@@ -132,18 +137,19 @@ def _pad(node, grads, e):
 def _tile(node, grads, e):
     """``dx = sum over the tiles of g``: ``g`` seen as ``[r0, d0, r1, d1, ...]``, summed over the ``r`` axes."""
     x, repeats = node.inputs
-    rank = len(x.shape)
     pairs = e.op("Concat", [e.op("Unsqueeze", [repeats, e.ints([1])]), e.op("Unsqueeze", [e.shape(x), e.ints([1])])],
                  {"axis": 1})
     split = e.op("Reshape", [grads[0], e.op("Reshape", [pairs, e.ints([-1])])])
-    return [e.op("ReduceSum", [split, e.ints(list(range(0, 2 * rank, 2)))], {"keepdims": 0}), None]
+    every_other = e.op("Range", [e.constant(np.int64(0)), e.op("Mul", [e.rank(x), e.constant(np.int64(2))]),
+                                   e.constant(np.int64(2))])
+    return [e.op("ReduceSum", [split, every_other], {"keepdims": 0}), None]
 
 
 @rule("GatherElements")
 def _gather_elements(node, grads, e):
     """``dx = scatter-add of g into zeros`` at ``indices`` along ``axis``."""
     (g,), (x, indices) = grads, node.inputs
-    axis = _axis(node, len(x.shape))
+    axis = int(attribute(node, "axis", 0))
     indices = _from_the_front(e, indices, x, axis)
     return [e.op("ScatterElements", [e.zeros(e.shape(x), x), indices, g], {"axis": axis, "reduction": "add"}), None]
 
