@@ -2,20 +2,20 @@
 
 tests/test_zoo.py trains each against torch step for step; `tools/bench.py --sections zoo`
 times a training step of each against PyTorch eager. A `Case` builds its module (seeded by
-the caller) and draws its batches; `export` is the export that trains faithfully.
+the caller) and draws its batches; `export` exports it with `graphopt.from_torch`.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
+
+import graphopt
 
 nn = torch.nn
 
@@ -34,16 +34,9 @@ class Case:
 
 
 def export(module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The faithful export: TorchScript exporter, training mode, no constant folding."""
+    """``module`` as a user exports it for training: `graphopt.from_torch`."""
     args = tuple(torch.from_numpy(v) for v in inputs.values())
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.train(), args, buffer, dynamo=False, input_names=list(inputs),
-                          output_names=["output"], opset_version=17, do_constant_folding=False,
-                          training=torch.onnx.TrainingMode.TRAINING)
-    return onnx.load_from_string(buffer.getvalue())
-
+    return graphopt.from_torch(module, args, input_names=list(inputs), output_names=["output"])
 
 
 def images(channels=1, size=8, classes=10, batch=4):
@@ -249,6 +242,26 @@ class EmbeddingBagOfWords(nn.Module):
         return self.head(self.embed(tokens).mean(dim=1))
 
 
+class EinsumAttention(nn.Module):
+    """Multi-head self-attention written with torch.einsum, then a PReLU / Mish MLP head."""
+
+    def __init__(self, vocab=20, d=16, heads=2, classes=3):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.head = nn.Sequential(nn.Linear(d, 16), nn.PReLU(16), nn.Linear(16, 16), nn.Mish(), nn.Linear(16, classes))
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads) for z in self.qkv(x).chunk(3, dim=-1))
+        weights = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.heads), dim=-1)
+        y = torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d)
+        return self.head((x + self.out(y)).mean(dim=1))
+
+
 class RecurrentClassifier(nn.Module):
     """Embedding, a two-layer (LSTM) or bidirectional (GRU) recurrence, a head on the last step."""
 
@@ -289,11 +302,15 @@ CASES = [
     Case("lenet", LeNet, images()),
     Case("resnet_like", ResNetLike, images(channels=3)),
     Case("mobilenet_v2_like", MobileNetV2Like, images(channels=3)),
+    Case("transformer_encoder", EncoderClassifier, tokens()),
     Case("gpt_decoder", GPT, tokens(per_token=True)),
+    Case("einsum_attention_prelu_mish", EinsumAttention, tokens()),
     Case("lstm_classifier", lambda: RecurrentClassifier("lstm"), tokens()),
     Case("gru_classifier", lambda: RecurrentClassifier("gru"), tokens()),
     Case("text_cnn", TextCNN, tokens()),
     Case("unet_conv_transpose", UNet, segmentation),
+    Case("unet_upsample_nearest", lambda: UNet(nn.Upsample(scale_factor=2, mode="nearest")), segmentation),
+    Case("unet_upsample_bilinear", lambda: UNet(nn.Upsample(scale_factor=2, mode="bilinear")), segmentation),
     Case("autoencoder", AutoEncoder, reconstruction, loss="mse"),
     Case("embedding_mean", EmbeddingBagOfWords, tokens()),
     Case("norms", Norms, images(channels=2, size=6, classes=5)),
