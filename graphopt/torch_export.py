@@ -50,9 +50,7 @@ def from_torch(module: Any, example_inputs: Any, *, input_names: Sequence[str] |
         input_names, output_names: the model's input and output names (default ``input_0, ...``
             and ``output_0, ...``, outputs flattened in order).
         dynamic_batch: make dimension 0 of every input and output (of rank >= 1) dynamic;
-            ``dynamic_axes`` (torch.onnx.export's argument) replaces it when given. An embedding's
-            (Gather's) gradient needs the static shape of its indices: pass False for a model
-            that looks up token ids, and batches of the example's size.
+            ``dynamic_axes`` (torch.onnx.export's argument) replaces it when given.
         opset_version: the ONNX opset the exporter writes.
         check: run the exported model with onnxruntime and compare its outputs with the module's
             in ``eval()`` mode (on a copy) within ``rtol`` / ``atol``; a mismatch raises.
