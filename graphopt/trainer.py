@@ -72,7 +72,9 @@ class Trainer:
             name, a pattern or a list of them; a parameter joins the first group it matches and
             the parameters no group matches form one last group with the optimizer's defaults.
         promote_constants: turn float Constant / ConstantOfShape outputs into trainable
-            initializers: True for all, or a list of names. Promoted in any case
+            initializers: True for all (then chosen by the default rule above, which leaves
+            scalars out), or a list of names (trained by default, whatever they look like).
+            Promoted in any case
             (`graphopt.preparation.implicit_initializers`): the running statistics a
             BatchNormalization reads from such nodes, and every float ConstantOfShape of a
             constant shape (a weight stored as its fill value, as in old model-zoo files),
@@ -104,8 +106,7 @@ class Trainer:
         self._batch_inputs = [i.name for i in self._train_model.graph.input if i.name not in initializer_names]
         initializers = {t.name: t for t in self.model.graph.initializer}
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
-        default = None if trainable is not None else default_trainable(
-            self.model, differentiable_initializers(self._train_model, self.loss, frozen=frozen))
+        default = None if trainable is not None else self._default_trainable(frozen, promote_constants)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
@@ -116,6 +117,14 @@ class Trainer:
         self._gradients: Executable | None = None
         self._evaluation: Executable | None = None
         self._accumulating = False
+
+    def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
+        """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
+        and the constants promoted by name, which the user asked to train."""
+        differentiable = differentiable_initializers(self._train_model, self.loss, frozen=frozen)
+        named = set(promoted) if not isinstance(promoted, bool) else set()
+        weights = set(default_trainable(self.model, differentiable))
+        return [name for name in differentiable if name in weights or name in named]
 
     # -- steps -------------------------------------------------------------------------
 

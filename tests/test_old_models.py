@@ -210,7 +210,10 @@ def test_trainer_on_the_tiny_model_keeps_its_function():
     assert not np.allclose(trainer.parameters["W"].data, 0.1)
     promoted = graphopt.Trainer(tiny_model(), losses.cross_entropy("logits"), optim.SGD(lr=0.1),
                                 promote_constants=True, training_mode=False)
-    assert sorted(promoted.parameters) == ["W", "bias", "k", "scale"]
+    assert sorted(promoted.parameters) == ["W", "bias", "scale"]  # k, a scalar, looks like an exporter's constant
+    named = graphopt.Trainer(tiny_model(), losses.cross_entropy("logits"), optim.SGD(lr=0.1),
+                             promote_constants=["k"], training_mode=False)
+    assert sorted(named.parameters) == ["W", "bias", "k", "scale"]
 
 
 def test_trainer_updates_statistics_built_by_constants():
