@@ -6,7 +6,8 @@ agree with torch's float64 run to a relative 1e-5 (of ``|ref64| + rms(ref64)``, 
 element's magnitude or the tensor's, plus 1e-6) wherever torch's own float32 run does. Elements
 that float32 cannot resolve -- torch32 itself further from float64 than that, as for
 a bias whose exact gradient is zero (a bias before a BatchNormalization) and whose
-Adam step is rounding noise divided by its own square root -- are not judged.
+Adam step is rounding noise divided by its own square root -- are not judged. Every
+trainable torch parameter must be trained, and BatchNorm running means must follow too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 import graphopt
 from graphopt import losses, optim
-from tools.zoo import Case, export
+from tools.zoo import Case, export, nn
 
 RTOL = 1e-5
 ATOL = 1e-6  # for weights near zero: 1e-5 of a typical weight (0.1); above the noise floor (see OPTIMIZERS)
@@ -89,3 +90,10 @@ def train_against_torch(case: Case, optimizer: str, steps: int = 5, seed: int = 
     for name, p in trainer.parameters.items():
         _assert_close(p.data, params32[name].detach().numpy(), params64[name].detach().numpy(),
                       f"{case.name}/{optimizer}: parameter {name!r} after {steps} steps")
+    # running means; ONNX updates the running variance with the biased batch variance, torch with the unbiased
+    buffers32, buffers64 = dict(net32.named_buffers()), dict(net64.named_buffers())
+    means = [name for name in trainer.buffers if name.endswith("running_mean")]
+    assert len(means) == sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net32.modules())
+    for name in means:
+        _assert_close(trainer.buffers[name], buffers32[name].numpy(), buffers64[name].numpy(),
+                      f"{case.name}/{optimizer}: running mean {name!r} after {steps} steps")

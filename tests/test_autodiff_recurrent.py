@@ -1,6 +1,6 @@
 """LSTM, GRU and RNN nodes: their unrolled form (`graphopt.autodiff.recurrent`) against
 onnxruntime's own kernels, their gradients against float64 central differences and
-torch.autograd, and torch-exported recurrent classifiers trained by the Trainer as by torch.
+torch.autograd (torch-exported LSTM and GRU classifiers are in the zoo, tests/test_zoo.py).
 
 onnxruntime implements only ``layout`` 0; the spec defines layout 1 as the same computation
 on transposed X, initial states and outputs, so the reference for layout 1 is the layout-0
@@ -8,8 +8,6 @@ kernel between Transposes."""
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -18,8 +16,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import graphopt
-from graphopt import losses, optim
 from graphopt.autodiff import add_gradients
 from graphopt.autodiff.recurrent import expand_recurrent
 
@@ -306,59 +302,3 @@ def test_gradients_match_torch(kind, bidirectional, batch_first, initial, length
     for name in wrt:
         np.testing.assert_allclose(results[f"{name}.grad"], expected[name], rtol=1e-7, atol=1e-9,
                                    err_msg=f"gradient of {name}")
-
-
-def _classifier(torch, kind):
-    """Embedding -> a 2-layer LSTM, or Linear -> a bidirectional GRU; then Linear on the last state."""
-
-    class Classifier(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = torch.nn.Embedding(12, 5) if kind == "LSTM" else torch.nn.Linear(3, 5)
-            if kind == "LSTM":
-                self.rnn = torch.nn.LSTM(5, 6, num_layers=2, batch_first=True)
-            else:
-                self.rnn = torch.nn.GRU(5, 6, batch_first=True, bidirectional=True)
-            self.head = torch.nn.Linear(6 if kind == "LSTM" else 12, 4)
-
-        def forward(self, x):
-            _, h = self.rnn(self.embed(x))
-            return self.head(h[0][-1] if kind == "LSTM" else torch.cat([h[-2], h[-1]], -1))
-    return Classifier()
-
-
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_torch_exported_recurrent_classifier_trains_like_torch(kind):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = _classifier(torch, kind)
-    rng = np.random.default_rng(0)
-
-    def batch():
-        if kind == "LSTM":
-            return rng.integers(0, 12, (4, 7)), rng.integers(0, 4, 4)
-        return rng.standard_normal((4, 7, 3)).astype(np.float32), rng.integers(0, 4, 4)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.train(), torch.from_numpy(batch()[0]), buffer, dynamo=False, input_names=["x"],
-                          output_names=["logits"], opset_version=17, do_constant_folding=False,
-                          dynamic_axes={} if kind == "LSTM" else {"x": {0: "batch"}},  # Gather's rule: static indices
-                          training=torch.onnx.TrainingMode.TRAINING)
-    model = onnx.load_from_string(buffer.getvalue())
-    assert kind in {n.op_type for n in model.graph.node}
-    trainer = graphopt.Trainer(model, losses.cross_entropy("logits"), optim.SGD(lr=0.1, momentum=0.9))
-    reference = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(5):
-        x, y = batch()
-        loss = trainer.step({"x": x}, labels=y)
-        reference.zero_grad()
-        expected = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
-        expected.backward()
-        reference.step()
-        assert loss == pytest.approx(expected.item(), rel=1e-5)
-    state = net.state_dict()
-    assert set(trainer.parameters) == set(state)
-    for name, p in trainer.parameters.items():
-        np.testing.assert_allclose(p.data, state[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
-

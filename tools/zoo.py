@@ -263,7 +263,8 @@ class EinsumAttention(nn.Module):
 
 
 class RecurrentClassifier(nn.Module):
-    """Embedding, a two-layer (LSTM) or bidirectional (GRU) recurrence, a head on the last step."""
+    """Embedding, a two-layer LSTM (head on its last output) or a bidirectional GRU (head on both
+    directions' final states)."""
 
     def __init__(self, cell: str, vocab=20, d=8, hidden=12, classes=3):
         super().__init__()
@@ -275,8 +276,10 @@ class RecurrentClassifier(nn.Module):
         self.head = nn.Linear(hidden * (2 if cell == "gru" else 1), classes)
 
     def forward(self, tokens):
-        out, _ = self.rnn(self.embed(tokens))
-        return self.head(out[:, -1])
+        out, state = self.rnn(self.embed(tokens))
+        if isinstance(self.rnn, nn.LSTM):
+            return self.head(out[:, -1])  # through the sequence output Y
+        return self.head(torch.cat([state[-2], state[-1]], dim=-1))  # through the final states Y_h
 
 
 class Norms(nn.Module):
