@@ -172,3 +172,25 @@ def test_a_cancelled_transpose_pair_is_seen_in_the_optimized_graph():
     model = _model(nodes, [("W", None), ("x", None), ("x2", None)], ["W2", "z"], shape=(8, 8))
     assert can_write_in_place(model.graph, "W", "W2")
     assert proven_in_place(model, Runtime().compile(model, keep_optimized=True), [("W", "W2")]) == set()
+
+
+def test_without_the_optimized_graph_nothing_is_bound_in_place_and_steps_stay_right(monkeypatch):
+    import graphopt
+    from graphopt import losses, optim
+
+    def cannot_save(self, serialized, threads):
+        raise RuntimeError("this provider cannot save its optimized graph")
+
+    monkeypatch.setattr(Runtime, "_session_keeping_optimized", cannot_save)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 3])],
+                              [helper.make_tensor_value_info("y", F, [2, 2])],
+                              [numpy_helper.from_array(np.ones((2, 3), np.float32), "w"),
+                               numpy_helper.from_array(np.zeros(2, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.5))
+    x, t = _x((2, 3)) / 6, np.zeros((2, 2), np.float32)
+    trainer.step({"x": x}, labels=t)
+    assert trainer._training_step()[2][2] == set()  # nothing proven, every output to its own buffer
+    grad_w = 2 * (x @ np.ones((3, 2))).T @ x / 4  # d mean((x w^T)^2) / d w at w = 1, b = 0
+    np.testing.assert_allclose(trainer.parameters["w"].data, 1 - 0.5 * grad_w, rtol=1e-6)

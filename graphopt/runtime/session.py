@@ -75,25 +75,37 @@ class Runtime:
         """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
         is what a proof that two bound buffers may alias must look at (`graphopt.inplace`)."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3
-        with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
-            path = os.path.join(folder, "optimized.onnx")
-            if keep_optimized:
-                options.optimized_model_filepath = path
-                options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                                 "weights.bin")
-                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                                 "1024")
-            session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
-            optimized = onnx.load(path, load_external_data=False) if keep_optimized else None
+        serialized = model.SerializeToString()
+        session = optimized = None
+        if keep_optimized:
+            try:
+                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads)
+            except Exception:  # noqa: BLE001 - a provider that cannot save its graph: then nothing is proven
+                pass
+        if session is None:
+            session = ort.InferenceSession(serialized, self._options(intra_op_threads), providers=self.providers)
         wanted = provider_name(self.providers[0])
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
             raise RuntimeError(f"providers: {wanted} could not be initialised (no usable GPU?); "
                                f"the session got {session.get_providers()}")
         self.sessions_built += 1
         return Executable(session, optimized)
+
+    def _options(self, intra_op_threads: int) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        return options
+
+    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int):
+        """A session and the optimized graph it saved (large initializers left in a side file)."""
+        options = self._options(intra_op_threads)
+        with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
+            options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            session = ort.InferenceSession(serialized, options, providers=self.providers)
+            return session, onnx.load(options.optimized_model_filepath, load_external_data=False)
 
     def zeros(self, size: int, dtype: np.dtype) -> np.ndarray | Buffer:
         """A flat zeroed buffer for state: a `Buffer` with ``device_buffers``, else a numpy array."""
