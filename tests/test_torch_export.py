@@ -1,5 +1,5 @@
 """A CNN exported by torch.onnx (in training mode) and trained by graphopt's Trainer takes the
-same steps as torch itself: parameters and BatchNormalization running means agree."""
+same steps as torch itself: parameters and BatchNormalization running statistics agree."""
 
 from __future__ import annotations
 
@@ -42,6 +42,5 @@ def test_torch_exported_cnn_trains_like_torch():
     state = net.state_dict()
     for name, p in trainer.parameters.items():
         np.testing.assert_allclose(p.data, state[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
-    # ONNX's running variance takes the biased batch variance where torch takes the unbiased one;
-    # the running means agree.
-    np.testing.assert_allclose(trainer.buffers["1.running_mean"], state["1.running_mean"].numpy(), rtol=1e-5, atol=1e-6)
+    for name in ("1.running_mean", "1.running_var"):  # the variance with torch's unbiased batch variance
+        np.testing.assert_allclose(trainer.buffers[name], state[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
