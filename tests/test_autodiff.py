@@ -79,6 +79,22 @@ def test_reductions(op, axes, keepdims):
     check_gradients([node(op, inputs, keepdims=keepdims)], dict(x=r(2, 3, 4)), ["x"], initializers=initializers)
 
 
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_cum_sum(axis, exclusive, reverse):
+    axis_input = numpy_helper.from_array(np.array(axis, np.int64), "axis")
+    check_gradients([node("CumSum", ["x", "axis"], exclusive=exclusive, reverse=reverse)], dict(x=r(3, 4, 2)), ["x"],
+                    initializers=[axis_input])
+
+
+def test_cum_sum_along_an_axis_computed_at_run_time():
+    """The axis is the rank minus one, from Shape and Size: not a constant."""
+    nodes = [node("Shape", ["x"], ["s"]), node("Size", ["s"], ["n"]), node("Sub", ["n", "one"], ["last"]),
+             node("CumSum", ["x", "last"], reverse=1)]
+    check_gradients(nodes, dict(x=r(2, 5)), ["x"], initializers=[numpy_helper.from_array(np.array(1, np.int64), "one")])
+
+
 def test_reshape_squeeze_unsqueeze():
     shape = numpy_helper.from_array(np.array([3, 4], np.int64), "shape")
     axes = numpy_helper.from_array(np.array([0], np.int64), "axes")

@@ -1,4 +1,4 @@
-"""Rules of the Reduce* operators: ``g`` is the gradient of the reduced output ``y``."""
+"""Rules of the Reduce* operators and CumSum (a running sum): ``g`` is the gradient of the output ``y``."""
 
 from __future__ import annotations
 
@@ -86,3 +86,14 @@ def _reduce_log_sum_exp(node, grads, e):
     x, y = node.inputs[0], node.outputs[0]
     weights = e.op("Exp", [e.op("Sub", [x, _keep_reduced(node, y, e)])])
     return [e.op("Mul", [_expand_reduced(node, grads[0], e), weights])] + [None] * (len(node.inputs) - 1)
+
+
+@rule("CumSum")
+def _cum_sum(node, grads, e):
+    """``y_i = sum of x_j for j <= i`` (``j < i`` if exclusive; ``j >= i`` / ``j > i`` if reverse)
+    along ``axis``: ``dx_j = sum of g_i over the i whose sum holds x_j``, the running sum of ``g``
+    the other way, ``dx = CumSum(g, axis, exclusive, reverse = not reverse)``. The axis may be
+    computed at run time: the same input is read."""
+    x, axis = node.inputs
+    attrs = {"exclusive": attribute(node, "exclusive", 0), "reverse": 1 - attribute(node, "reverse", 0)}
+    return [e.op("CumSum", [grads[0], axis], attrs), None]
