@@ -3,6 +3,7 @@
     model = inline_functions(model)                     # model-local functions -> plain nodes
     chosen = select_trainable(model, trainable=["conv*"], frozen=["*.bias"])
     model = promote_constants(model, ["W_const"])       # Constant / ConstantOfShape -> initializer
+    model = untie_running_statistics(model)             # running stats an exporter merged with weights: parted
     model, buffers = to_training_mode(model)            # BatchNormalization and Dropout in training mode
     model = infer_shapes(model)                         # without serializing the weights
 
@@ -121,7 +122,7 @@ def _constant_value(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> n
 def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     """``model`` with BatchNormalization and Dropout nodes in training mode, and its buffers:
     ``{running statistic: output carrying its update}``."""
-    result = _copy(model)
+    result = _copy(untie_running_statistics(model))
     graph = result.graph
     initializers = {t.name: t for t in graph.initializer}
     opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -151,6 +152,28 @@ def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     graph.output.extend(helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None)
                         for out in buffers.values())
     return result, buffers
+
+
+def untie_running_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` where each running statistic that an ``Identity`` ties to another initializer
+    has its own initializer (a copy); ``model`` itself if none is tied. torch's exporter, folding
+    constants in eval mode, merges initializers of equal values: a fresh BatchNorm's running_var
+    (ones) becomes ``Identity(weight)`` and its running_mean ``Identity(bias)``, or the other way
+    round; trained and updated, the two must part."""
+    graph = model.graph
+    stats = {name for node in graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
+    initializers = {t.name: t for t in graph.initializer}
+    tied = [i for i, node in enumerate(graph.node) if node.op_type == "Identity" and node.input[0] in initializers
+            and (node.input[0] in stats or node.output[0] in stats)]
+    if not tied:
+        return model
+    model = _copy(model)
+    graph = model.graph
+    for node in [graph.node[i] for i in tied]:
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(initializers[node.input[0]]),
+                                                         node.output[0]))
+        graph.node.remove(node)
+    return model
 
 
 def _unbiased_running_variance(node: onnx.NodeProto, dtype: int, opset: int) -> list[onnx.NodeProto]:

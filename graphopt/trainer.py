@@ -41,6 +41,7 @@ from graphopt.preparation import (
     promote_constants,
     select_trainable,
     to_training_mode,
+    untie_running_statistics,
 )
 from graphopt.runtime import Executable, Region, Runtime
 from graphopt.training_info import with_training_info
@@ -82,7 +83,7 @@ class Trainer:
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
-        self.model = _promoted(inline_functions(model), promote_constants)
+        self.model = untie_running_statistics(_promoted(inline_functions(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:

@@ -305,6 +305,33 @@ def test_running_variance_of_a_two_dimensional_batch_is_torchs_unbiased_one(opse
         np.testing.assert_allclose(trainer.buffers["var"], var, rtol=1e-12)
 
 
+def test_running_statistics_an_exporter_merged_with_the_weights_are_parted():
+    """torch's eval-mode export with constant folding merges equal initializers: a fresh
+    BatchNorm's running_var (ones) is ``Identity(scale)``, its running_mean ``Identity(bias)``."""
+    c = 3
+    inits = [numpy_helper.from_array(v, k) for k, v in (("scale", np.ones(c)), ("bias", np.zeros(c)),
+                                                         ("W", rng.standard_normal((c, 1))))]
+    nodes = [helper.make_node("Identity", ["scale"], ["var"]), helper.make_node("Identity", ["bias"], ["mean"]),
+             helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["n"], momentum=0.9),
+             helper.make_node("MatMul", ["n", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", c])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 1])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    trainer = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.5))
+    assert sorted(trainer.parameters) == ["W", "bias", "scale"] and sorted(trainer.buffers) == ["mean", "var"]
+    m, mean, var = float(np.float32(0.9)), np.zeros(c), np.ones(c)
+    for _ in range(2):
+        x = rng.standard_normal((5, c)) * 2 + 1
+        trainer.step({"x": x}, labels=rng.standard_normal((5, 1)))
+        mean, var = m * mean + (1 - m) * x.mean(0), m * var + (1 - m) * x.var(0, ddof=1)
+        np.testing.assert_allclose(trainer.buffers["mean"], mean, rtol=1e-12)
+        np.testing.assert_allclose(trainer.buffers["var"], var, rtol=1e-12)
+    assert not np.allclose(trainer.parameters["scale"].data, np.ones(c))  # trained apart from the statistic
+    exported = {t.name: numpy_helper.to_array(t) for t in trainer.export(kind="inference").graph.initializer}
+    np.testing.assert_array_equal(exported["var"], trainer.buffers["var"])
+    np.testing.assert_array_equal(exported["scale"], trainer.parameters["scale"].data)
+
+
 def test_models_of_an_older_opset_train():
     model = batch_norm_model()
     model.opset_import[0].version = 13  # BatchNormalization-9 semantics, no training_mode attribute
