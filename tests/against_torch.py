@@ -1,5 +1,6 @@
 """The model zoo's harness: a torch module, exported to ONNX, trained by graphopt's `Trainer`
-and by ``torch.optim`` side by side, step for step.
+and by ``torch.optim`` side by side, step for step: the losses, the parameters and the
+running statistics (BatchNorm's, updated in ``train()`` mode) agree.
 
 torch itself runs the module twice, in float32 and in float64. graphopt (float32) must
 agree with torch's float64 run to a relative 1e-5 (of ``|ref64| + rms(ref64)``, the
@@ -65,10 +66,11 @@ def train_against_torch(case: Case, optimizer: str, steps: int = 5, seed: int = 
     every loss and, at the end, every parameter agree (see the module docstring)."""
     torch.manual_seed(seed)
     net32 = case.build()
-    net64 = copy.deepcopy(net32).double()
     rng = np.random.default_rng(seed)
     batches = [case.batch(rng) for _ in range(steps)]
-    model = export(copy.deepcopy(net32), batches[0][0])
+    # exporting a train() module runs it: BatchNorm's running statistics move, in the module as in the export
+    model = export(net32, batches[0][0])
+    net64 = copy.deepcopy(net32).double()
     make_ours, make_torch = OPTIMIZERS[optimizer]
     loss = losses.cross_entropy("output") if case.loss == "cross_entropy" else losses.mse("output")
     trainer = graphopt.Trainer(model, loss, make_ours())
@@ -85,3 +87,7 @@ def train_against_torch(case: Case, optimizer: str, steps: int = 5, seed: int = 
     for name, p in trainer.parameters.items():
         _assert_close(p.data, params32[name].detach().numpy(), params64[name].detach().numpy(),
                       f"{case.name}/{optimizer}: parameter {name!r} after {steps} steps")
+    buffers32, buffers64 = dict(net32.named_buffers()), dict(net64.named_buffers())
+    for name, value in trainer.buffers.items():
+        _assert_close(value, buffers32[name].numpy(), buffers64[name].numpy(),
+                      f"{case.name}/{optimizer}: running statistic {name!r} after {steps} steps")

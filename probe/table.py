@@ -1,0 +1,46 @@
+"""Summarize probe/results.jsonl: a compact table (architecture x setting: SGD-momentum / AdamW)
+and the failures with their first error line.
+
+    /work/venv/bin/python -m probe.table [probe/results.jsonl]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def cell(row):
+    if row["verdict"] == "exact":
+        return "ok" + ("*" if any("is " in n for n in row.get("notes", [])) else "")
+    if row["verdict"] == "drift":
+        return f"drift {row['ratio']:.0f}x"
+    return "ERR"
+
+
+def main(path="probe/results.jsonl"):
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    table = {}
+    for r in rows:
+        table.setdefault(r["case"], {}).setdefault(r["setting"], {})[r["optimizer"]] = r
+    print("| case | " + " | ".join(settings) + " |")
+    print("|---|" + "---|" * len(settings))
+    for case, by_setting in table.items():
+        cells = []
+        for s in settings:
+            pair = by_setting.get(s, {})
+            a, b = (cell(pair[o]) if o in pair else "-" for o in ("sgd_momentum", "adamw"))
+            cells.append(a if a == b else f"{a}/{b}")
+        print(f"| {case} | " + " | ".join(cells) + " |")
+    print()
+    for r in rows:
+        if r["verdict"] != "exact" and r["optimizer"] == "adamw":
+            print(f"{r['case']} {r['setting']}: {r.get('error') or r.get('where')} {r.get('at', '')}")
+        notes = [n for n in r.get("notes", []) if "is " not in n]
+        if notes and r["optimizer"] == "adamw":
+            print(f"  note {r['case']} {r['setting']}: {'; '.join(notes)[:200]}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
