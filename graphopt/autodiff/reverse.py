@@ -20,7 +20,7 @@ from graphopt import names
 from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.recurrent import expand_recurrent
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching
+from graphopt.preparation import float_initializers, infer_shapes, inline_functions, matching, sequences_to_split
 from graphopt.symbolic import IR_VERSION, OPSET
 
 
@@ -34,7 +34,7 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset != OPSET:
         model = onnx.version_converter.convert_version(model, OPSET)
-    model = infer_shapes(model, data_prop=True)
+    model = sequences_to_split(infer_shapes(model, data_prop=True))
     return ir.serde.deserialize_model(model)
 
 
