@@ -1,5 +1,8 @@
 """Summarize probe/results.jsonl: a compact table (architecture x setting: SGD-momentum / AdamW)
-and the failures with their first error line.
+and the failures with their first error line. ok: trains exactly (1e-5, tests/against_torch.py);
+ok*: a parameter found under another name (transposed) in the export; ok+: the Trainer's default
+trainables differ from torch's requires_grad ones (the probe passed torch's); drift E: the
+worst relative error of a loss, parameter or running statistic; ERR: see the list below.
 
     /work/venv/bin/python -m probe.table [probe/results.jsonl]
 """
@@ -9,12 +12,16 @@ from __future__ import annotations
 import json
 import sys
 
+from tests.against_torch import RTOL
+
 
 def cell(row):
+    notes = row.get("notes", [])
+    marks = ("*" if any(" is " in n for n in notes) else "") + ("+" if any("default" in n for n in notes) else "")
     if row["verdict"] == "exact":
-        return "ok" + ("*" if any("is " in n for n in row.get("notes", [])) else "")
-    if row["verdict"] == "drift":
-        return f"drift {row['ratio']:.0f}x"
+        return "ok" + marks
+    if row["verdict"] == "drift":  # the error relative to |ref64| + rms(ref64), as the tolerance (1e-5) is
+        return f"drift {row['ratio'] * RTOL:.0e}" + marks
     return "ERR"
 
 
@@ -37,7 +44,7 @@ def main(path="probe/results.jsonl"):
     for r in rows:
         if r["verdict"] != "exact" and r["optimizer"] == "adamw":
             print(f"{r['case']} {r['setting']}: {r.get('error') or r.get('where')} {r.get('at', '')}")
-        notes = [n for n in r.get("notes", []) if "is " not in n]
+        notes = [n for n in r.get("notes", []) if " is " not in n]
         if notes and r["optimizer"] == "adamw":
             print(f"  note {r['case']} {r['setting']}: {'; '.join(notes)[:200]}")
 
