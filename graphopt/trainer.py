@@ -41,6 +41,7 @@ from graphopt.preparation import (
     normalized,
     select_trainable,
     to_training_mode,
+    untie_running_statistics,
     weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
@@ -95,7 +96,7 @@ class Trainer:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
         # converted first: the loss and training mode add nodes of the pinned opset
-        self.model = weights_as_initializers(normalized(model), promote_constants)
+        self.model = untie_running_statistics(weights_as_initializers(normalized(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:

@@ -8,7 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphopt.autodiff import UnsupportedOperator, add_gradients, supported
-from tests.gradcheck import D, _run, check_against_function, check_gradients, node, r
+from tests.gradcheck import D, _model, _run, check_against_function, check_gradients, node, r
 
 ELEMENTWISE = [
     ("Add", dict(a=r(2, 3), b=r(3))), ("Add", dict(a=r(2, 1), b=r(1, 3))), ("Sub", dict(a=r(2, 3), b=r(2, 1))),
@@ -79,6 +79,22 @@ def test_reductions(op, axes, keepdims):
     check_gradients([node(op, inputs, keepdims=keepdims)], dict(x=r(2, 3, 4)), ["x"], initializers=initializers)
 
 
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_cum_sum(axis, exclusive, reverse):
+    axis_input = numpy_helper.from_array(np.array(axis, np.int64), "axis")
+    check_gradients([node("CumSum", ["x", "axis"], exclusive=exclusive, reverse=reverse)], dict(x=r(3, 4, 2)), ["x"],
+                    initializers=[axis_input])
+
+
+def test_cum_sum_along_an_axis_computed_at_run_time():
+    """The axis is the rank minus one, from Shape and Size: not a constant."""
+    nodes = [node("Shape", ["x"], ["s"]), node("Size", ["s"], ["n"]), node("Sub", ["n", "one"], ["last"]),
+             node("CumSum", ["x", "last"], reverse=1)]
+    check_gradients(nodes, dict(x=r(2, 5)), ["x"], initializers=[numpy_helper.from_array(np.array(1, np.int64), "one")])
+
+
 def test_reshape_squeeze_unsqueeze():
     shape = numpy_helper.from_array(np.array([3, 4], np.int64), "shape")
     axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
@@ -94,6 +110,36 @@ def test_mlp_with_shared_weights_and_softmax():
              node("LogSoftmax", ["h7"], axis=-1)]
     inputs = dict(x=r(4, 3), w1=r(3, 3), w1t=r(3, 3), b1=r(3), w2=r(3, 3))
     check_gradients(nodes, inputs, ["w1", "b1", "w2", "x"])
+
+
+def _at(sequence, position, output):
+    return [node("Constant", [], [f"{output}/p"], value=numpy_helper.from_array(np.array(position, np.int64))),
+            node("SequenceAt", [sequence, f"{output}/p"], [output])]
+
+
+@pytest.mark.parametrize("split, pieces", [([2, 3], [1, 0]), (2, [2, -3, 1])])
+def test_split_to_sequence_read_at_constant_positions(split, pieces):
+    """torch's dynamo exporter writes chunk and split so: lengths given, or one length (the last piece shorter)."""
+    nodes = [node("SplitToSequence", ["x", "split"], ["s"], axis=1)]
+    for i, position in enumerate(pieces):
+        nodes += _at("s", position, f"p{i}")
+    nodes.append(node("Concat", [f"p{i}" for i in range(len(pieces))], axis=1))
+    split_input = numpy_helper.from_array(np.array(split, np.int64), "split")
+    check_gradients(nodes, dict(x=r(3, 5)), ["x"], initializers=[split_input])
+
+
+def test_split_to_sequence_into_single_slices_without_the_axis():
+    nodes = [node("SplitToSequence", ["x"], ["s"], axis=0, keepdims=0), *_at("s", 0, "a"), *_at("s", 2, "b"),
+             node("Mul", ["a", "b"])]
+    check_gradients(nodes, dict(x=r(3, 4)), ["x"])
+
+
+def test_a_sequence_read_at_a_position_computed_at_run_time_is_unsupported():
+    nodes = [node("SplitToSequence", ["x"], ["s"], axis=0), node("Shape", ["x"], ["n"], start=0, end=1),
+             node("Squeeze", ["n"], ["m"]), node("Sub", ["m", "one"], ["last"]), node("SequenceAt", ["s", "last"])]
+    model = _model(nodes, {"x": r(3, 4)}, "y", [numpy_helper.from_array(np.array(1, np.int64), "one")])
+    with pytest.raises(UnsupportedOperator, match="SequenceAt"):
+        add_gradients(model, "loss", ["x"])
 
 
 def test_symbolic_batch_dimension_is_handled():

@@ -217,15 +217,16 @@ def test_trainer_on_the_tiny_model_keeps_its_function():
 
 
 def test_trainer_updates_statistics_built_by_constants():
-    """Training mode: the running statistics (ConstantOfShape, Constant) move as ONNX's
-    BatchNormalization defines: ``momentum * running + (1 - momentum) * batch``; Dropout trains."""
+    """Training mode: the running statistics (ConstantOfShape, Constant) move as
+    ``momentum * running + (1 - momentum) * batch``, the batch variance unbiased as in torch
+    (ONNX's BatchNormalization takes the biased one); Dropout trains."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     trainer = graphopt.Trainer(tiny_model(), losses.cross_entropy("logits"), optim.SGD(lr=0.1))
     assert sorted(trainer.buffers) == ["mean", "var"]
     assert np.isfinite(trainer.step({"x": x}, labels=np.array([0, 2])))
     np.testing.assert_allclose(trainer.buffers["mean"], MOMENTUM * 0.5 + (1 - MOMENTUM) * x.mean((0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(trainer.buffers["var"], MOMENTUM * 2.0 + (1 - MOMENTUM) * x.var((0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(trainer.buffers["var"], MOMENTUM * 2.0 + (1 - MOMENTUM) * x.var((0, 2, 3), ddof=1), rtol=1e-5)
     exported = trainer.export(kind="inference")
     assert exported.ir_version == graphopt.IR_VERSION and [i.name for i in exported.graph.input] == ["x"]
     p, b = {name: v.data.astype(np.float64) for name, v in trainer.parameters.items()}, trainer.buffers

@@ -221,6 +221,17 @@ def test_max_min_mean_reductions_pad_tile_gather_elements():
     compare(nodes, {"a": r(3, 4), "b": r(3, 4)}, torch_fn, initializers=consts)
 
 
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cum_sum(exclusive, reverse):
+    def torch_fn(x):
+        x = x.flip(1) if reverse else x
+        y = torch.cumsum(x, 1) - (x if exclusive else 0)
+        return y.flip(1) if reverse else y
+    compare([node("CumSum", ["x", "axis"], exclusive=exclusive, reverse=reverse)], {"x": r(3, 5, 2)}, torch_fn,
+            initializers=[const("axis", np.array(1, np.int64))])
+
+
 def test_conv_transpose_and_instance_normalization():
     attrs = {"strides": [2, 2], "pads": [1, 0, 1, 0], "output_padding": [1, 0], "dilations": [1, 2], "group": 2}
     compare([node("ConvTranspose", ["x", "w", "b"], **attrs)], {"x": r(2, 4, 3, 4), "w": r(4, 3, 3, 2), "b": r(6)},

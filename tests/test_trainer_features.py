@@ -150,7 +150,9 @@ def test_batch_normalization_trains_on_batch_statistics_and_updates_running_ones
     y = (normalized * init["scale"][:, None, None] + init["bias"][:, None, None]).reshape(5, -1) @ init["W"]
     assert trainer.step({"x": x}, labels=t) == pytest.approx(np.mean((y - t) ** 2), rel=1e-12)
     np.testing.assert_allclose(trainer.buffers["mean"], m * init["mean"] + (1 - m) * x.mean((0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(trainer.buffers["var"], m * init["var"] + (1 - m) * x.var((0, 2, 3)), rtol=1e-12)
+    # the running variance as torch updates it: with the unbiased batch variance (ONNX takes the biased one)
+    np.testing.assert_allclose(trainer.buffers["var"], m * init["var"] + (1 - m) * x.var((0, 2, 3), ddof=1),
+                               rtol=1e-12)
     # evaluation: inference mode, with the running statistics
     p = {n: v.data for n, v in trainer.parameters.items()}
     stats = trainer.buffers
@@ -279,6 +281,55 @@ def test_default_trainables_leave_out_non_differentiable_initializers():
     assert all(weights[k] == v for k, v in consts.items())
     explicit = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1), trainable=["W", "two"])
     assert list(explicit.parameters) == ["W", "two"]  # named explicitly: trained (the exponent is differentiable)
+
+
+@pytest.mark.parametrize("opset", [13, 21])  # ReduceMean's axes: an attribute before opset 18, an input since
+def test_running_variance_of_a_two_dimensional_batch_is_torchs_unbiased_one(opset):
+    """BatchNorm1d's shape, [N, C]; momentum 0.9 as torch's exporter writes for torch's 0.1."""
+    c = 4
+    inits = [numpy_helper.from_array(v, k) for k, v in (
+        ("scale", np.ones(c)), ("bias", np.zeros(c)), ("mean", rng.standard_normal(c)), ("var", rng.random(c) + 0.5),
+        ("W", rng.standard_normal((c, 1))))]
+    nodes = [helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["n"], momentum=0.9),
+             helper.make_node("MatMul", ["n", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "bn1d", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", c])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 1])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    trainer = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.1))
+    m = float(np.float32(0.9))
+    var = numpy_helper.to_array(inits[3]).copy()
+    for batch in (6, 3):  # a different batch size: n comes from the batch at run time
+        x = rng.standard_normal((batch, c)) * 3
+        trainer.step({"x": x}, labels=rng.standard_normal((batch, 1)))
+        var = m * var + (1 - m) * x.var(0, ddof=1)
+        np.testing.assert_allclose(trainer.buffers["var"], var, rtol=1e-12)
+
+
+def test_running_statistics_an_exporter_merged_with_the_weights_are_parted():
+    """torch's eval-mode export with constant folding merges equal initializers: a fresh
+    BatchNorm's running_var (ones) is ``Identity(scale)``, its running_mean ``Identity(bias)``."""
+    c = 3
+    inits = [numpy_helper.from_array(v, k) for k, v in (("scale", np.ones(c)), ("bias", np.zeros(c)),
+                                                         ("W", rng.standard_normal((c, 1))))]
+    nodes = [helper.make_node("Identity", ["scale"], ["var"]), helper.make_node("Identity", ["bias"], ["mean"]),
+             helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["n"], momentum=0.9),
+             helper.make_node("MatMul", ["n", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", c])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 1])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    trainer = graphopt.Trainer(model, losses.mse(), optim.SGD(lr=0.5))
+    assert sorted(trainer.parameters) == ["W", "bias", "scale"] and sorted(trainer.buffers) == ["mean", "var"]
+    m, mean, var = float(np.float32(0.9)), np.zeros(c), np.ones(c)
+    for _ in range(2):
+        x = rng.standard_normal((5, c)) * 2 + 1
+        trainer.step({"x": x}, labels=rng.standard_normal((5, 1)))
+        mean, var = m * mean + (1 - m) * x.mean(0), m * var + (1 - m) * x.var(0, ddof=1)
+        np.testing.assert_allclose(trainer.buffers["mean"], mean, rtol=1e-12)
+        np.testing.assert_allclose(trainer.buffers["var"], var, rtol=1e-12)
+    assert not np.allclose(trainer.parameters["scale"].data, np.ones(c))  # trained apart from the statistic
+    exported = {t.name: numpy_helper.to_array(t) for t in trainer.export(kind="inference").graph.initializer}
+    np.testing.assert_array_equal(exported["var"], trainer.buffers["var"])
+    np.testing.assert_array_equal(exported["scale"], trainer.parameters["scale"].data)
 
 
 def test_models_of_an_older_opset_train():

@@ -21,7 +21,14 @@ from graphopt.autodiff.emitter import Emitter
 from graphopt.autodiff.recurrent import expand_recurrent
 from graphopt.autodiff.scopes import reads, subgraphs, through_control_flow
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
-from graphopt.preparation import fold_constant_expressions, float_initializers, infer_shapes, matching, normalized
+from graphopt.preparation import (
+    fold_constant_expressions,
+    float_initializers,
+    infer_shapes,
+    matching,
+    normalized,
+    sequences_to_split,
+)
 from graphopt.symbolic import IR_VERSION
 
 
@@ -31,8 +38,9 @@ class UnsupportedOperator(NotImplementedError):
 
 def prepare(model: onnx.ModelProto) -> ir.Model:
     """``model`` `normalized` (local functions inlined, pinned opset and IR version), its small
-    constant expressions folded, shape-inferred, as onnx-ir."""
-    model = infer_shapes(fold_constant_expressions(normalized(model)), data_prop=True)
+    constant expressions folded, shape-inferred, its SplitToSequence / SequenceAt pairs made
+    Splits, as onnx-ir."""
+    model = sequences_to_split(infer_shapes(fold_constant_expressions(normalized(model)), data_prop=True))
     return ir.serde.deserialize_model(model)
 
 

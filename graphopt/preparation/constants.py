@@ -103,3 +103,25 @@ def constant_value(node: onnx.NodeProto, constants: Constants) -> np.ndarray | N
                         np.zeros(1, np.float32))
             return np.broadcast_to(fill.reshape(-1)[:1].reshape(()), tuple(shape.astype(np.int64)))
     return None
+
+
+def untie_running_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` where each running statistic that an ``Identity`` ties to another initializer
+    has its own initializer (a copy); ``model`` itself if none is tied. torch's exporter, folding
+    constants in eval mode, merges initializers of equal values: a fresh BatchNorm's running_var
+    (ones) becomes ``Identity(weight)`` and its running_mean ``Identity(bias)``, or the other way
+    round; trained and updated, the two must part."""
+    graph = model.graph
+    stats = {name for node in graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
+    initializers = {t.name: t for t in graph.initializer}
+    tied = [i for i, node in enumerate(graph.node) if node.op_type == "Identity" and node.input[0] in initializers
+            and (node.input[0] in stats or node.output[0] in stats)]
+    if not tied:
+        return model
+    model = copied(model)
+    graph = model.graph
+    for node in [graph.node[i] for i in tied]:
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(initializers[node.input[0]]),
+                                                         node.output[0]))
+        graph.node.remove(node)
+    return model

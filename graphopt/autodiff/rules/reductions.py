@@ -1,6 +1,6 @@
-"""Rules of the Reduce* operators: ``g`` is the gradient of the reduced output ``y``, ``expand(g)``
-is ``g`` broadcast back to the input's shape (the reduced axes, constant or computed at run time,
-kept as size 1 first)."""
+"""Rules of the Reduce* operators and CumSum: ``g`` is the gradient of the output ``y``,
+``expand(g)`` is ``g`` broadcast back to the input's shape (the reduced axes, constant or
+computed at run time, kept as size 1 first)."""
 
 from __future__ import annotations
 
@@ -138,3 +138,14 @@ def _reduce_log_sum(node, grads, e):
     """``y = log(sum(x))``: ``dx = expand(g / exp(y))``."""
     return [_expand_reduced(node, e.op("Div", [grads[0], e.op("Exp", [node.outputs[0]])]), e)] + \
         [None] * (len(node.inputs) - 1)
+
+
+@rule("CumSum")
+def _cum_sum(node, grads, e):
+    """``y_i = sum of x_j for j <= i`` (``j < i`` if exclusive; ``j >= i`` / ``j > i`` if reverse)
+    along ``axis``: ``dx_j = sum of g_i over the i whose sum holds x_j``, the running sum of ``g``
+    the other way, ``dx = CumSum(g, axis, exclusive, reverse = not reverse)``. The axis may be
+    computed at run time: the same input is read."""
+    x, axis = node.inputs
+    attrs = {"exclusive": attribute(node, "exclusive", 0), "reverse": 1 - attribute(node, "reverse", 0)}
+    return [e.op("CumSum", [grads[0], axis], attrs), None]
