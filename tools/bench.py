@@ -386,9 +386,10 @@ def report(results: dict) -> str:
     for n, s in results["stream"].items():
         gbps = 8 * int(n) / s["median_ms"] / 1e6
         lines.append(f"memory stream N={int(n) / 2 ** 20:g}M: {s['median_ms']:.2f} ms ({gbps:.1f} GB/s in place)")
-    lines += ["", "ms per step: median [min-max] over rounds; GB/s = bytes the update must move / median time",
-              f"{'optimizer':13s} {'N':>5s} {'tensors':>7s} {'peer':14s} {'ms/step':>22s} {'GB/s':>6s}  "
-              f"{'graphopt speedup':s}"]
+    if results["steps"]:
+        lines += ["", "ms per step: median [min-max] over rounds; GB/s = bytes the update must move / median time",
+                  f"{'optimizer':13s} {'N':>5s} {'tensors':>7s} {'peer':14s} {'ms/step':>22s} {'GB/s':>6s}  "
+                  f"{'graphopt speedup':s}"]
     for row in results["steps"]:
         ours = row["peers"]["graphopt"]["median_ms"]
         for name, s in row["peers"].items():
@@ -421,10 +422,10 @@ def report(results: dict) -> str:
                       f"build {r['build_s']:.2f} s, onnxruntime compile {r['compile_s']:.2f} s"]
     if "zoo" in results:
         lines += ["", "zoo (tools/zoo.py): one training step (forward, loss, backward, AdamW), ms, median [min-max]",
-                  f"  {'model':22s} {'graphopt':>22s} {'torch eager':>22s} {'torch / graphopt':>17s}"]
+                  f"  {'model':28s} {'graphopt':>22s} {'torch eager':>22s} {'torch / graphopt':>17s}"]
         for name, peers in results["zoo"].items():
             ours, theirs = peers["graphopt"], peers["torch-eager"]
-            lines.append(f"  {name:22s} {_spread(ours):>22s} {_spread(theirs):>22s} "
+            lines.append(f"  {name:28s} {_spread(ours):>22s} {_spread(theirs):>22s} "
                          f"{theirs['median_ms'] / ours['median_ms']:16.2f}x")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ import torch
 import graphopt
 from graphopt import losses
 from tools.export_probe.models import CASES
-from tests.against_torch import OPTIMIZERS, RTOL
+from tests.against_torch import ATOL, OPTIMIZERS, RTOL
 
 STEPS = 5
 SETTINGS = ("a", "b", "c", "d0", "d1")
@@ -81,7 +81,7 @@ def ratio(actual, ref32, ref64):
     actual, ref32, ref64 = (np.asarray(a, np.float64) for a in (actual, ref32, ref64))
     if not np.all(np.isfinite(actual)):
         return float("inf")
-    tolerance = RTOL * (np.abs(ref64) + np.sqrt(np.mean(ref64 ** 2))) + 1e-300
+    tolerance = RTOL * (np.abs(ref64) + np.sqrt(np.mean(ref64 ** 2))) + ATOL
     resolved = np.abs(ref32 - ref64) <= tolerance
     return float(np.max(np.where(resolved, np.abs(actual - ref64) / tolerance, 0.0), initial=0.0))
 
