@@ -226,7 +226,8 @@ def test_trainer_updates_statistics_built_by_constants():
     assert sorted(trainer.buffers) == ["mean", "var"]
     assert np.isfinite(trainer.step({"x": x}, labels=np.array([0, 2])))
     np.testing.assert_allclose(trainer.buffers["mean"], MOMENTUM * 0.5 + (1 - MOMENTUM) * x.mean((0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(trainer.buffers["var"], MOMENTUM * 2.0 + (1 - MOMENTUM) * x.var((0, 2, 3), ddof=1), rtol=1e-5)
+    unbiased = x.var((0, 2, 3), ddof=1)
+    np.testing.assert_allclose(trainer.buffers["var"], MOMENTUM * 2.0 + (1 - MOMENTUM) * unbiased, rtol=1e-5)
     exported = trainer.export(kind="inference")
     assert exported.ir_version == graphopt.IR_VERSION and [i.name for i in exported.graph.input] == ["x"]
     p, b = {name: v.data.astype(np.float64) for name, v in trainer.parameters.items()}, trainer.buffers

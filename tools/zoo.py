@@ -287,7 +287,7 @@ class Norms(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(2, 8, 3, padding=1)
         self.group = nn.GroupNorm(4, 8)
-        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1, bias=False)  # InstanceNorm would cancel a bias: zero gradient
         self.instance = nn.InstanceNorm2d(4, affine=True)
         self.layer = nn.LayerNorm([4, 6, 6])
         self.head = nn.Linear(4 * 6 * 6, 5)
