@@ -8,13 +8,12 @@
 >>> model = opt.export()        # the same update as a plain ONNX model
 """
 
-from graphopt import losses, names, optim, transforms
+from graphopt import names, optim, transforms
 from graphopt.checkpoint import load_state_dict, save_state_dict
 from graphopt.parameter import Parameter
-from graphopt.torch_export import from_torch
-from graphopt.trainer import Trainer
-from graphopt.training_info import TrainingSession
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
+from graphopt.torch_export import from_torch
+from graphopt.training import Trainer, TrainingSession, losses
 
 __version__ = "0.1.0"
 

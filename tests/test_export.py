@@ -38,7 +38,7 @@ def _hypers(optimizer):
     return {k: np.array(v, np.float64) for k, v in feeds.items()}
 
 
-# The facade runs a fused form of the same update (graphopt.chunked): equal in exact arithmetic,
+# The facade runs a fused form of the same update (graphopt.update.chunked): equal in exact arithmetic,
 # so float64 agrees to 1e-10 and float32 to a few ulps accumulated over the steps.
 @pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-10, 1e-12), (np.float32, 2e-5, 1e-6)],
                          ids=["float64", "float32"])

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.inplace import can_write_in_place, proven_in_place
+from graphopt.update.inplace import can_write_in_place, proven_in_place
 from graphopt.runtime import Runtime
 
 F = TensorProto.FLOAT

@@ -9,7 +9,7 @@ reports nanoseconds per element: the cost of one pass, and of a Scan iteration w
 rows are short.
 
 ``adam`` builds Adam's Scan body as graphopt emits it (lazily scaled moments, see
-graphopt/chunked.py) and variants of it by hand, and times each over N parameters on
+graphopt/update/chunked.py) and variants of it by hand, and times each over N parameters on
 two threads, interleaved with graphopt's own optimizer and ``torch.optim.Adam(fused=True)``:
 
 * ``graphopt-body``: graphopt's 7 operators (``Gemm, Mul, Gemm, Sqrt, Add, Div, Gemm``);

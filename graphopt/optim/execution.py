@@ -1,9 +1,9 @@
 """Running one param group's update: the chunked fast path, or a graph per tensor.
 
-A group takes the **chunked** path (`graphopt.chunked`) when every tensor of it has a
+A group takes the **chunked** path (`graphopt.update.chunked`) when every tensor of it has a
 gradient, all have taken the same number of steps and its chain needs no per-tensor
 values: one Scan over the rows of its flat buffers, split between threads, every
-output written in place where `graphopt.inplace` proves it safe. Otherwise it takes
+output written in place where `graphopt.update.inplace` proves it safe. Otherwise it takes
 the **per-tensor** path: the update model of `graphopt.update` over the tensors that
 have gradients, bound to views of the same flat buffers.
 
@@ -19,9 +19,17 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from graphopt import names
-from graphopt.chunked import (GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked, scale_input,
-                               scale_output)
-from graphopt.inplace import proven_in_place
+from graphopt.update.chunked import (
+    GRADS,
+    PARAMS,
+    SUM_OF_SQUARES,
+    ChunkedSpec,
+    NotChunkable,
+    build_chunked,
+    scale_input,
+    scale_output,
+)
+from graphopt.update.inplace import proven_in_place
 from graphopt.optim.flat import FlatGroup
 from graphopt.runtime import Executable, Runtime
 from graphopt.runtime.parallel import RowParallel
@@ -93,7 +101,7 @@ def _scratch(buffer, name: str) -> np.ndarray:
     if not isinstance(buffer, np.ndarray):
         raise NotImplementedError(f"{name!r} cannot be updated in place, and copying device buffers back is not "
                                   "supported; write the transform so that each state slot is overwritten "
-                                  "elementwise (see graphopt.inplace)")
+                                  "elementwise (see graphopt.update.inplace)")
     return np.empty_like(buffer)
 
 

@@ -10,7 +10,7 @@ Parameters, gradients and gradient sums are numpy arrays (the facade's); state s
 are allocated by the runtime: numpy arrays, or device `Buffer` s that stay on a GPU.
 
 A state slot may be stored lazily scaled by the chunked update (see
-`graphopt.chunked`): its true value is ``scales[slot] * buffer``. `normalize` folds
+`graphopt.update.chunked`): its true value is ``scales[slot] * buffer``. `normalize` folds
 the scales in; everything that reads or writes true state values calls it first.
 """
 

@@ -74,7 +74,7 @@ class Runtime:
     def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False) -> Executable:
         """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
-        is what a proof that two bound buffers may alias must look at (`graphopt.inplace`)."""
+        is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`)."""
         serialized = model.SerializeToString()
         session = optimized = None
         if keep_optimized:

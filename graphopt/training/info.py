@@ -4,7 +4,7 @@
     session = TrainingSession(model)                     # runs it with plain onnxruntime
     loss = session.step({"x": x, "labels": y})
 
-The ``algorithm`` graph is the training-step model (`graphopt.training_step`). Per the
+The ``algorithm`` graph is the training-step model (`graphopt.training.step`). Per the
 ONNX specification it runs as the concatenation of the inference graph and itself, so
 it reads the parameters and running statistics straight from the inference graph's
 initializers; the optimizer state (slots, step counts, hyperparameters) are its own
@@ -27,7 +27,7 @@ from onnx import numpy_helper
 
 from graphopt import names
 from graphopt.runtime import resolve_providers
-from graphopt.training_step import trainable_as_inputs
+from graphopt.training.step import trainable_as_inputs
 
 
 def with_training_info(inference: onnx.ModelProto, step: onnx.ModelProto,

@@ -11,7 +11,7 @@ of a float scalar the model computes itself. The trainable initializers (by defa
 model's weights, not running statistics nor an exporter's constants) become graphopt `Parameter` s in the
 optimizer's flat buffers; BatchNormalization and Dropout run in training mode, and
 the running statistics are updated by each step as in torch's ``train()`` mode.
-Each step runs the training-step model (`graphopt.training_step`) with parameters
+Each step runs the training-step model (`graphopt.training.step`) with parameters
 and state bound in place where proven safe. Parameters form the param groups given
 by ``groups``; ``lr_mult`` / ``decay_mult``, ``state_dict`` and hyperparameter
 changes work as with the facade, and changing a value never recompiles.
@@ -29,8 +29,8 @@ from onnx import numpy_helper
 
 from graphopt import names
 from graphopt.autodiff import differentiable_initializers
-from graphopt.inplace import proven_in_place
-from graphopt.losses import Loss
+from graphopt.update.inplace import proven_in_place
+from graphopt.training.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
 from graphopt.parameter import Parameter
@@ -45,8 +45,8 @@ from graphopt.preparation import (
     weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
-from graphopt.training_info import with_training_info
-from graphopt.training_step import build_gradients, build_training_step, trainable_as_inputs
+from graphopt.training.info import with_training_info
+from graphopt.training.step import build_gradients, build_training_step, trainable_as_inputs
 from graphopt.update import GroupSpec, ParamSpec
 
 KINDS = ("step", "training_info", "inference")
@@ -244,10 +244,10 @@ class Trainer:
         return {**{name: p.data for name, p in self.parameters.items()}, **self.buffers}
 
     def export(self, path: str | os.PathLike | None = None, kind: str = "step") -> onnx.ModelProto:
-        """``"step"``: the training-step model (see `graphopt.training_step` for its I/O);
+        """``"step"``: the training-step model (see `graphopt.training.step` for its I/O);
         ``"inference"``: the model with the trained weights as its initializers;
         ``"training_info"``: that inference model plus a ``TrainingInfoProto`` whose algorithm
-        is the training step, holding the optimizer state (`graphopt.training_info`;
+        is the training step, holding the optimizer state (`graphopt.training.info`;
         `graphopt.TrainingSession` loads it and continues training)."""
         if kind not in KINDS:
             raise ValueError(f"Trainer.export: kind must be one of {KINDS}, got {kind!r}")
