@@ -7,6 +7,7 @@ For a parameter ``p`` of param group ``g``:
 ``p.grad``                 its gradient (input)
 ``p.<slot>``               optimizer state, e.g. ``p.exp_avg`` (input); ``p.<slot>.new`` (output)
 ``p.step``                 updates ``p`` had so far, float64 scalar (input); ``p.step.new`` (output)
+``p.has_grad``             whether ``p`` is updated this step, bool scalar (input of masked update graphs)
 ``g.<hyper>``              a hyperparameter, float64 scalar (input), e.g. ``group0.lr``
 =========================  ======================================================
 """
@@ -24,6 +25,10 @@ def state(param: str, slot: str) -> str:
 
 def step(param: str) -> str:
     return f"{param}.step"
+
+
+def has_grad(param: str) -> str:
+    return f"{param}.has_grad"
 
 
 def hyper(group: str, name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools import bench, bench_kernels
+from tools import bench, bench_kernels, rotating_grads
 
 
 def test_bench_steps_table_has_every_peer():
@@ -56,3 +56,8 @@ def test_bench_zoo_times_graphopt_and_torch_eager():
     for peers in results["zoo"].values():
         assert set(peers) == {"graphopt", "torch-eager"}
         assert all(p["median_ms"] > 0 for p in peers.values())
+
+
+def test_rotating_gradients_tool_compiles_a_bounded_number_of_sessions():
+    ms, sessions = rotating_grads.measure(tensors=12, size=16, width=2, steps=30)
+    assert ms > 0 and sessions <= 5  # 54 steps over 12 patterns: the exact graphs, then the masked one

@@ -4,8 +4,14 @@ A group takes the **chunked** path (`graphopt.update.chunked`) when every tensor
 gradient, all have taken the same number of steps and its chain needs no per-tensor
 values: one Scan over the rows of its flat buffers, split between threads, every
 output written in place where `graphopt.update.inplace` proves it safe. Otherwise it takes
-the **per-tensor** path: the update model of `graphopt.update` over the tensors that
-have gradients, bound to views of the same flat buffers.
+the **per-tensor** path: an update model of `graphopt.update` bound to views of the
+same flat buffers. Its graphs are cached per group *structure* (transform chain and
+every tensor's name, shape and dtype): the first `_PATTERNS` patterns of gradients a
+structure meets each get a graph over just the tensors that have gradients; every
+later pattern runs one *masked* graph over all the group's tensors, told by a bool
+input per tensor which ones to skip. So the number of compilations is bounded whatever
+the pattern (at most ``_PATTERNS + 1`` per structure), while a stable pattern such as a
+frozen subset still updates only the tensors it must.
 
 Planning validates and binds everything without writing to parameters or state;
 ``run()`` then updates them in place and ``commit()`` advances the step counts.
@@ -36,16 +42,28 @@ from graphopt.runtime.parallel import RowParallel
 from graphopt.transforms import Transform
 from graphopt.update import GroupSpec, ParamSpec, build_update
 
-_CACHE_SIZE = 8
+_CACHE_SIZE = 8  # compiled graphs of the functional forms' structures kept (least recently used dropped)
+_PATTERNS = 3  # patterns of gradients a group structure gets an exact graph for; later ones run masked
+_STRUCTURES = 8  # group structures (per group) whose per-tensor graphs are kept
+
+
+class _GroupGraphs:
+    """The per-tensor graphs of one group structure: exact ones by pattern, and the masked one."""
+
+    def __init__(self):
+        self.exact: dict[tuple[int, ...], tuple[Executable, set]] = {}  # active tensors' indices -> graph
+        self.masked: tuple[Executable, set] | None = None
 
 
 class Executor:
     """Compiled updates and their bindings, cached by structure."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, patterns: int = _PATTERNS):
         self.runtime = runtime
+        self.patterns = patterns  # exact per-tensor graphs per group structure, before the masked one
         self._chunked: dict[ChunkedSpec, tuple | None] = {}
         self._per_tensor: OrderedDict[GroupSpec, tuple[Executable, set]] = OrderedDict()
+        self._groups: dict[str, OrderedDict[GroupSpec, _GroupGraphs]] = {}
 
     def plan(self, group: str, flats: list[FlatGroup], transform: Transform, hypers: Mapping[str, float],
              names_of: list[list[str]], grads: list[list[np.ndarray | None]], summing: bool) -> _Plan:
@@ -76,16 +94,41 @@ class Executor:
         return self._chunked[spec]
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
+        """The compiled update of exactly ``spec`` (the functional forms' cache)."""
         if spec in self._per_tensor:
             self._per_tensor.move_to_end(spec)
         else:
-            model = build_update([spec])
-            pairs = in_place_candidates(spec.params, spec.transform.all_slots())
-            executable = self.runtime.compile(model, keep_optimized=True)
-            self._per_tensor[spec] = (executable, proven_in_place(model, executable, pairs))
+            self._per_tensor[spec] = self._compile(spec)
             if len(self._per_tensor) > _CACHE_SIZE:
                 self._per_tensor.popitem(last=False)
         return self._per_tensor[spec]
+
+    def for_pattern(self, full: GroupSpec, active: tuple[int, ...]) -> tuple[Executable, set, bool]:
+        """A per-tensor update of group structure ``full`` for the tensors ``active`` (indices into
+        ``full.params``): ``(executable, in-place pairs, masked)``. A masked graph takes every
+        tensor of ``full`` and a ``has_grad`` input each (see the module docstring)."""
+        structures = self._groups.setdefault(full.name, OrderedDict())
+        graphs = structures.get(full)
+        if graphs is None:
+            graphs = structures[full] = _GroupGraphs()
+            if len(structures) > _STRUCTURES:
+                structures.popitem(last=False)
+        structures.move_to_end(full)
+        if active in graphs.exact:
+            return (*graphs.exact[active], False)
+        if len(graphs.exact) < self.patterns:
+            spec = GroupSpec(full.name, full.transform, tuple(full.params[i] for i in active))
+            graphs.exact[active] = self._compile(spec)
+            return (*graphs.exact[active], False)
+        if graphs.masked is None:
+            graphs.masked = self._compile(GroupSpec(full.name, full.transform, full.params, masked=True))
+        return (*graphs.masked, True)
+
+    def _compile(self, spec: GroupSpec) -> tuple[Executable, set]:
+        model = build_update([spec])
+        pairs = in_place_candidates(spec.params, spec.transform.all_slots())
+        executable = self.runtime.compile(model, keep_optimized=True)
+        return executable, proven_in_place(model, executable, pairs)
 
 
 class _Plan:
@@ -197,20 +240,23 @@ class TensorBindings:
     For each tensor ``i`` of ``flats[f]`` in ``active``, named ``spec.name``: the parameter
     and every state slot (written in place where ``safe`` allows, else through scratch
     arrays copied back by `finish`), its step count, and the group's hyperparameters.
-    Gradients are the caller's to add.
+    Gradients are the caller's to add. With ``has_grad`` (a masked update graph), each
+    tensor's ``has_grad`` input too, and `commit` advances only the tensors it marks.
     """
 
     def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
-                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set):
+                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None):
         for flat in {id(f): f for f, _ in active}.values():
             flat.normalize()  # these graphs read and write true state values
-        self.active = active
+        self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
         self.outputs: dict[str, Any] = {}
         self.copies = []
-        for (flat, i), spec in zip(active, specs):
+        for k, ((flat, i), spec) in enumerate(zip(active, specs)):
             self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)
             self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
+            if has_grad is not None:
+                self.feeds[names.has_grad(spec.name)] = np.array(has_grad[k])
             pairs = [(spec.name, flat.view(flat.data, i))]
             pairs += [(names.state(spec.name, s), flat.view(flat.slot(s), i)) for s in slots]
             for name, view in pairs:
@@ -237,19 +283,32 @@ def in_place_candidates(specs: tuple[ParamSpec, ...], slots: tuple[str, ...]) ->
 
 
 class _TensorPlan(_Plan):
-    """The tensors that have gradients, one update graph input per tensor, bound to views."""
+    """The tensors that have gradients, one update graph input per tensor, bound to views.
+
+    The graph is exact for this pattern of gradients, or the group's masked one: then every
+    tensor is bound, a tensor without a gradient with its gradient storage, which the graph
+    does not read (``Where`` selects zero in its place)."""
 
     def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
                  hypers: Mapping[str, float], grads, names_of):
-        active = [(f, i) for f, gs in zip(flats, grads) for i, g in enumerate(gs) if g is not None]
+        tensors = [(f, i) for f in flats for i in range(len(f.params))]
+        given = [grads[flats.index(f)][i] for f, i in tensors]
         self.executable = None
-        if not active:
+        if all(g is None for g in given):
             return
-        specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in active)
-        self.executable, safe = executor.per_tensor(GroupSpec(group, transform, specs))
-        self.bindings = TensorBindings(group, active, specs, transform.all_slots(), hypers, safe)
-        for (flat, i), spec in zip(active, specs):
-            self.bindings.feeds[names.grad(spec.name)] = grads[flats.index(flat)][i]
+        specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in tensors)
+        active = tuple(k for k, g in enumerate(given) if g is not None)
+        self.executable, safe, masked = executor.for_pattern(GroupSpec(group, transform, specs), active)
+        if masked:
+            has_grad = [g is not None for g in given]
+            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe, has_grad)
+            given = [g if g is not None else f.view(f.grads, i) for (f, i), g in zip(tensors, given)]
+        else:
+            tensors, specs, given = [tensors[k] for k in active], tuple(specs[k] for k in active), [
+                given[k] for k in active]
+            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe)
+        for spec, grad in zip(specs, given):
+            self.bindings.feeds[names.grad(spec.name)] = grad
 
     def run(self) -> None:
         if self.executable is not None:

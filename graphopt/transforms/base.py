@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from graphopt import names
-from graphopt.symbolic import Graph, Sym, cast, sum_of_squares
+from graphopt.symbolic import Graph, Sym, cast, sum_of_squares, where
 from graphopt.symbolic.dtypes import SCALAR_DTYPE
 
 Updates = list  # list[Sym], one per tensor of the group
@@ -72,12 +72,15 @@ class Context:
     ``params[i]`` is the value the final update is added to; decoupled weight decay
     rewrites it. Hyperparameters, step counts and state slots are graph inputs,
     created on first use and named ``<group>.<hyper>``, ``<param>.step`` and
-    ``<param>.<slot>``.
+    ``<param>.<slot>``. ``masks[i]``, in a masked update (`graphopt.update.model`), is the
+    bool scalar saying whether tensor ``i`` has a gradient this step; group-wide sums
+    leave out the tensors that have none.
     """
 
     def __init__(self, graph: Graph, group: str, param_names: Sequence[str], params: Sequence[Sym],
-                 state: Sequence[dict[str, Sym]]):
+                 state: Sequence[dict[str, Sym]], masks: Sequence[Sym | None] | None = None):
         self.graph = graph
+        self.masks = list(masks) if masks is not None else [None] * len(params)
         self.group = group
         self.param_names = list(param_names)
         self.params = list(params)
@@ -103,6 +106,11 @@ class Context:
             self._steps[i] = (previous, previous + 1.0)
         return self._steps[i][1]
 
+    def previous_step(self, i: int) -> Sym:
+        """How many updates tensor ``i`` had before this one (the ``<param>.step`` input)."""
+        self.step(i)
+        return self._steps[i][0]
+
     @property
     def steps_used(self) -> dict[int, Sym]:
         return {i: t for i, (_, t) in self._steps.items()}
@@ -110,8 +118,10 @@ class Context:
     def sum_of_squares(self, updates: Updates) -> Sym:
         """``sum(u ** 2)`` over every element of every tensor of the group (weak float64)."""
         total = None
-        for u in updates:
+        for u, mask in zip(updates, self.masks):
             square = self.tensor_sum_of_squares(u)
+            if mask is not None:
+                square = where(mask, square, 0.0)
             total = square if total is None else total + square
         return total
 

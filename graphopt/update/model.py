@@ -4,6 +4,12 @@ Inputs and outputs follow `graphopt.names`. For every tensor the model computes
 ``u = transform(grad)`` and ``p.new = p' + u``, where ``p'`` is ``p`` after decoupled
 weight decay (or ``p`` itself). Only the hyperparameters and step counts that some
 transform reads become inputs; every state slot of the chain is an input and an output.
+
+A *masked* group (``GroupSpec.masked``) has one more input per tensor, the 0-d bool
+``p.has_grad``: where it is false the tensor is skipped as torch skips a tensor without
+a gradient -- its gradient reads as zero, it adds nothing to a group-wide norm, and
+``p.new``, every ``p.<slot>.new`` and ``p.step.new`` are its inputs unchanged, bit for
+bit (``Where``). One masked graph thus serves every pattern of gradients in the group.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import onnx
 
 from graphopt import names
-from graphopt.symbolic import Graph
+from graphopt.symbolic import Graph, Sym, where
 from graphopt.transforms import Context, Transform
 
 
@@ -35,6 +41,7 @@ class GroupSpec:
     name: str
     transform: Transform
     params: tuple[ParamSpec, ...]
+    masked: bool = False  # one `has_grad` input per tensor (see the module docstring)
 
 
 def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None) -> onnx.ModelProto:
@@ -47,17 +54,24 @@ def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None) -> 
 
 def _emit_group(graph: Graph, group: GroupSpec) -> None:
     slots = group.transform.all_slots()
-    params, grads, state = [], [], []
+    params, grads, state, masks = [], [], [], []
     for spec in group.params:
         params.append(graph.input(spec.name, spec.dtype, spec.shape))
         grads.append(graph.input(names.grad(spec.name), spec.dtype, spec.shape))
         state.append({slot: graph.input(names.state(spec.name, slot), spec.dtype, spec.shape) for slot in slots})
-    ctx = Context(graph, group.name, [p.name for p in group.params], params, state)
+        masks.append(graph.input(names.has_grad(spec.name), np.bool_, ()) if group.masked else None)
+    grads = [_kept(mask, g, 0.0) for mask, g in zip(masks, grads)]
+    ctx = Context(graph, group.name, [p.name for p in group.params], params, state, masks=masks)
     updates = group.transform.apply(grads, ctx)
     steps = ctx.steps_used
-    for i, spec in enumerate(group.params):
-        graph.output(names.new(spec.name), ctx.params[i] + updates[i])
+    for i, (spec, mask) in enumerate(zip(group.params, masks)):
+        graph.output(names.new(spec.name), _kept(mask, ctx.params[i] + updates[i], params[i]))
         for slot in slots:
-            graph.output(names.new(names.state(spec.name, slot)), ctx.state_out[i][slot])
+            graph.output(names.new(names.state(spec.name, slot)), _kept(mask, ctx.state_out[i][slot], state[i][slot]))
         if i in steps:
-            graph.output(names.new(names.step(spec.name)), steps[i])
+            graph.output(names.new(names.step(spec.name)), _kept(mask, steps[i], ctx.previous_step(i)))
+
+
+def _kept(mask: Sym | None, new: Sym, old: Sym | float) -> Sym:
+    """``new`` where the tensor has a gradient this step, else ``old`` (``new`` if unmasked)."""
+    return new if mask is None else where(mask, new, old)
