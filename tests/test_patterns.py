@@ -68,13 +68,14 @@ def _masked_from_the_start(opt):
     opt._executor.patterns = 0  # noqa: SLF001 - every per-tensor step runs the masked graph
 
 
+@pytest.mark.parametrize("runtime", ["default", "device_buffers"])
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_masked_graph_matches_reference_float64(case):
+def test_masked_graph_matches_reference_float64(case, runtime):
     """The configurations of test_optimizers (None gradients, frozen then unfrozen, group-wide
     and per-tensor clipping), every per-tensor step through the masked graph."""
     kind, config = case
     rng = np.random.default_rng(0)
-    for step, (opt, params, ref) in enumerate(run_both(kind, config, np.float64, rng)):
+    for step, (opt, params, ref) in enumerate(run_both(kind, config, np.float64, rng, runtime)):
         if step == 0:
             _masked_from_the_start(opt)
         for g, group_params in enumerate(params):
