@@ -10,10 +10,14 @@ inputs, read from ``param_groups`` at every step.
 Everything that can be checked -- settings, gradients' shapes and dtypes -- is
 checked for every group before any update runs, so a step that raises for bad input
 changes nothing. The update itself then runs in place, as torch's does.
+
+Public methods are serialized (`graphopt.optim.serial`): calls from several threads
+run one at a time, each seeing the whole effect of the ones before.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
@@ -23,6 +27,7 @@ from graphopt import names
 from graphopt.optim import validation
 from graphopt.optim.execution import Executor
 from graphopt.optim.flat import FlatGroup
+from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter, check_grad
 from graphopt.runtime import Runtime
 from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform
@@ -60,12 +65,18 @@ class Optimizer:
 
     ``providers`` selects ONNX Runtime execution providers; ``runtime`` (a
     `graphopt.runtime.Runtime`) sets threads and chunk size as well.
+
+    Thread safety: ``step``, ``zero_grad``, ``sum_grad``, ``add_param_group``, ``state``,
+    ``state_dict``, ``load_state_dict`` and ``export`` hold the optimizer's re-entrant lock, so
+    calls from several threads run one after another, never interleaved. Setting
+    ``p.grad`` or changing ``param_groups`` from one thread while another steps is not covered.
     """
 
     _hyper_aliases: Mapping[str, tuple[str, ...]] = {}
 
     def __init__(self, params: Iterable[Any] | None, defaults: Mapping[str, Any], *, providers: Any = None,
                  runtime: Runtime | None = None):
+        self._lock = threading.RLock()  # taken by every public method (graphopt.optim.serial)
         if runtime is not None and providers is not None:
             raise ValueError(f"{type(self).__name__}: give providers or runtime, not both")
         self.defaults = {**GROUP_DEFAULTS, **defaults}
@@ -96,6 +107,7 @@ class Optimizer:
 
     # -- param groups ------------------------------------------------------------
 
+    @serialized
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a group; keys it leaves out take the optimizer's defaults.
 
@@ -167,6 +179,7 @@ class Optimizer:
 
     # -- gradients -------------------------------------------------------------
 
+    @serialized
     def zero_grad(self, set_to_none: bool = False, *, reset: bool | None = None) -> None:
         """Zero every gradient in place, or drop it (``set_to_none``, alias ``reset``)."""
         if reset is not None:
@@ -177,6 +190,7 @@ class Optimizer:
             elif p.grad is not None:
                 p.grad.fill(0)
 
+    @serialized
     def sum_grad(self) -> None:
         """Add the current gradients into a sum that the next ``step()`` uses instead.
 
@@ -218,6 +232,7 @@ class Optimizer:
 
     # -- the step ----------------------------------------------------------------
 
+    @serialized
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
         loss = closure() if closure is not None else None
@@ -253,6 +268,7 @@ class Optimizer:
     # -- state -------------------------------------------------------------------
 
     @property
+    @serialized
     def state(self) -> dict[Parameter, dict[str, Any]]:
         """Per-parameter state, as torch shows it: ``{'step': int, slot: array, ...}``.
 
@@ -268,6 +284,7 @@ class Optimizer:
                         result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in slots.items()}}
         return result
 
+    @serialized
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of state and settings made of numpy arrays and Python scalars only.
 
@@ -281,6 +298,7 @@ class Optimizer:
                   for g in self.param_groups]
         return {"state": state, "param_groups": groups}
 
+    @serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore `state_dict`; raises, changing nothing, if its layout does not match."""
         kind = type(self).__name__
@@ -340,6 +358,7 @@ class Optimizer:
 
     # -- export --------------------------------------------------------------------
 
+    @serialized
     def export(self, path: str | None = None) -> onnx.ModelProto:
         """The update model of all current param groups, as an ONNX model (saved if ``path``).
 

@@ -33,6 +33,7 @@ from graphopt.update.inplace import proven_in_place
 from graphopt.training.losses import Loss
 from graphopt.optim.execution import TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
+from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter
 from graphopt.preparation import (
     Selector,
@@ -85,6 +86,10 @@ class Trainer:
             keep the model's own mode.
         providers: ONNX Runtime execution providers for every session the trainer runs
             (default: the optimizer's, CPU unless it was built with others).
+
+    Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
+    ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
+    several threads run one after another.
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: Loss | str, optimizer: Optimizer, *,
@@ -127,8 +132,14 @@ class Trainer:
         weights = set(default_trainable(self.model, differentiable))
         return [name for name in differentiable if name in weights or name in named]
 
+    @property
+    def _lock(self):
+        """The optimizer's lock, which every public method holds (`graphopt.optim.serial`)."""
+        return self.optimizer._lock
+
     # -- steps -------------------------------------------------------------------------
 
+    @serialized
     def step(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
         """Forward, backward and update on one batch; the loss before the update.
 
@@ -157,6 +168,7 @@ class Trainer:
         self._commit_buffers(buffers)
         return float(loss)
 
+    @serialized
     def accumulate(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
         """Forward and backward on one batch, adding the gradients into each parameter's
         ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
@@ -205,12 +217,14 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
 
+    @serialized
     def state_dict(self) -> dict[str, Any]:
         """Copies of the parameters and running statistics, and the optimizer's ``state_dict()``."""
         return {"parameters": {name: p.data.copy() for name, p in self.parameters.items()},
                 "buffers": {name: value.copy() for name, value in self.buffers.items()},
                 "optimizer": self.optimizer.state_dict()}
 
+    @serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore `state_dict`; raises, changing nothing, if its names or shapes do not match."""
         for kind, current in (("parameters", {n: p.data for n, p in self.parameters.items()}),
@@ -231,6 +245,7 @@ class Trainer:
 
     # -- inference and export --------------------------------------------------------------
 
+    @serialized
     def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs for ``inputs``, with the current parameters and running statistics."""
         if self._evaluation is None:
@@ -243,6 +258,7 @@ class Trainer:
     def _current_weights(self) -> dict[str, np.ndarray]:
         return {**{name: p.data for name, p in self.parameters.items()}, **self.buffers}
 
+    @serialized
     def export(self, path: str | os.PathLike | None = None, kind: str = "step") -> onnx.ModelProto:
         """``"step"``: the training-step model (see `graphopt.training.step` for its I/O);
         ``"inference"``: the model with the trained weights as its initializers;
