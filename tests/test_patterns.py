@@ -160,3 +160,24 @@ def test_group_wide_norm_leaves_out_skipped_tensors_whatever_came_before():
             np.testing.assert_array_equal(out, exact[names.new(spec.name)])
         else:
             assert out.tobytes() == values[spec.name].tobytes()
+
+
+def test_many_groups_with_missing_gradients_compile_once_each():
+    """More groups on the per-tensor path than a global cache of graphs would hold."""
+    rng = np.random.default_rng(5)
+    init = [[rng.standard_normal(s) for s in SHAPES[:3]] for _ in range(12)]
+    params = [[graphopt.Parameter(a) for a in arrays] for arrays in init]
+    opt = optim.SGD([{"params": ps} for ps in params], lr=0.1, momentum=0.9)
+    ref = ReferenceOptimizer("SGD", [dict(_settings("SGD", dict(lr=0.1, momentum=0.9)), params=list(arrays))
+                                     for arrays in init])
+    for _ in range(20):
+        grads = [[rng.standard_normal(s) if i != 1 else None for i, s in enumerate(SHAPES[:3])] for _ in params]
+        for ps, gs in zip(params, grads):
+            for p, g in zip(ps, gs):
+                p.grad = g
+        opt.step()
+        ref.step(grads)
+    for ps, group in zip(params, ref.groups):
+        for p, expected in zip(ps, group["params"]):
+            np.testing.assert_allclose(p.data, expected, rtol=1e-10, atol=1e-12)
+    assert opt.sessions_built == len(params)
