@@ -304,8 +304,8 @@ class _TensorPlan(_Plan):
             self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe, has_grad)
             given = [g if g is not None else f.view(f.grads, i) for (f, i), g in zip(tensors, given)]
         else:
-            tensors, specs, given = [tensors[k] for k in active], tuple(specs[k] for k in active), [
-                given[k] for k in active]
+            tensors, given = [tensors[k] for k in active], [given[k] for k in active]
+            specs = tuple(specs[k] for k in active)
             self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe)
         for spec, grad in zip(specs, given):
             self.bindings.feeds[names.grad(spec.name)] = grad
