@@ -273,7 +273,7 @@ class _Loader:
                             f"this one reads versions 1 to {VERSION}")
         if version < 1:
             raise self.fail(f"{_META} 'version'", f"unknown format version {version}")
-        if version > 1 and meta.get("kind") not in _KINDS:
+        if version > 1 and meta.get("kind") not in list(_KINDS):
             raise self.fail(f"{_META} 'kind'", f"expected one of {sorted(_KINDS)}, got {meta.get('kind')!r}")
         return meta
 
