@@ -110,7 +110,7 @@ class _Encoder:
         """Store ``value`` as the next array member and return its name."""
         try:
             array = np.asarray(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise self.fail(where, f"cannot store a {type(value).__name__} as an array ({exc})") from None
         if not _numeric(array.dtype):
             raise self.fail(where, f"must be a numeric array, got a {type(value).__name__} (numpy dtype "
@@ -127,6 +127,7 @@ class _Encoder:
         return self.scalar(value, where)
 
     def scalar(self, value: Any, where: str) -> Any:
+        """A number, bool, string or None as its plain Python value."""
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value.item()
         if isinstance(value, (bool, np.bool_)):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import graphopt
 from graphopt import checkpoint, losses, optim
-from graphopt.checkpoint import CheckpointError
+from graphopt import CheckpointError
 from tests.test_trainer_features import batch_norm_model
 
 rng = np.random.default_rng(5)
@@ -125,6 +125,23 @@ def test_trainer_checkpoint_holds_parameters_buffers_and_optimizer(tmp_path):
     assert _meta(path)["kind"] == "trainer"
     with np.load(path, allow_pickle=False) as archive:  # still a plain npz of numeric arrays
         assert all(archive[name].dtype.kind in "biuf" for name in archive.files)
+
+
+def test_arrays_of_every_layout_and_numeric_dtype_round_trip(tmp_path):
+    optimizer, _ = _optimizer_state()
+    buffers = {"fortran": np.asfortranarray(rng.standard_normal((3, 4))), "scalar": np.array(2.5, np.float16),
+               "empty": np.zeros((0, 3), np.float32), "flags": np.array([True, False]),
+               "count": np.array(7, np.int64), "big_endian": np.arange(3, dtype=">u4"),
+               "bytes": np.arange(4, dtype=np.int8)}
+    state = {"parameters": {"a name/with odd..chars": np.ones(2)}, "buffers": buffers,
+             "optimizer": optimizer.state_dict()}
+    graphopt.save_state_dict(state, tmp_path / "odd.npz")
+    loaded = graphopt.load_state_dict(tmp_path / "odd.npz")
+    big_endian = loaded["buffers"].pop("big_endian")
+    assert big_endian.dtype == np.uint32 and big_endian.dtype.isnative and big_endian.tolist() == [0, 1, 2]
+    del buffers["big_endian"]
+    _assert_state_equal(loaded, state)
+    assert issubclass(CheckpointError, ValueError)
 
 
 def test_version_1_files_are_still_read(tmp_path):
