@@ -38,6 +38,7 @@ VERSION = 2
 _META = "__meta__"
 _MAX_META_BYTES = 64 << 20  # the metadata of a model with a million parameter tensors fits
 _MAX_HEADER = 10_000  # numpy's own limit on a .npy header
+_MAX_RATIO = 1032  # the most deflate can expand its input
 _KINDS = {"optimizer": {"state", "param_groups"}, "trainer": {"parameters", "buffers", "optimizer"}}
 
 
@@ -370,13 +371,7 @@ class _Loader:
         info = self.members.get(f"{member}.npy")
         if info is None:
             raise self.fail(where, "missing")
-        if info.file_size > limit + _MAX_HEADER + 16 or info.compress_size > self.size:
-            raise self.fail(where, f"declares {info.file_size} bytes, more than the {limit} bytes of data "
-                            "the metadata allows: refusing to inflate it")
-        if stored and info.compress_type != zipfile.ZIP_STORED:
-            raise self.fail(where, "a version 1 member must be stored uncompressed")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise self.fail(where, f"unsupported compression method {info.compress_type}")
+        self.bound(info, limit, stored, where)
         try:
             with self.zip.open(info) as fp:
                 header = self.header(fp, where)
@@ -388,6 +383,21 @@ class _Loader:
         except Exception as exc:  # corrupt data: zlib, CRC, truncation or header errors
             raise self.fail(where, f"unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
         return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+    def bound(self, info: zipfile.ZipInfo, limit: int, stored: bool, where: str) -> None:
+        """Refuse, on the zip's directory alone, a member larger than ``limit`` data bytes or than its bytes
+        on disk can inflate to (deflate expands at most 1032 times; stored members not at all)."""
+        if info.file_size > limit + _MAX_HEADER + 16:
+            raise self.fail(where, f"declares {info.file_size} bytes, more than the {limit} bytes of data "
+                            "the metadata allows: refusing to inflate it")
+        if stored and info.compress_type != zipfile.ZIP_STORED:
+            raise self.fail(where, "a version 1 member must be stored uncompressed")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise self.fail(where, f"unsupported compression method {info.compress_type}")
+        ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_RATIO
+        if info.compress_size > self.size or info.file_size > ratio * info.compress_size + 64:
+            raise self.fail(where, f"declares {info.file_size} bytes from {info.compress_size} compressed bytes "
+                            f"in a file of {self.size}: more than they can hold")
 
     def header(self, fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
         """The ``.npy`` header's (shape, fortran_order, dtype)."""

@@ -411,6 +411,35 @@ def test_a_zip_bomb_is_refused_quickly_without_inflating_it(tmp_path, monkeypatc
         graphopt.load_state_dict(path)
 
 
+def test_a_member_whose_directory_entry_lies_about_its_size_is_refused_without_allocating(tmp_path):
+    """Metadata, .npy header and zip directory all claim 1 GiB; the file holds 24 bytes of data."""
+    _, meta, arrays = _valid(tmp_path)
+    huge = 1 << 28
+    meta = _edit(meta, "arrays", "array0", "shape", [huge])
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (huge,)})
+    path = tmp_path / "liar.npz"
+    data = bytearray(_write(tmp_path / "rest.npz", meta, {k: v for k, v in arrays.items() if k != "array0"},
+                            raw={"array0.npy": header.getvalue() + bytes(24)}).read_bytes())
+    declared = (len(header.getvalue()) + 4 * huge).to_bytes(4, "little")
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size fields
+        at = 0
+        while (at := data.find(signature, at)) >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at:name_at + 10] == b"array0.npy":
+                data[at + offset:at + offset + 4] = declared
+            at += 4
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as z:
+        assert z.getinfo("array0.npy").file_size == int.from_bytes(declared, "little")
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="member 'array0': declares .* compressed bytes in a file of"):
+        graphopt.load_state_dict(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20
+
+
 # -- fuzzing -----------------------------------------------------------------------------------
 
 
