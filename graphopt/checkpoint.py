@@ -22,6 +22,7 @@ stored uncompressed, as graphopt wrote them, so they cannot inflate beyond the f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -185,7 +186,8 @@ def _write_atomically(path: str, members: Mapping[str, np.ndarray]) -> None:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise
     _fsync_folder(folder)
 
@@ -237,7 +239,7 @@ class _Loader:
             raise self.fail("archive", "has duplicate member names")
 
     def fail(self, part: str, message: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {part}: {message[:500]}")
+        return CheckpointError(f"{self.path}: {part[:200]}: {message[:500]}")
 
     def load(self) -> dict[str, Any]:
         meta = self.meta()
@@ -247,7 +249,7 @@ class _Loader:
         unexpected = set(self.members) - {f"{name}.npy" for name in [_META, *self.specs]}
         if unexpected:
             raise self.fail("archive", f"unexpected members {sorted(unexpected)[:5]}")
-        optimizer = self.optimizer(_field(self, meta, "optimizer", dict, "meta"))
+        optimizer = self.optimizer(_field(self, meta, "optimizer", dict, _META))
         if meta["kind"] == "optimizer":
             return optimizer
         return {"parameters": self.named_arrays(meta, "parameters"), "buffers": self.named_arrays(meta, "buffers"),
@@ -267,7 +269,7 @@ class _Loader:
         if not isinstance(meta, dict):
             raise self.fail(_META, f"expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != FORMAT:
-            raise self.fail(f"{_META} 'format'", f"expected {FORMAT!r}, got {meta.get('format')!r}: "
+            raise self.fail(f"{_META} 'format'", f"expected {FORMAT!r}, got {_brief(meta.get('format'))}: "
                             "not a graphopt checkpoint")
         version = _field(self, meta, "version", int, _META)
         if version > VERSION:
@@ -276,7 +278,7 @@ class _Loader:
         if version < 1:
             raise self.fail(f"{_META} 'version'", f"unknown format version {version}")
         if version > 1 and meta.get("kind") not in list(_KINDS):
-            raise self.fail(f"{_META} 'kind'", f"expected one of {sorted(_KINDS)}, got {meta.get('kind')!r}")
+            raise self.fail(f"{_META} 'kind'", f"expected one of {sorted(_KINDS)}, got {_brief(meta.get('kind'))}")
         return meta
 
     def array_specs(self, meta: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]] | None]:
@@ -289,7 +291,7 @@ class _Loader:
                 continue
             shape = _field(self, spec, "shape", list, where)
             if len(shape) > 32 or not all(type(n) is int and n >= 0 for n in shape):
-                raise self.fail(where, f"'shape' must be a list of at most 32 integers >= 0, got {shape!r}"[:300])
+                raise self.fail(where, f"'shape' must be a list of at most 32 integers >= 0, got {_brief(shape)}")
             specs[member] = (self.dtype(_field(self, spec, "dtype", str, where), where), tuple(shape))
         return specs
 
@@ -355,7 +357,7 @@ class _Loader:
     def array(self, member: Any, where: str) -> np.ndarray:
         """The array of ``member``, which the metadata must declare."""
         if not isinstance(member, str) or member not in self.specs or member == _META:
-            raise self.fail(where, f"names {member!r}, which is not a declared array member"[:300])
+            raise self.fail(where, f"names {_brief(member)}, which is not a declared array member")
         spec = self.specs[member]
         if spec is None:  # version 1: no declared shape; stored members cannot exceed the file
             return self.read(member, None, None, self.size, stored=True)
@@ -434,6 +436,13 @@ def _field(loader: _Loader, mapping: Any, key: str, kind: type, where: str) -> A
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise loader.fail(f"{where} {key!r}", f"expected {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _brief(value: Any) -> str:
+    """A short, safe description of a JSON value for an error message."""
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value[:33]):
+        return repr(value[:33])[:200]
+    return repr(value)[:200] if value is None or isinstance(value, (bool, int, float, str)) else type(value).__name__
 
 
 def _plain_setting(value: Any) -> bool:
