@@ -11,14 +11,15 @@ import tracemalloc
 import zipfile
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt import checkpoint, losses, optim
 from graphopt import CheckpointError
-from tests.test_trainer_features import batch_norm_model
 
 rng = np.random.default_rng(5)
 
@@ -88,7 +89,19 @@ def test_optimizer_state_round_trip_is_exact_and_loads_back(tmp_path):
     optimizer.load_state_dict(loaded)
 
 
-_MODEL = batch_norm_model()
+def _batch_norm_model() -> onnx.ModelProto:
+    """``Flatten(BatchNormalization(x)) @ W``: parameters scale, bias, W and running statistics mean, var."""
+    inits = [numpy_helper.from_array(v, k) for k, v in (
+        ("scale", rng.random(3) + 0.5), ("bias", rng.standard_normal(3)), ("mean", rng.standard_normal(3)),
+        ("var", rng.random(3) + 0.5), ("W", rng.standard_normal((12, 2))))]
+    nodes = [helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["n"], momentum=0.8),
+             helper.make_node("Flatten", ["n"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 3, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 2])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+_MODEL = _batch_norm_model()
 _DATA = [(rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 2))) for _ in range(7)]
 
 
