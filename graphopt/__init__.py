@@ -9,7 +9,7 @@
 """
 
 from graphopt import names, optim, transforms
-from graphopt.checkpoint import load_state_dict, save_state_dict
+from graphopt.checkpoint import CheckpointError, load_state_dict, save_state_dict
 from graphopt.parameter import Parameter
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
 from graphopt.torch_export import from_torch
@@ -18,6 +18,6 @@ from graphopt.training import Trainer, TrainingSession, losses
 __version__ = "0.1.0"
 
 __all__ = [
-    "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer", "TrainingSession", "__version__",
-    "from_torch", "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
+    "CheckpointError", "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer", "TrainingSession",
+    "__version__", "from_torch", "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
 ]
