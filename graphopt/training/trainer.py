@@ -37,6 +37,7 @@ from graphopt.parameter import Parameter
 from graphopt.preparation import (
     Selector,
     default_trainable,
+    float_initializers,
     matching,
     normalized,
     select_trainable,
@@ -91,6 +92,8 @@ class Trainer:
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None):
+        label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
+            f"model (graph {model.graph.name!r})"
         model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
@@ -98,6 +101,8 @@ class Trainer:
         # converted first: the loss and training mode add nodes of the pinned opset
         self.model = untie_running_statistics(weights_as_initializers(normalized(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
+        self._loss_spec = loss if isinstance(loss, Loss) else None
+        self._classes: int | None = None if self._loss_spec is None else self._loss_spec.classes(self.model)
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:
             optimizer._use_runtime(Runtime(providers))
@@ -109,6 +114,8 @@ class Trainer:
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
         default = None if trainable is not None else self._default_trainable(frozen, promote_constants)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
+        if not trainable_names:
+            raise ValueError(_nothing_to_train(label, self.loss, trainable, frozen, self.model, default))
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):
@@ -143,6 +150,7 @@ class Trainer:
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
+        self._check_labels(feeds, "step")
         bindings = _bindings(layouts, specs, safe)
         state_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
         loss = np.empty((), _output_dtype(executable, self.loss))
@@ -165,6 +173,7 @@ class Trainer:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
             self._gradients = self.optimizer._runtime.compile(model)
         feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
+        self._check_labels(feeds, "accumulate")
         all_feeds = {**feeds, **self._current_weights()}
         _check_complete(self._gradients, all_feeds, "accumulate")
         values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
@@ -185,6 +194,17 @@ class Trainer:
             raise ValueError("Trainer.step: labels given, but the loss is the model's own output; "
                              "feed them in inputs under the model's input name")
         return {**inputs, self.labels: labels}
+
+    def _check_labels(self, feeds: Mapping[str, np.ndarray], method: str) -> None:
+        """Refuse cross-entropy labels outside the classes before anything runs; a class count the
+        static shapes leave open is read once from the model's output on this batch."""
+        if self._loss_spec is None or self.labels not in feeds:
+            return
+        if self._classes is None and self._loss_spec.kind == "cross_entropy":
+            output = self._loss_spec.output or self.model.graph.output[0].name
+            batch = {k: v for k, v in feeds.items() if k != self.labels}
+            self._classes = int(self.evaluate(batch)[output].shape[1])
+        self._loss_spec.check_labels(feeds[self.labels], self._classes, f"Trainer.{method}")
 
     def _commit_buffers(self, new_values: Mapping[str, np.ndarray]) -> None:
         for name in self.buffers:
@@ -317,6 +337,19 @@ def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> 
     if remaining:
         result.append({"params": remaining})
     return result
+
+
+def _nothing_to_train(label: str, loss: str, trainable: Selector, frozen: Selector, model: onnx.ModelProto,
+                      default: list[str] | None) -> str:
+    """Why a trainer would have no parameter: what was selected, from what."""
+    if trainable is not None:
+        tried = f"trainable={trainable!r}"
+    else:
+        tried = f"the default: the weights the loss {loss!r} depends on differentiably, {sorted(default or [])}"
+    floats = float_initializers(model)
+    return (f"Trainer: nothing to train in {label}: {tried}, frozen={frozen!r} leave no parameter "
+            f"(float initializers: {floats[:20]}{' ...' if len(floats) > 20 else ''}); "
+            f"does the loss depend on a weight? pass trainable=... to choose some")
 
 
 def _check_complete(executable: Executable, feeds: Mapping[str, Any], method: str) -> None:
