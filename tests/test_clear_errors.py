@@ -112,3 +112,193 @@ def test_trainer_with_every_weight_frozen_raises(tmp_path):
     onnx.save(classifier(), path)
     with pytest.raises(ValueError, match=rf"nothing to train in model '{path}'.*frozen=\['W', 'b\*'\]"):
         graphopt.Trainer(path, losses.cross_entropy("y"), optim.SGD(lr=0.1), frozen=["W", "b*"])
+
+
+# -- optimizer load_state_dict ------------------------------------------------------------------
+
+
+def _trained_optimizer(kind, **settings):
+    params = [graphopt.Parameter(rng.standard_normal(3).astype(np.float32), name="a"),
+              graphopt.Parameter(rng.standard_normal((2, 2)).astype(np.float32), name="b")]
+    optimizer = getattr(optim, kind)(params, **settings)
+    for _ in range(3):
+        for p in params:
+            p.grad = rng.standard_normal(p.shape).astype(np.float32)
+        optimizer.step()
+    return params, optimizer
+
+
+def _optimizer_snapshot(params, optimizer):
+    return [p.data.copy() for p in params], optimizer.state_dict()
+
+
+def _assert_same_state(now, before):
+    assert now["param_groups"] == before["param_groups"]
+    assert now["state"].keys() == before["state"].keys()
+    for i, slots in before["state"].items():
+        assert now["state"][i].keys() == slots.keys()
+        for key, value in slots.items():
+            np.testing.assert_array_equal(now["state"][i][key], value)
+
+
+def _assert_optimizer_unchanged(params, optimizer, snapshot):
+    data, saved = snapshot
+    for p, before in zip(params, data):
+        np.testing.assert_array_equal(p.data, before)
+    _assert_same_state(optimizer.state_dict(), saved)
+
+
+def test_adamw_refuses_adams_state_dict_naming_both():
+    params, adamw = _trained_optimizer("AdamW", lr=0.1, weight_decay=0.5)
+    _, adam = _trained_optimizer("Adam", lr=0.1)
+    snapshot = _optimizer_snapshot(params, adamw)
+    with pytest.raises(ValueError, match=r"AdamW.load_state_dict: the state dict is from Adam, this optimizer is AdamW"
+                                         r"; another optimizer's state cannot be loaded"):
+        adamw.load_state_dict(adam.state_dict())
+    _assert_optimizer_unchanged(params, adamw, snapshot)
+    assert adamw.param_groups[0]["weight_decay"] == 0.5
+    assert adamw.state_dict()["class"] == "AdamW"
+
+
+def test_state_dict_without_class_is_accepted_when_the_settings_match():
+    """Documented decision: a dict written before 'class' existed loads if its group keys are this
+    optimizer's exactly (Adam's and AdamW's are the same keys: the class cannot be told apart)."""
+    params, adam = _trained_optimizer("Adam", lr=0.1)
+    saved = {k: v for k, v in adam.state_dict().items() if k != "class"}
+    saved["param_groups"][0]["lr"] = 0.25
+    adam.load_state_dict(saved)
+    assert adam.param_groups[0]["lr"] == 0.25
+
+
+def _poison(saved, kind):
+    """Change the first parameter's state and the lr (valid), then break the last parameter's state."""
+    saved["param_groups"][0]["lr"] = 0.5
+    first, last = saved["state"][0], saved["state"][1]
+    slot = next(k for k in first if k != "step")
+    first[slot] = first[slot] + 1
+    if kind == "negative step":
+        last["step"] = -3
+    elif kind == "fractional step":
+        last["step"] = 2.5
+    elif kind == "nan step":
+        last["step"] = float("nan")
+    elif kind.startswith("negative "):
+        last[kind.split()[1]] = -np.abs(last[kind.split()[1]]) - 1
+    elif kind.startswith("inf "):
+        last[kind.split()[1]][0, 0] = np.inf
+    elif kind.startswith("nan "):
+        last[kind.split()[1]][1, 1] = np.nan
+    elif kind == "wrong shape":
+        last[slot] = np.zeros(4, np.float32)
+    return saved
+
+
+@pytest.mark.parametrize("kind, settings, poison, message", [
+    ("Adam", {}, "negative step", r"'step' must be a whole number >= 0, got -3"),
+    ("Adam", {}, "fractional step", r"'step' must be a whole number >= 0, got 2.5"),
+    ("SGD", dict(momentum=0.9), "nan step", r"'step' must be a whole number >= 0, got nan"),
+    ("Adam", {}, "negative exp_avg_sq", r"slot 'exp_avg_sq' is an average of squares and must be >= 0"),
+    ("Adam", dict(amsgrad=True), "negative max_exp_avg_sq", r"slot 'max_exp_avg_sq' is an average of squares"),
+    ("RMSprop", {}, "negative square_avg", r"slot 'square_avg' is an average of squares"),
+    ("Adam", {}, "inf exp_avg", r"slot 'exp_avg' holds non-finite values \(inf\)"),
+    ("SGD", dict(momentum=0.9), "nan momentum_buffer", r"slot 'momentum_buffer' holds non-finite values \(nan\)"),
+    ("RMSprop", dict(centered=True), "inf grad_avg", r"slot 'grad_avg' holds non-finite values"),
+    ("Adam", {}, "wrong shape", r"must be a float array of shape \(2, 2\)"),
+])
+def test_poisonous_state_is_refused_and_changes_nothing(kind, settings, poison, message):
+    params, optimizer = _trained_optimizer(kind, lr=0.1, **settings)
+    snapshot = _optimizer_snapshot(params, optimizer)
+    with pytest.raises(ValueError, match=rf"{kind}.load_state_dict: state of parameter 'b'.*{message}"):
+        optimizer.load_state_dict(_poison(optimizer.state_dict(), poison))
+    _assert_optimizer_unchanged(params, optimizer, snapshot)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_good_state_dict_still_loads():
+    params, optimizer = _trained_optimizer("Adam", lr=0.1, amsgrad=True)
+    saved = optimizer.state_dict()
+    for p in params:
+        p.grad = np.ones(p.shape, np.float32)
+    optimizer.step()
+    optimizer.load_state_dict(saved)
+    _assert_same_state(optimizer.state_dict(), saved)
+
+
+# -- Trainer.load_state_dict ---------------------------------------------------------------
+
+
+def batch_norm_model() -> onnx.ModelProto:
+    """``mean((BatchNorm(x @ W1) @ W2 - t) ** 2)``: parameters W1, gamma, beta, W2; buffers mean, var."""
+    inits = {"W1": rng.standard_normal((3, 4)), "gamma": np.ones(4), "beta": np.zeros(4), "mean": np.zeros(4),
+             "var": np.ones(4), "W2": rng.standard_normal((4, 2))}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]),
+             helper.make_node("BatchNormalization", ["h0", "gamma", "beta", "mean", "var"], ["h"]),
+             helper.make_node("MatMul", ["h", "W2"], ["y"]), helper.make_node("Sub", ["y", "t"], ["d"]),
+             helper.make_node("Mul", ["d", "d"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 3]),
+                                            helper.make_tensor_value_info("t", TensorProto.DOUBLE, ["batch", 2])],
+                              [helper.make_tensor_value_info("loss", TensorProto.DOUBLE, [])],
+                              initializer=[numpy_helper.from_array(v.astype(np.float64), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _trained_trainer(steps):
+    trainer = graphopt.Trainer(batch_norm_model(), "loss", optim.Adam(lr=0.01))
+    for _ in range(steps):
+        trainer.step({"x": rng.standard_normal((5, 3)), "t": rng.standard_normal((5, 2))})
+    return trainer
+
+
+def _break(saved, kind):
+    if kind == "W2 shape":
+        saved["parameters"]["W2"] = np.zeros((2, 4))
+    elif kind == "W2 nan":
+        saved["parameters"]["W2"][0, 0] = np.nan
+    elif kind == "var shape":
+        saved["buffers"]["var"] = np.ones(5)
+    elif kind == "buffer missing":
+        del saved["buffers"]["var"]
+    elif kind == "negative exp_avg_sq":
+        saved["optimizer"]["state"][3]["exp_avg_sq"][0] = -1.0
+    elif kind == "negative step":
+        saved["optimizer"]["state"][3]["step"] = -3
+    elif kind == "another class":
+        saved["optimizer"]["class"] = "AdamW"
+    return saved
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("W2 shape", r"parameter 'W2' must be a number array of shape \(4, 2\)"),
+    ("W2 nan", r"parameter 'W2' holds non-finite values"),
+    ("var shape", r"buffer 'var' must be a number array of shape \(4,\)"),
+    ("buffer missing", r"buffers \['mean'\] do not match"),
+    ("negative exp_avg_sq", r"Adam.load_state_dict: state of parameter 'W2'.*'exp_avg_sq'.*must be >= 0"),
+    ("negative step", r"'step' must be a whole number >= 0, got -3"),
+    ("another class", r"the state dict is from AdamW, this optimizer is Adam"),
+])
+def test_failing_trainer_load_changes_nothing(kind, message):
+    trainer, other = _trained_trainer(2), _trained_trainer(4)
+    assert list(trainer.parameters) == ["W1", "gamma", "beta", "W2"] and list(trainer.buffers) == ["mean", "var"]
+    before = trainer.state_dict()
+    saved = other.state_dict()
+    saved["optimizer"]["param_groups"][0]["lr"] = 0.5
+    with pytest.raises(ValueError, match=message):
+        trainer.load_state_dict(_break(saved, kind))
+    now = trainer.state_dict()
+    for part in ("parameters", "buffers"):
+        assert now[part].keys() == before[part].keys()
+        for name, value in before[part].items():
+            np.testing.assert_array_equal(now[part][name], value)
+    _assert_same_state(now["optimizer"], before["optimizer"])
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_trainer_load_of_a_good_state_dict_restores_it():
+    trainer, other = _trained_trainer(2), _trained_trainer(4)
+    saved = other.state_dict()
+    trainer.load_state_dict(saved)
+    now = trainer.state_dict()
+    for part in ("parameters", "buffers"):
+        for name, value in saved[part].items():
+            np.testing.assert_array_equal(now[part][name], value)
+    _assert_same_state(now["optimizer"], saved["optimizer"])

@@ -232,22 +232,21 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore `state_dict`; raises, changing nothing, if its names or shapes do not match."""
-        for kind, current in (("parameters", {n: p.data for n, p in self.parameters.items()}),
-                              ("buffers", self.buffers)):
-            given = state_dict[kind]
-            if set(given) != set(current):
-                raise ValueError(f"Trainer.load_state_dict: {kind} {sorted(given)} do not match the trainer's "
-                                 f"{sorted(current)}")
-            for name, value in given.items():
-                if np.shape(value) != current[name].shape:
-                    raise ValueError(f"Trainer.load_state_dict: {kind[:-1]} {name!r} has shape {np.shape(value)}, "
-                                     f"expected {current[name].shape}")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        for name, value in state_dict["parameters"].items():
+        """Restore `state_dict`; raises, changing nothing, if anything in it is wrong: names, shapes,
+        non-finite values, or the optimizer's state (see `Optimizer.load_state_dict`). Everything is
+        checked before anything changes."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"parameters", "buffers", "optimizer"}:
+            got = sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"Trainer.load_state_dict: expected a dict with keys 'parameters', 'buffers' and "
+                             f"'optimizer', got {got}")
+        parameters = _loaded_arrays("parameters", state_dict["parameters"],
+                                    {n: p.data for n, p in self.parameters.items()})
+        buffers = _loaded_arrays("buffers", state_dict["buffers"], self.buffers)
+        optimizer = self.optimizer._validated(state_dict["optimizer"])  # noqa: SLF001
+        self.optimizer._apply_loaded(*optimizer)  # noqa: SLF001
+        for name, value in parameters.items():
             self.parameters[name].data[...] = value
-        self.buffers = {name: np.array(value, dtype=self.buffers[name].dtype)
-                        for name, value in state_dict["buffers"].items()}
+        self.buffers = buffers
 
     # -- inference and export --------------------------------------------------------------
 
@@ -336,6 +335,26 @@ def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> 
         result.append({**group, "params": chosen})
     if remaining:
         result.append({"params": remaining})
+    return result
+
+
+def _loaded_arrays(kind: str, given: Any, current: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``given`` (a state dict's parameters or buffers) as arrays of the current dtypes, checked:
+    the same names and shapes, finite values."""
+    where = "Trainer.load_state_dict"
+    if not isinstance(given, Mapping) or set(given) != set(current):
+        names_ = sorted(map(str, given)) if isinstance(given, Mapping) else type(given).__name__
+        raise ValueError(f"{where}: {kind} {names_} do not match the trainer's {sorted(current)}")
+    result = {}
+    for name, value in given.items():
+        array = np.asarray(value)
+        if array.shape != current[name].shape or array.dtype.kind not in "fiu":
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} must be a number array of shape {current[name].shape}, "
+                             f"got {array.dtype} {array.shape}")
+        array = array.astype(current[name].dtype, copy=True)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} holds non-finite values")
+        result[name] = array
     return result
 
 
