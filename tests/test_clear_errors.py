@@ -302,3 +302,85 @@ def test_trainer_load_of_a_good_state_dict_restores_it():
         for name, value in saved[part].items():
             np.testing.assert_array_equal(now[part][name], value)
     _assert_same_state(now["optimizer"], saved["optimizer"])
+
+
+# -- names that graphopt generates -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first, second", [("a", "a.grad"), ("a.exp_avg", "a"), ("a", "a.new"), ("w", "w.step"),
+                                           ("w", "w.my_custom_slot")])
+def test_parameter_names_that_collide_with_generated_names_are_refused(first, second):
+    params = [graphopt.Parameter(np.zeros(2, np.float32), name=first),
+              graphopt.Parameter(np.zeros(2, np.float32), name=second)]
+    longer, shorter = (second, first) if first in second else (first, second)
+    with pytest.raises(ValueError, match=rf"Adam param group 0: the name '{longer}' could be one graphopt generates "
+                                         rf"for '{shorter}'"):
+        optim.Adam(params)
+    # across groups too
+    optimizer = optim.Adam([params[0]])
+    with pytest.raises(ValueError, match=r"Adam param group 1: the name .* could be one graphopt generates"):
+        optimizer.add_param_group({"params": [params[1]]})
+    assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", ["group0.lr", "group12", "group3.anything"])
+def test_group_names_are_reserved(name):
+    with pytest.raises(ValueError, match=rf"SGD param group 0: the name '{name}' is reserved for param groups'"):
+        optim.SGD([graphopt.Parameter(np.zeros(2), name=name)], lr=0.1)
+
+
+def test_unambiguous_names_with_dots_are_accepted():
+    params = [graphopt.Parameter(np.zeros(2, np.float32), name=n) for n in ("fc.weight", "fc.bias", "grouping.w")]
+    optimizer = optim.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = np.ones(2, np.float32)
+    optimizer.step()
+    assert {i.name for i in optimizer.export().graph.input} >= {"fc.weight.grad", "fc.bias.exp_avg", "group0.lr"}
+
+
+def test_trainer_refuses_an_initializer_named_after_a_generated_name():
+    model = classifier()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(4, np.float32), "b.grad"))
+    model.graph.node[1].input[1] = "b_sum"
+    model.graph.node.insert(1, helper.make_node("Add", ["b", "b.grad"], ["b_sum"]))
+    with pytest.raises(ValueError, match=r"Trainer \(model \(graph 'classifier'\)\): the name 'b.grad' could be one "
+                                         r"graphopt generates for 'b'"):
+        graphopt.Trainer(model, losses.cross_entropy("y"), optim.SGD(lr=0.1))
+
+
+def test_trainer_refuses_an_input_named_after_a_parameters_generated_name():
+    model = classifier()
+    model.graph.input[0].name = "W.grad"
+    model.graph.node[0].input[0] = "W.grad"
+    with pytest.raises(ValueError, match=r"the name 'W.grad' could be one graphopt generates for 'W'"):
+        graphopt.Trainer(model, losses.cross_entropy("y"), optim.SGD(lr=0.1))
+
+
+# -- param_groups[i]["params"] changed after construction -------------------------------------------
+
+
+def test_parameter_appended_to_a_group_is_refused_at_the_next_step():
+    a, b = graphopt.Parameter(np.ones(2, np.float32), name="a"), graphopt.Parameter(np.ones(3, np.float32), name="b")
+    optimizer = optim.SGD([a], lr=0.1)
+    optimizer.param_groups[0]["params"].append(b)
+    a.grad, b.grad = np.ones(2, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"SGD param group 0: 'params' changed after the group was added "
+                                         r"\(1 parameters then, 2 now\); add parameters with add_param_group"):
+        optimizer.step()
+    np.testing.assert_array_equal(a.data, np.ones(2))
+    with pytest.raises(ValueError, match="'params' changed"):
+        optimizer.export()
+    optimizer.param_groups[0]["params"].pop()
+    optimizer.step()  # restored: steps again
+    np.testing.assert_allclose(a.data, np.full(2, 0.9))
+
+
+def test_parameters_reordered_or_replaced_in_a_group_are_refused():
+    a, b = graphopt.Parameter(np.ones(2), name="a"), graphopt.Parameter(np.ones(3), name="b")
+    optimizer = optim.SGD([a, b], lr=0.1)
+    optimizer.param_groups[0]["params"].reverse()
+    with pytest.raises(ValueError, match=r"'params' changed after the group was added \(2 parameters then, 2 now\)"):
+        optimizer.step()
+    optimizer.param_groups[0]["params"] = (a, b)
+    with pytest.raises(ValueError, match=r"'params' changed"):
+        optimizer.step()

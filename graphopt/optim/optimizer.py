@@ -147,12 +147,23 @@ class Optimizer:
                 raise ValueError(f"{where}: two parameters are named {name!r}; names must be unique")
             names_taken.add(name)
             result[p] = name
+        names.check_unambiguous(names_taken, where=where)
         return result
 
     def _check_group(self, group: Mapping[str, Any], where: str) -> None:
         for key in GROUP_DEFAULTS:
             validation.nonnegative(where, key, group[key])
         self._validate(group, where)
+
+    def _check_unchanged_params(self, g: int, group: Mapping[str, Any]) -> None:
+        """Raise if ``group['params']`` is no longer the list the group was given: its tensors live
+        in flat buffers made when it was added, so an appended parameter would never be updated."""
+        params, count = group["params"], sum(len(flat.params) for flat in self._flats[g])
+        if not isinstance(params, list) or len(params) != count or \
+                any(not isinstance(p, Parameter) or self._positions.get(p) != (g, i) for i, p in enumerate(params)):
+            raise ValueError(f"{type(self).__name__} param group {g}: 'params' changed after the group was added "
+                             f"({count} parameters then, {len(params) if isinstance(params, list) else params!r} "
+                             "now); add parameters with add_param_group instead")
 
     def _parameters(self) -> list[Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -238,6 +249,7 @@ class Optimizer:
         layouts = []
         for g, group in enumerate(self.param_groups):
             self._check_group(group, f"{type(self).__name__} param group {g}")
+            self._check_unchanged_params(g, group)
             flats = self._flats[g]
             layouts.append(GroupLayout(names.group(g), flats, self._transform(group), self._hyperparameters(group),
                                        [[self._names[p] for p in flat.params] for flat in flats]))
@@ -381,6 +393,7 @@ class Optimizer:
         specs = []
         for g, group in enumerate(self.param_groups):
             self._check_group(group, f"{type(self).__name__} param group {g}")
+            self._check_unchanged_params(g, group)
             if group["params"]:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
                 specs.append(GroupSpec(names.group(g), self._transform(group), params))

@@ -116,6 +116,7 @@ class Trainer:
         trainable_names = select_trainable(self.model, trainable, frozen, default)
         if not trainable_names:
             raise ValueError(_nothing_to_train(label, self.loss, trainable, frozen, self.model, default))
+        names.check_unambiguous([*trainable_names, *self.buffers], self._batch_inputs, f"Trainer ({label})")
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):
