@@ -268,9 +268,9 @@ def _break(saved, kind):
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("W2 shape", r"parameter 'W2' must be a number array of shape \(4, 2\)"),
+    ("W2 shape", r"parameter 'W2' has shape \(2, 4\), expected \(4, 2\)"),
     ("W2 nan", r"parameter 'W2' holds non-finite values"),
-    ("var shape", r"buffer 'var' must be a number array of shape \(4,\)"),
+    ("var shape", r"buffer 'var' has shape \(5,\), expected \(4,\)"),
     ("buffer missing", r"buffers \['mean'\] do not match"),
     ("negative exp_avg_sq", r"Adam.load_state_dict: state of parameter 'W2'.*'exp_avg_sq'.*must be >= 0"),
     ("negative step", r"'step' must be a whole number >= 0, got -3"),

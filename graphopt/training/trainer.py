@@ -349,9 +349,10 @@ def _loaded_arrays(kind: str, given: Any, current: Mapping[str, np.ndarray]) -> 
     result = {}
     for name, value in given.items():
         array = np.asarray(value)
-        if array.shape != current[name].shape or array.dtype.kind not in "fiu":
-            raise ValueError(f"{where}: {kind[:-1]} {name!r} must be a number array of shape {current[name].shape}, "
-                             f"got {array.dtype} {array.shape}")
+        if array.shape != current[name].shape:
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} has shape {array.shape}, expected {current[name].shape}")
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} must be a number array, got {array.dtype}")
         array = array.astype(current[name].dtype, copy=True)
         if not np.isfinite(array).all():
             raise ValueError(f"{where}: {kind[:-1]} {name!r} holds non-finite values")
