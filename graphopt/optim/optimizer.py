@@ -290,6 +290,8 @@ class Optimizer:
         'class': name}`` with parameters numbered in group order, as in torch; ``class`` (the
         optimizer's class name) lets `load_state_dict` refuse another optimizer's state.
         """
+        for g, group in enumerate(self.param_groups):
+            self._check_unchanged_params(g, group)
         index = {p: i for i, p in enumerate(self._parameters())}
         state = {index[p]: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in entry.items()}
                  for p, entry in self.state.items()}

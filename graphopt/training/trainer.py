@@ -102,7 +102,8 @@ class Trainer:
         self.model = untie_running_statistics(weights_as_initializers(normalized(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
         self._loss_spec = loss if isinstance(loss, Loss) else None
-        self._classes: int | None = None if self._loss_spec is None else self._loss_spec.classes(self.model)
+        self._classes = self._loss_spec.classes(self.model) if self._loss_spec is not None and \
+            self._loss_spec.kind == "cross_entropy" else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:
             optimizer._use_runtime(Runtime(providers))
@@ -114,8 +115,9 @@ class Trainer:
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
         default = None if trainable is not None else self._default_trainable(frozen, promote_constants)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
-        if not trainable_names:
-            raise ValueError(_nothing_to_train(label, self.loss, trainable, frozen, self.model, default))
+        if not trainable_names or trainable is not None and not set(trainable_names) & _upstream(loss_model, self.loss):
+            raise ValueError(_nothing_to_train(label, self.loss, trainable, frozen, self.model, default,
+                                               trainable_names))
         names.check_unambiguous([*trainable_names, *self.buffers], self._batch_inputs, f"Trainer ({label})")
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
@@ -360,11 +362,32 @@ def _loaded_arrays(kind: str, given: Any, current: Mapping[str, np.ndarray]) -> 
     return result
 
 
+def _upstream(model: onnx.ModelProto, output: str) -> set[str]:
+    """The names ``output`` depends on: node inputs, and every name a subgraph of such a node reads."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    result, pending = set(), [output]
+    while pending:
+        name = pending.pop()
+        if name in result:
+            continue
+        result.add(name)
+        node = producers.get(name)
+        if node is not None:
+            pending.extend(node.input)
+            pending.extend(_subgraph_inputs(node))
+    return result
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    graphs = [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+    return [name for graph in graphs for n in graph.node for name in [*n.input, *_subgraph_inputs(n)]]
+
+
 def _nothing_to_train(label: str, loss: str, trainable: Selector, frozen: Selector, model: onnx.ModelProto,
-                      default: list[str] | None) -> str:
+                      default: list[str] | None, chosen: list[str]) -> str:
     """Why a trainer would have no parameter: what was selected, from what."""
     if trainable is not None:
-        tried = f"trainable={trainable!r}"
+        tried = f"trainable={trainable!r} (selected {chosen}, none of which the loss {loss!r} depends on)"
     else:
         tried = f"the default: the weights the loss {loss!r} depends on differentiably, {sorted(default or [])}"
     floats = float_initializers(model)
