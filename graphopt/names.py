@@ -10,9 +10,18 @@ For a parameter ``p`` of param group ``g``:
 ``p.has_grad``             whether ``p`` is updated this step, bool scalar (input of masked update graphs)
 ``g.<hyper>``              a hyperparameter, float64 scalar (input), e.g. ``group0.lr``
 =========================  ======================================================
+
+So that no two of these coincide, `check_unambiguous` refuses (when parameters are added to an
+optimizer, and in a `Trainer` for its parameters, running statistics and inputs) a name that
+starts with another parameter's (or running statistic's) name and a dot, such as ``a.grad``
+or ``a.exp_avg`` next to ``a``, and the names ``group<N>`` and ``group<N>.<anything>``.
 """
 
+import re
+from collections.abc import Iterable
+
 NEW = ".new"
+_GROUP = re.compile(r"group\d+(\..*)?", re.DOTALL)
 
 
 def grad(param: str) -> str:
@@ -41,3 +50,20 @@ def new(name: str) -> str:
 
 def group(index: int) -> str:
     return f"group{index}"
+
+
+def check_unambiguous(generating: Iterable[str], others: Iterable[str] = (), where: str = "") -> None:
+    """Raise if a name could be one generated for another: a name of ``generating`` (parameters
+    and running statistics, which get ``.grad``, ``.new``, state names...) followed by ``.``, or
+    a group's (``group<N>``, ``group<N>.<hyper>``). ``others`` are checked too but generate none."""
+    generating = list(generating)
+    prefixes = set(generating)
+    for name in [*generating, *others]:
+        if _GROUP.fullmatch(name):
+            raise ValueError(f"{where}: the name {name!r} is reserved for param groups' hyperparameter inputs "
+                             "(group<N>.<name>, see graphopt.names); rename it")
+        for i, char in enumerate(name):
+            if char == "." and name[:i] in prefixes:
+                raise ValueError(f"{where}: the name {name!r} could be one graphopt generates for {name[:i]!r} "
+                                 f"({name[:i]}.grad, .step, .new, .<state slot>, see graphopt.names); rename one "
+                                 "of them")

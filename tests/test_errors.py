@@ -216,8 +216,11 @@ def test_state_dict_of_another_optimizer_is_refused_and_changes_nothing():
     params, adam = _trained("Adam", lr=0.1)
     _, sgd = _trained("SGD", lr=0.1, momentum=0.9)
     snapshot = _snapshot(params, adam)
-    with pytest.raises(ValueError, match=r"Adam.load_state_dict: param group 0: settings differ.*another optimizer"):
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: the state dict is from SGD, this optimizer is Adam"):
         adam.load_state_dict(sgd.state_dict())
+    old = {k: v for k, v in sgd.state_dict().items() if k != "class"}  # as written before 'class' existed
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: param group 0: settings differ.*another optimizer"):
+        adam.load_state_dict(old)
     _assert_unchanged(params, adam, snapshot)
 
 

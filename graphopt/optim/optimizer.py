@@ -44,6 +44,9 @@ required = _Required()
 
 GROUP_DEFAULTS = {"lr_mult": 1.0, "decay_mult": 1.0}
 
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
+"""State slots that are averages of squares: a loaded value must be >= 0."""
+
 
 class GroupLayout(NamedTuple):
     """One param group's update as the runtime needs it (``names_of[f][i]``: I/O name of a tensor)."""
@@ -156,12 +159,23 @@ class Optimizer:
                 raise ValueError(f"{where}: two parameters are named {name!r}; names must be unique")
             names_taken.add(name)
             result[p] = name
+        names.check_unambiguous(names_taken, where=where)
         return result
 
     def _check_group(self, group: Mapping[str, Any], where: str) -> None:
         for key in GROUP_DEFAULTS:
             validation.nonnegative(where, key, group[key])
         self._validate(group, where)
+
+    def _check_unchanged_params(self, g: int, group: Mapping[str, Any]) -> None:
+        """Raise if ``group['params']`` is no longer the list the group was given: its tensors live
+        in flat buffers made when it was added, so an appended parameter would never be updated."""
+        params, count = group["params"], sum(len(flat.params) for flat in self._flats[g])
+        if not isinstance(params, list) or len(params) != count or \
+                any(not isinstance(p, Parameter) or self._positions.get(p) != (g, i) for i, p in enumerate(params)):
+            raise ValueError(f"{type(self).__name__} param group {g}: 'params' changed after the group was added "
+                             f"({count} parameters then, {len(params) if isinstance(params, list) else params!r} "
+                             "now); add parameters with add_param_group instead")
 
     def _parameters(self) -> list[Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -250,6 +264,7 @@ class Optimizer:
         layouts = []
         for g, group in enumerate(self.param_groups):
             self._check_group(group, f"{type(self).__name__} param group {g}")
+            self._check_unchanged_params(g, group)
             flats = self._flats[g]
             layouts.append(GroupLayout(names.group(g), flats, self._transform(group), self._hyperparameters(group),
                                        [[self._names[p] for p in flat.params] for flat in flats]))
@@ -288,30 +303,58 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of state and settings made of numpy arrays and Python scalars only.
 
-        ``{'state': {index: {'step': int, slot: array}}, 'param_groups': [{..., 'params': [index]}]}``
-        with parameters numbered in group order, as in torch.
+        ``{'state': {index: {'step': int, slot: array}}, 'param_groups': [{..., 'params': [index]}],
+        'class': name}`` with parameters numbered in group order, as in torch; ``class`` (the
+        optimizer's class name) lets `load_state_dict` refuse another optimizer's state.
         """
+        for g, group in enumerate(self.param_groups):
+            self._check_unchanged_params(g, group)
         index = {p: i for i, p in enumerate(self._parameters())}
         state = {index[p]: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in entry.items()}
                  for p, entry in self.state.items()}
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[p] for p in g["params"]]}
                   for g in self.param_groups]
-        return {"state": state, "param_groups": groups}
+        return {"state": state, "param_groups": groups, "class": type(self).__name__}
 
     @serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore `state_dict`; raises, changing nothing, if its layout does not match."""
+        """Restore `state_dict`; raises, changing nothing, if anything in it is wrong.
+
+        Refused: another optimizer class's state dict (its ``class`` entry; a dict without one, as
+        older graphopt wrote, is accepted only if every group's settings have exactly this
+        optimizer's keys), another group layout, out-of-range settings, and state that would
+        poison the run: a step that is not a whole number >= 0, a slot of the wrong shape or
+        with a non-finite value, a negative second moment (``exp_avg_sq``, ``max_exp_avg_sq``,
+        ``square_avg``). Everything is checked before anything changes.
+        """
+        self._apply_loaded(*self._validated(state_dict))
+
+    def _validated(self, state_dict: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[Parameter, tuple]]:
+        """The groups' settings and the parameters' (step, slots) that ``state_dict`` holds, all checked."""
         kind = type(self).__name__
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
-            raise ValueError(f"{kind}.load_state_dict: expected a dict with keys 'state' and 'param_groups'")
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict) \
+                or not set(state_dict) <= {"state", "param_groups", "class"}:
+            raise ValueError(f"{kind}.load_state_dict: expected a dict with keys 'state', 'param_groups' "
+                             f"and 'class', got {type(state_dict).__name__}"
+                             f"{sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else ''}")
+        saved_class = state_dict.get("class", kind)
+        if saved_class != kind:
+            raise ValueError(f"{kind}.load_state_dict: the state dict is from {saved_class}, this optimizer is "
+                             f"{kind}; another optimizer's state cannot be loaded")
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{kind}.load_state_dict: the state dict has {len(saved_groups)} param groups, "
                              f"this optimizer {len(self.param_groups)}")
         params = self._parameters()
         groups = [self._loaded_group(g, saved, kind) for g, saved in enumerate(saved_groups)]
-        states = {params[int(i)]: self._loaded_state(int(i), saved, params, groups, kind)
-                  for i, saved in state_dict["state"].items()}
+        states = {}
+        for i, saved in dict(state_dict["state"]).items():
+            index = _index(i, f"{kind}.load_state_dict: state key")
+            loaded = self._loaded_state(index, saved, params, groups, kind)
+            states[params[index]] = loaded
+        return groups, states
+
+    def _apply_loaded(self, groups: list[dict[str, Any]], states: dict[Parameter, tuple]) -> None:
         for group, loaded in zip(self.param_groups, groups):
             group.update(loaded)
         for flats in self._flats:
@@ -324,11 +367,13 @@ class Optimizer:
 
     def _loaded_group(self, g: int, saved: Mapping[str, Any], kind: str) -> dict[str, Any]:
         where = f"{kind}.load_state_dict: param group {g}"
+        if not isinstance(saved, Mapping) or "params" not in saved:
+            raise ValueError(f"{where}: expected a dict with 'params', got {type(saved).__name__}")
         group = self.param_groups[g]
         expected, got = set(group) - {"params"}, set(saved) - {"params"}
         if expected != got:
             raise ValueError(f"{where}: settings differ (missing {sorted(expected - got)}, "
-                             f"unexpected {sorted(got - expected)}); is it another optimizer's state dict?")
+                             f"unexpected {sorted(map(str, got - expected))}); is it another optimizer's state dict?")
         if len(saved["params"]) != len(group["params"]):
             raise ValueError(f"{where}: has {len(saved['params'])} parameters, this group {len(group['params'])}")
         loaded = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k != "params"}
@@ -343,9 +388,9 @@ class Optimizer:
         where = f"{kind}.load_state_dict: state of {self._label(p)}"
         g = self._positions[p][0]
         allowed = set(self._transform({**self.param_groups[g], **groups[g]}).all_slots())
-        unexpected = set(saved) - allowed - {"step"}
-        if unexpected or "step" not in saved:
-            raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {sorted(saved)}; "
+        if not isinstance(saved, Mapping) or set(saved) - allowed - {"step"} or "step" not in saved:
+            got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
+            raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {got}; "
                              "is it another optimizer's state dict?")
         slots = {}
         for slot in set(saved) - {"step"}:
@@ -353,8 +398,9 @@ class Optimizer:
             if array.shape != p.shape or array.dtype.kind != "f":
                 raise ValueError(f"{where}: slot {slot!r} must be a float array of shape {p.shape}, "
                                  f"got {array.dtype} {array.shape}")
+            validation.finite_state(where, slot, array, nonnegative=slot in SECOND_MOMENTS)
             slots[slot] = array
-        return int(saved["step"]), slots
+        return validation.step_count(where, saved["step"]), slots
 
     # -- export --------------------------------------------------------------------
 
@@ -368,6 +414,7 @@ class Optimizer:
         specs = []
         for g, group in enumerate(self.param_groups):
             self._check_group(group, f"{type(self).__name__} param group {g}")
+            self._check_unchanged_params(g, group)
             if group["params"]:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
                 specs.append(GroupSpec(names.group(g), self._transform(group), params))
@@ -407,3 +454,14 @@ def validate_gradient_settings(group: Mapping[str, Any], where: str) -> None:
     validation.nonnegative(where, "clip_norm", group["clip_norm"])
     validation.boolean(where, "clip_per_tensor", group["clip_per_tensor"])
     validation.boolean(where, "maximize", group["maximize"])
+
+
+def _index(key: Any, where: str) -> int:
+    """A state dict's parameter index (an int, or a string of one, as JSON gives)."""
+    try:
+        index = int(key)
+    except (TypeError, ValueError):
+        index = None
+    if index is None or isinstance(key, (bool, float)) or index != key and str(index) != key:
+        raise ValueError(f"{where} {key!r} is not a parameter index")
+    return index

@@ -35,3 +35,22 @@ def in_unit_interval(where: str, key: str, value: Any) -> None:
 def boolean(where: str, key: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{where}: {key!r} must be True or False, got {value!r}")
+
+
+def step_count(where: str, value: Any) -> int:
+    """A loaded step count: a whole number >= 0 (an int, or a float or 0-d array holding one)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value) or value < 0:
+        raise ValueError(f"{where}: 'step' must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def finite_state(where: str, slot: str, array: np.ndarray, nonnegative: bool) -> None:
+    """A loaded state slot: finite everywhere, and >= 0 if it is an average of squares."""
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where}: slot {slot!r} holds non-finite values ({array[~np.isfinite(array)].flat[0]})")
+    if nonnegative and (array < 0).any():
+        raise ValueError(f"{where}: slot {slot!r} is an average of squares and must be >= 0, "
+                         f"got {array[array < 0].flat[0]}")

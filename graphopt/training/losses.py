@@ -7,7 +7,11 @@ Each loss adds a graph input ``labels`` (the name can be changed) and a scalar o
 ``loss``, the mean over every element (every sample, for cross-entropy):
 
 * ``cross_entropy``: ``-log softmax(y)[label]`` over the class axis 1, labels int64 of y's
-  shape without that axis (as ``torch.nn.functional.cross_entropy``);
+  shape without that axis (as ``torch.nn.functional.cross_entropy``). As in torch, a label
+  equal to ``ignore_index`` (default -100) is skipped: it contributes neither loss nor
+  gradient, and the mean is over the other labels only (NaN if every label is ignored, as
+  torch). Any other label outside ``[0, C)`` makes `Trainer.step` / ``accumulate`` raise
+  before anything runs, naming the input, the value and the class count C;
 * ``mse``: ``(y - t) ** 2``; ``l1``: ``|y - t|``;
 * ``bce_with_logits``: ``-t * log sigmoid(y) - (1 - t) * log sigmoid(-y)``, computed as a
   two-class log-softmax of ``[0, y]`` so that it stays finite and exact for any ``y``.
@@ -33,6 +37,7 @@ class Loss:
     kind: str
     output: str | None = None
     labels: str = "labels"
+    ignore_index: int | None = None  # cross_entropy: the label value that is skipped
 
     def attach(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         """``model`` with the labels input and the scalar loss output; the loss's name."""
@@ -59,14 +64,40 @@ class Loss:
             label_type, label_dims = tensor_type.elem_type, dims
         graph.input.append(helper.make_tensor_value_info(self.labels, label_type, label_dims))
         nodes, constants = _NODES[self.kind](output, self.labels, f"{LOSS}/", tensor_type.elem_type)
+        if self.ignore_index is not None:
+            nodes[0].attribute.append(helper.make_attribute("ignore_index", int(self.ignore_index)))
         graph.node.extend(nodes)
         graph.initializer.extend(constants)
         graph.output.append(helper.make_tensor_value_info(LOSS, tensor_type.elem_type, []))
         return result, LOSS
 
+    def classes(self, model: onnx.ModelProto) -> int | None:
+        """Cross-entropy: the class count C, dimension 1 of the output in ``model``'s static shapes, or None."""
+        output = self.output or model.graph.output[0].name
+        info = next((o for o in infer_shapes(model).graph.output if o.name == output), None)
+        dims = info.type.tensor_type.shape.dim if info is not None else ()
+        return dims[1].dim_value or None if len(dims) > 1 else None
 
-def cross_entropy(output: str | None = None, labels: str = "labels") -> Loss:
-    return Loss("cross_entropy", output, labels)
+    def check_labels(self, labels: np.ndarray, classes: int | None, where: str) -> None:
+        """Raise, naming the input, if a cross-entropy label is outside ``[0, classes)`` and is not
+        ``ignore_index`` (``classes`` None: only negative labels are checked)."""
+        if self.kind != "cross_entropy" or labels.size == 0:
+            return
+        bad = (labels < 0) | (labels >= classes) if classes is not None else labels < 0
+        if self.ignore_index is not None:
+            bad &= labels != self.ignore_index
+        if bad.any():
+            value = labels[bad].flat[0]
+            allowed = f"outside [0, {classes}) for the {classes} classes" if classes is not None else \
+                "negative, and the classes are numbered from 0"
+            raise ValueError(f"{where}: label input {self.labels!r} holds {value}, {allowed} of cross_entropy"
+                             f"({self.output or 'the first output'!r}); ignore_index={self.ignore_index} is the "
+                             "only other value allowed")
+
+
+def cross_entropy(output: str | None = None, labels: str = "labels", ignore_index: int = -100) -> Loss:
+    """Mean cross-entropy over the labels not equal to ``ignore_index`` (torch's semantics)."""
+    return Loss("cross_entropy", output, labels, int(ignore_index))
 
 
 def mse(output: str | None = None, labels: str = "labels") -> Loss:

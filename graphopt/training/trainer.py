@@ -38,6 +38,7 @@ from graphopt.parameter import Parameter
 from graphopt.preparation import (
     Selector,
     default_trainable,
+    float_initializers,
     matching,
     normalized,
     select_trainable,
@@ -96,6 +97,8 @@ class Trainer:
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None):
+        label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
+            f"model (graph {model.graph.name!r})"
         model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
@@ -103,6 +106,9 @@ class Trainer:
         # converted first: the loss and training mode add nodes of the pinned opset
         self.model = untie_running_statistics(weights_as_initializers(normalized(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
+        self._loss_spec = loss if isinstance(loss, Loss) else None
+        self._classes = self._loss_spec.classes(self.model) if self._loss_spec is not None and \
+            self._loss_spec.kind == "cross_entropy" else None
         loss_model, self.loss = _with_loss(self.model, loss)
         if providers is not None:
             optimizer._use_runtime(Runtime(providers))
@@ -114,6 +120,10 @@ class Trainer:
         self.buffers = {name: numpy_helper.to_array(initializers[name]).copy() for name in updated}
         default = None if trainable is not None else self._default_trainable(frozen, promote_constants)
         trainable_names = select_trainable(self.model, trainable, frozen, default)
+        if not trainable_names or trainable is not None and not set(trainable_names) & _upstream(loss_model, self.loss):
+            raise ValueError(_nothing_to_train(label, self.loss, trainable, frozen, self.model, default,
+                                               trainable_names))
+        names.check_unambiguous([*trainable_names, *self.buffers], self._batch_inputs, f"Trainer ({label})")
         self.parameters = {name: Parameter(numpy_helper.to_array(initializers[name]), name=name)
                            for name in trainable_names}
         for group in _param_groups(trainable_names, groups):
@@ -154,6 +164,7 @@ class Trainer:
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
+        self._check_labels(feeds, "step")
         bindings = _bindings(layouts, specs, safe)
         state_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
         loss = np.empty((), _output_dtype(executable, self.loss))
@@ -177,6 +188,7 @@ class Trainer:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
             self._gradients = self.optimizer._runtime.compile(model)
         feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
+        self._check_labels(feeds, "accumulate")
         all_feeds = {**feeds, **self._current_weights()}
         _check_complete(self._gradients, all_feeds, "accumulate")
         values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
@@ -197,6 +209,17 @@ class Trainer:
             raise ValueError("Trainer.step: labels given, but the loss is the model's own output; "
                              "feed them in inputs under the model's input name")
         return {**inputs, self.labels: labels}
+
+    def _check_labels(self, feeds: Mapping[str, np.ndarray], method: str) -> None:
+        """Refuse cross-entropy labels outside the classes before anything runs; a class count the
+        static shapes leave open is read once from the model's output on this batch."""
+        if self._loss_spec is None or self.labels not in feeds:
+            return
+        if self._classes is None and self._loss_spec.kind == "cross_entropy":
+            output = self._loss_spec.output or self.model.graph.output[0].name
+            batch = {k: v for k, v in feeds.items() if k != self.labels}
+            self._classes = int(self.evaluate(batch)[output].shape[1])
+        self._loss_spec.check_labels(feeds[self.labels], self._classes, f"Trainer.{method}")
 
     def _commit_buffers(self, new_values: Mapping[str, np.ndarray]) -> None:
         for name in self.buffers:
@@ -226,22 +249,21 @@ class Trainer:
 
     @serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore `state_dict`; raises, changing nothing, if its names or shapes do not match."""
-        for kind, current in (("parameters", {n: p.data for n, p in self.parameters.items()}),
-                              ("buffers", self.buffers)):
-            given = state_dict[kind]
-            if set(given) != set(current):
-                raise ValueError(f"Trainer.load_state_dict: {kind} {sorted(given)} do not match the trainer's "
-                                 f"{sorted(current)}")
-            for name, value in given.items():
-                if np.shape(value) != current[name].shape:
-                    raise ValueError(f"Trainer.load_state_dict: {kind[:-1]} {name!r} has shape {np.shape(value)}, "
-                                     f"expected {current[name].shape}")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        for name, value in state_dict["parameters"].items():
+        """Restore `state_dict`; raises, changing nothing, if anything in it is wrong: names, shapes,
+        non-finite values, or the optimizer's state (see `Optimizer.load_state_dict`). Everything is
+        checked before anything changes."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"parameters", "buffers", "optimizer"}:
+            got = sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"Trainer.load_state_dict: expected a dict with keys 'parameters', 'buffers' and "
+                             f"'optimizer', got {got}")
+        parameters = _loaded_arrays("parameters", state_dict["parameters"],
+                                    {n: p.data for n, p in self.parameters.items()})
+        buffers = _loaded_arrays("buffers", state_dict["buffers"], self.buffers)
+        optimizer = self.optimizer._validated(state_dict["optimizer"])  # noqa: SLF001
+        self.optimizer._apply_loaded(*optimizer)  # noqa: SLF001
+        for name, value in parameters.items():
             self.parameters[name].data[...] = value
-        self.buffers = {name: np.array(value, dtype=self.buffers[name].dtype)
-                        for name, value in state_dict["buffers"].items()}
+        self.buffers = buffers
 
     # -- inference and export --------------------------------------------------------------
 
@@ -333,6 +355,61 @@ def _param_groups(trainable: list[str], groups: Sequence[Mapping[str, Any]]) -> 
     if remaining:
         result.append({"params": remaining})
     return result
+
+
+def _loaded_arrays(kind: str, given: Any, current: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``given`` (a state dict's parameters or buffers) as arrays of the current dtypes, checked:
+    the same names and shapes, finite values."""
+    where = "Trainer.load_state_dict"
+    if not isinstance(given, Mapping) or set(given) != set(current):
+        names_ = sorted(map(str, given)) if isinstance(given, Mapping) else type(given).__name__
+        raise ValueError(f"{where}: {kind} {names_} do not match the trainer's {sorted(current)}")
+    result = {}
+    for name, value in given.items():
+        array = np.asarray(value)
+        if array.shape != current[name].shape:
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} has shape {array.shape}, expected {current[name].shape}")
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} must be a number array, got {array.dtype}")
+        array = array.astype(current[name].dtype, copy=True)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} holds non-finite values")
+        result[name] = array
+    return result
+
+
+def _upstream(model: onnx.ModelProto, output: str) -> set[str]:
+    """The names ``output`` depends on: node inputs, and every name a subgraph of such a node reads."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    result, pending = set(), [output]
+    while pending:
+        name = pending.pop()
+        if name in result:
+            continue
+        result.add(name)
+        node = producers.get(name)
+        if node is not None:
+            pending.extend(node.input)
+            pending.extend(_subgraph_inputs(node))
+    return result
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    graphs = [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+    return [name for graph in graphs for n in graph.node for name in [*n.input, *_subgraph_inputs(n)]]
+
+
+def _nothing_to_train(label: str, loss: str, trainable: Selector, frozen: Selector, model: onnx.ModelProto,
+                      default: list[str] | None, chosen: list[str]) -> str:
+    """Why a trainer would have no parameter: what was selected, from what."""
+    if trainable is not None:
+        tried = f"trainable={trainable!r} (selected {chosen}, none of which the loss {loss!r} depends on)"
+    else:
+        tried = f"the default: the weights the loss {loss!r} depends on differentiably, {sorted(default or [])}"
+    floats = float_initializers(model)
+    return (f"Trainer: nothing to train in {label}: {tried}, frozen={frozen!r} leave no parameter "
+            f"(float initializers: {floats[:20]}{' ...' if len(floats) > 20 else ''}); "
+            f"does the loss depend on a weight? pass trainable=... to choose some")
 
 
 def _check_complete(executable: Executable, feeds: Mapping[str, Any], method: str) -> None:

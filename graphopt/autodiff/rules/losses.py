@@ -3,7 +3,9 @@
 For scores ``x`` of shape [N, C, d...] and integer targets ``t`` of shape [N, d...],
 sample ``i`` with target ``c = t_i`` has weight ``w_i = weight[c]`` (1 without
 weights; 0 where ``c`` is ``ignore_index``) and loss ``-w_i * x[i, c]``. The
-reduction is ``none``, ``sum``, or ``mean`` (the sum divided by ``sum(w_i)``).
+reduction is ``none``, ``sum``, or ``mean`` (the sum divided by ``sum(w_i)``; where
+``w_i = 0`` the gradient is 0, so a batch with every target ignored has a zero gradient, as
+in torch, though its mean loss is NaN).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def _log_probability_grad(node: ir.Node, g: ir.Value, x: ir.Value, target: ir.Va
         coef = e.op("Div", [g, total])
     if w is not None:
         coef = e.op("Mul", [coef, w])
+        if reduction == "mean":  # every weight 0 (all ignored): 0 / 0, and torch's gradient is 0
+            zero = e.scalar_like(0.0, x)
+            coef = e.op("Where", [e.op("Equal", [w, zero]), zero, coef])
     if reduction == "none" or w is not None:
         coef = e.op("Unsqueeze", [coef, e.ints([1])])
     rank = known_rank(x, node, "scores")
