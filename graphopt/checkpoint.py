@@ -101,8 +101,11 @@ class _Encoder:
                           for slot, value in slots.items() if slot != "step"}}
         if not isinstance(state_dict["param_groups"], (list, tuple)):
             raise self.fail(f"{where}['param_groups']", "expected a list of dicts")
-        return {"state": state, "param_groups": [self.group(group, f"{where}['param_groups'][{g}]")
-                                                 for g, group in enumerate(state_dict["param_groups"])]}
+        encoded = {"state": state, "param_groups": [self.group(group, f"{where}['param_groups'][{g}]")
+                                                    for g, group in enumerate(state_dict["param_groups"])]}
+        if "class" in state_dict:
+            encoded["class"] = self.name(state_dict["class"], f"{where}['class']")
+        return encoded
 
     def group(self, group: Any, where: str) -> dict[str, Any]:
         return {self.name(key, f"{where} key"): self.setting(value, f"{where}[{key!r}]")
@@ -164,8 +167,9 @@ class _Encoder:
 
 
 def _kind_of(state_dict: Any) -> str | None:
-    """'optimizer' or 'trainer' by the keys of ``state_dict``, or None."""
-    keys = set(state_dict) if isinstance(state_dict, Mapping) else None
+    """'optimizer' or 'trainer' by the keys of ``state_dict`` (an optimizer's may name its
+    ``class``), or None."""
+    keys = set(state_dict) - {"class"} if isinstance(state_dict, Mapping) else None
     return next((kind for kind, expected in _KINDS.items() if keys == expected), None)
 
 
@@ -333,7 +337,10 @@ class _Loader:
             state[int(index)] = {"step": step, **{slot: self.array(member, f"{where}[{slot!r}]")
                                                   for slot, member in slots.items()}}
         groups = _field(self, meta, "param_groups", list, "optimizer")
-        return {"state": state, "param_groups": [self.group(g, group) for g, group in enumerate(groups)]}
+        loaded = {"state": state, "param_groups": [self.group(g, group) for g, group in enumerate(groups)]}
+        if "class" in meta:
+            loaded["class"] = _field(self, meta, "class", str, "optimizer")
+        return loaded
 
     def group(self, g: int, group: Any) -> dict[str, Any]:
         """One param group's settings, lists turned back into tuples (betas), params a list of indices."""

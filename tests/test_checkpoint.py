@@ -167,7 +167,7 @@ def test_version_1_files_are_still_read(tmp_path):
                              for g in saved["param_groups"]]}
     arrays = {f"state/{i}/{k}": v for i, s in saved["state"].items() for k, v in s.items() if k != "step"}
     path = _write(tmp_path / "v1.npz", meta, arrays)
-    _assert_state_equal(graphopt.load_state_dict(path), saved)
+    _assert_state_equal(graphopt.load_state_dict(path), {k: v for k, v in saved.items() if k != "class"})  # none in v1
     deflated = _write(tmp_path / "v1z.npz", meta, arrays, compression=zipfile.ZIP_DEFLATED)
     with pytest.raises(CheckpointError, match="version 1 member must be stored uncompressed"):
         graphopt.load_state_dict(deflated)
@@ -541,3 +541,21 @@ def test_fuzzed_metadata_loads_a_well_formed_state_or_raises_checkpoint_error(tm
         assert all(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for k, v in entry.items() if k != "step")
     for group in optimizer_state["param_groups"]:
         assert isinstance(group, dict) and all(type(i) is int for i in group["params"])
+
+
+def test_the_optimizer_class_survives_a_file_and_another_class_is_refused(tmp_path):
+    from graphopt import optim
+
+    p = graphopt.Parameter(np.ones(3, np.float32), name="w")
+    adam = optim.Adam([p], lr=0.1)
+    p.grad = np.ones(3, np.float32)
+    adam.step()
+    path = tmp_path / "adam.npz"
+    graphopt.save_state_dict(adam.state_dict(), path)
+    loaded = graphopt.load_state_dict(path)
+    assert loaded["class"] == "Adam"
+    q = graphopt.Parameter(np.ones(3, np.float32), name="w")
+    with pytest.raises(ValueError, match="AdamW"):
+        optim.AdamW([q], lr=0.1).load_state_dict(loaded)
+    r = graphopt.Parameter(np.ones(3, np.float32), name="w")
+    optim.Adam([r], lr=0.1).load_state_dict(loaded)  # the same class loads
