@@ -22,6 +22,7 @@ from graphopt.autodiff.recurrent import expand_recurrent
 from graphopt.autodiff.scopes import reads, subgraphs, through_control_flow
 from graphopt.autodiff.rules import PARTIAL, RULES, supported
 from graphopt.preparation import (
+    loaded,
     fold_constant_expressions,
     float_initializers,
     infer_shapes,
@@ -45,12 +46,13 @@ def prepare(model: onnx.ModelProto) -> ir.Model:
 
 
 def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: str | Sequence[str] | None = None,
-                  *, frozen: str | Sequence[str] | None = None) -> onnx.ModelProto:
+                  *, frozen: str | Sequence[str] | None = None,
+                  base_dir: str | os.PathLike | None = None) -> onnx.ModelProto:
     """``model`` with an output ``<name>.grad`` for every tensor in ``wrt``: graph input names,
     and initializer names or ``fnmatch`` patterns (default: `differentiable_initializers`),
-    less the initializers matching ``frozen``."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
+    less the initializers matching ``frozen``. External data is read from the model file's
+    folder, or from ``base_dir`` for a ``ModelProto`` loaded without it (`preparation.loaded`)."""
+    model = loaded(model, "add_gradients", base_dir)
     ir_model, emitter, targets, grads = _backward(model, loss, _selected(model, wrt, frozen))
     if wrt is None:  # the default: those the reverse pass reached (see differentiable_initializers)
         targets = [t for t in targets if t in grads]

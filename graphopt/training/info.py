@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphopt import names
+from graphopt.preparation import loaded
 from graphopt.runtime import resolve_providers
 from graphopt.training.step import trainable_as_inputs
 
@@ -70,10 +71,14 @@ class TrainingSession:
 
     ``state`` holds every initializer of the inference graph and of the algorithm by
     name; changing a hyperparameter is ``session.state["group0.lr"] = np.array(1e-3)``.
+    External data, of the inference graph and of the TrainingInfoProto alike, is read from
+    the model file's folder, or from ``base_dir`` for a ``ModelProto`` loaded without it
+    (`graphopt.preparation.loaded`), never from the working directory.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, providers: Sequence[Any] | None = None):
-        self.model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, providers: Sequence[Any] | None = None, *,
+                 base_dir: str | os.PathLike | None = None):
+        self.model = loaded(model, "TrainingSession", base_dir)
         if len(self.model.training_info) != 1:
             raise ValueError(f"TrainingSession: expected one TrainingInfoProto, the model has "
                              f"{len(self.model.training_info)}")

@@ -39,6 +39,7 @@ from graphopt.preparation import (
     Selector,
     default_trainable,
     float_initializers,
+    loaded,
     matching,
     normalized,
     select_trainable,
@@ -87,6 +88,9 @@ class Trainer:
             keep the model's own mode.
         providers: ONNX Runtime execution providers for every session the trainer runs
             (default: the optimizer's, CPU unless it was built with others).
+        base_dir: for a ``ModelProto`` whose external data was not loaded, the folder it is read
+            from; a model given by path reads it from the file's folder (`preparation.loaded`;
+            never from the working directory).
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -96,10 +100,10 @@ class Trainer:
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: Loss | str, optimizer: Optimizer, *,
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
-                 providers: Any = None):
+                 providers: Any = None, base_dir: str | os.PathLike | None = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
-        model = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
+        model = loaded(model, "Trainer", base_dir)
         if optimizer.param_groups:
             raise ValueError("Trainer: pass an optimizer without parameters (e.g. optim.Adam(lr=1e-3)); "
                              "the trainer adds the model's trainable initializers to it")
