@@ -13,8 +13,12 @@ input per tensor which ones to skip. So the number of compilations is bounded wh
 the pattern (at most ``_PATTERNS + 1`` per structure), while a stable pattern such as a
 frozen subset still updates only the tensors it must.
 
-Planning validates and binds everything without writing to parameters or state;
-``run()`` then updates them in place and ``commit()`` advances the step counts.
+A step plans every group before it touches any: planning compiles, validates and binds
+(anything that can raise), yet writes no parameter, state slot, scale or step count and
+adds no slot (a slot a group's chain gains is allocated aside, `NewSlots`). Then
+``prepare()`` (which cannot fail) adds those slots, folds scales the plan needs folded and
+writes the bound scalar inputs, ``run()`` updates in place and ``commit()`` advances the
+step counts. So a step that fails while planning any group leaves every group as it was.
 """
 
 from __future__ import annotations
@@ -131,7 +135,33 @@ class Executor:
         return executable, proven_in_place(model, executable, pairs)
 
 
+class NewSlots:
+    """State slots a plan binds before they exist: allocated while planning, added to their flat
+    groups by `add` only once every group is planned, so a step that fails adds none."""
+
+    def __init__(self, allocate):
+        self._allocate = allocate  # (size, dtype) -> a zero buffer, as FlatGroup allocates its slots
+        self._pending: dict[tuple[int, str], tuple[FlatGroup, str, Any]] = {}
+
+    def buffer(self, flat: FlatGroup, name: str):
+        """Slot ``name``'s flat buffer: the group's, or a new zero one added by `add`."""
+        if name in flat.slots:
+            return flat.slots[name]
+        key = (id(flat), name)
+        if key not in self._pending:
+            self._pending[key] = (flat, name, self._allocate(flat.data.size, flat.dtype))
+        return self._pending[key][2]
+
+    def add(self) -> None:
+        for flat, name, buffer in self._pending.values():
+            flat.slots.setdefault(name, buffer)
+
+
 class _Plan:
+    def prepare(self) -> None:  # pragma: no cover - interface
+        """Once every group is planned: what the run needs written first. Cannot fail."""
+        raise NotImplementedError
+
     def run(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -148,12 +178,13 @@ def _scratch(buffer, name: str) -> np.ndarray:
     return np.empty_like(buffer)
 
 
-def _scalar(store: dict[str, np.ndarray], name: str, value: float) -> np.ndarray:
-    """The bound 0-d array for scalar input ``name``, holding ``value`` (rebinding never needed)."""
+def _scalar(store: dict[str, np.ndarray], name: str, value: float | None = None) -> np.ndarray:
+    """The bound 0-d array for scalar input ``name`` (made once, never rebound), set to ``value`` if given."""
     array = store.get(name)
     if array is None:
         array = store[name] = np.zeros((), np.float64)
-    array[...] = value
+    if value is not None:
+        array[...] = value
     return array
 
 
@@ -172,27 +203,42 @@ class _ChunkedPlan(_Plan):
     def __init__(self, executor: Executor, group: str, flats: list[FlatGroup], transform: Transform,
                  hypers: Mapping[str, float], compiled, summing: bool):
         self.flats = flats
+        self.group = group
         self.runs = []
         self.total_name = names.hyper(group, SUM_OF_SQUARES)
+        self.hypers = hypers
+        self.new_slots = NewSlots(executor.runtime.zeros)
         slots = transform.all_slots()
         threads = executor.runtime.threads
         for flat, (update, reduce, safe, scaled) in zip(flats, compiled):
             grad_rows = flat.rows(flat.sums if summing else flat.grads)
-            scalars = flat.scalars
-            for key, value in hypers.items():
-                _scalar(scalars, names.hyper(group, key), value)
-            _scalar(scalars, names.step(group), flat.steps[0])
-            if reduce is not None:
-                _scalar(scalars, self.total_name, 0.0)
+            buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(self.new_slots.buffer(flat, s)) for s in slots}}
+            for name in self._scalar_names(hypers, scaled, reduce is not None):
+                _scalar(flat.scalars, name)  # the arrays bound; `prepare` writes their values
+            key = (update, summing, slots)
+            bound = flat.runners.get(key)
+            if bound is None:  # cached by `prepare`, once every group is planned
+                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, scaled, threads)
+            self.runs.append((flat, key, bound, scaled, reduce is not None))
+
+    def _scalar_names(self, hypers: Mapping[str, float], scaled: tuple[str, ...], reduces: bool) -> list[str]:
+        return [*(names.hyper(self.group, k) for k in hypers), names.step(self.group),
+                *([self.total_name] if reduces else []), *(scale_input(self.group, s) for s in scaled)]
+
+    def prepare(self) -> None:
+        self.new_slots.add()
+        for flat, key, bound, scaled, reduces in self.runs:
+            flat.runners[key] = bound
             if set(flat.scales) - set(scaled):
                 flat.normalize()  # a slot scaled under another chain is a plain value in this one
+            scalars = flat.scalars
+            for name, value in self.hypers.items():
+                _scalar(scalars, names.hyper(self.group, name), value)
+            _scalar(scalars, names.step(self.group), flat.steps[0])
+            if reduces:
+                _scalar(scalars, self.total_name, 0.0)
             for slot in scaled:
-                _scalar(scalars, scale_input(group, slot), flat.scales.get(slot, 1.0))
-            buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(flat.slot(s)) for s in slots}}
-            key = (update, summing, slots)
-            if key not in flat.runners:
-                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads)
-            self.runs.append((flat, flat.runners[key]))
+                _scalar(scalars, scale_input(self.group, slot), flat.scales.get(slot, 1.0))
 
     @staticmethod
     def _bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads):
@@ -214,7 +260,7 @@ class _ChunkedPlan(_Plan):
         return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, scales)
 
     def run(self) -> None:
-        reductions = [bound.reduction for _, bound in self.runs if bound.reduction is not None]
+        reductions = [bound.reduction for _, _, bound, _, _ in self.runs if bound.reduction is not None]
         if reductions:  # the group's sum of squares, over all its flat buffers, feeds every update
             total = 0.0
             for reducer, partials in reductions:
@@ -222,7 +268,7 @@ class _ChunkedPlan(_Plan):
                 total += float(sum(partials))
             for flat in self.flats:
                 flat.scalars[self.total_name][...] = total
-        for flat, bound in self.runs:
+        for flat, _, bound, _, _ in self.runs:
             bound.runner.run()
             for source, target in bound.copies:
                 np.copyto(target, source)
@@ -242,12 +288,17 @@ class TensorBindings:
     arrays copied back by `finish`), its step count, and the group's hyperparameters.
     Gradients are the caller's to add. With ``has_grad`` (a masked update graph), each
     tensor's ``has_grad`` input too, and `commit` advances only the tensors it marks.
+    Given ``new_slots`` (a step's planning), nothing is written until `prepare`: missing
+    slots are bound to buffers ``new_slots`` adds later, and scales are folded in by
+    `prepare`; without, both happen here.
     """
 
     def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
-                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None):
-        for flat in {id(f): f for f, _ in active}.values():
-            flat.normalize()  # these graphs read and write true state values
+                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None,
+                 new_slots: NewSlots | None = None):
+        self.flats = list({id(f): f for f, _ in active}.values())
+        if new_slots is None:
+            self.prepare()
         self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
         self.outputs: dict[str, Any] = {}
@@ -257,14 +308,20 @@ class TensorBindings:
             self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
             if has_grad is not None:
                 self.feeds[names.has_grad(spec.name)] = np.array(has_grad[k])
+            slot = flat.slot if new_slots is None else (lambda s, flat=flat: new_slots.buffer(flat, s))
             pairs = [(spec.name, flat.view(flat.data, i))]
-            pairs += [(names.state(spec.name, s), flat.view(flat.slot(s), i)) for s in slots]
+            pairs += [(names.state(spec.name, s), flat.view(slot(s), i)) for s in slots]
             for name, view in pairs:
                 self.feeds[name] = view
                 target = view if (name, names.new(name)) in safe else _scratch(view, name)
                 self.outputs[names.new(name)] = target
                 if target is not view:
                     self.copies.append((target, view))
+
+    def prepare(self) -> None:
+        """Fold lazy scales into the bound slots (in place): these graphs read and write true values."""
+        for flat in self.flats:
+            flat.normalize()
 
     def finish(self) -> None:
         """After a successful run: copy back what was not written in place."""
@@ -294,6 +351,7 @@ class _TensorPlan(_Plan):
         tensors = [(f, i) for f in flats for i in range(len(f.params))]
         given = [grads[flats.index(f)][i] for f, i in tensors]
         self.executable = None
+        self.new_slots = NewSlots(executor.runtime.zeros)
         if all(g is None for g in given):
             return
         specs = tuple(ParamSpec(names_of[flats.index(f)][i], f.params[i].shape, f.dtype) for f, i in tensors)
@@ -301,14 +359,21 @@ class _TensorPlan(_Plan):
         self.executable, safe, masked = executor.for_pattern(GroupSpec(group, transform, specs), active)
         if masked:
             has_grad = [g is not None for g in given]
-            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe, has_grad)
+            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe, has_grad,
+                                           self.new_slots)
             given = [g if g is not None else f.view(f.grads, i) for (f, i), g in zip(tensors, given)]
         else:
             tensors, given = [tensors[k] for k in active], [given[k] for k in active]
             specs = tuple(specs[k] for k in active)
-            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe)
+            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe,
+                                           new_slots=self.new_slots)
         for spec, grad in zip(specs, given):
             self.bindings.feeds[names.grad(spec.name)] = grad
+
+    def prepare(self) -> None:
+        if self.executable is not None:
+            self.new_slots.add()
+            self.bindings.prepare()
 
     def run(self) -> None:
         if self.executable is not None:

@@ -7,9 +7,10 @@ built once per *structure* (which transforms the group chains, which tensors hav
 gradients) and reused while only hyperparameter values change: those are scalar
 inputs, read from ``param_groups`` at every step.
 
-Everything that can be checked -- settings, gradients' shapes and dtypes -- is
-checked for every group before any update runs, so a step that raises for bad input
-changes nothing. The update itself then runs in place, as torch's does.
+Everything that can be checked -- settings, gradients' shapes and dtypes, compiling and
+binding each group's update -- is done for every group before any buffer (parameters,
+state, scales, step counts) is touched, so a step that raises for bad input changes
+nothing. The update itself then runs in place, as torch's does.
 
 Public methods are serialized (`graphopt.optim.serial`): calls from several threads
 run one at a time, each seeing the whole effect of the ones before.
@@ -250,8 +251,11 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
         loss = closure() if closure is not None else None
+        # every group planned (compiled, checked, bound) before any buffer is touched
         plans = [self._executor.plan(*layout, self._gradients(layout.flats), self._summing)
                  for layout in self._layouts()]
+        for plan in plans:
+            plan.prepare()
         for plan in plans:
             plan.run()
         for plan in plans:
