@@ -17,7 +17,7 @@ from onnx.external_data_helper import set_external_data
 
 import graphopt
 from graphopt import losses, optim
-from graphopt.autodiff import add_gradients
+from graphopt.autodiff import add_gradients, differentiable_initializers
 
 rng = np.random.default_rng(5)
 DATA = "weights.bin"
@@ -91,6 +91,9 @@ def test_a_proto_with_unloaded_external_data_needs_a_base_dir(folders):
         graphopt.Trainer(proto, losses.mse("y"), optim.SGD(lr=0.1))
     with pytest.raises(ValueError, match=r"add_gradients: the model's tensors \['W', 'b'\]"):
         add_gradients(proto, "l")
+    with pytest.raises(ValueError, match=r"differentiable_initializers: the model's tensors \['W', 'b'\]"):
+        differentiable_initializers(proto, "l")
+    assert differentiable_initializers(proto, "l", base_dir=models) == ["W", "b"]
     with pytest.raises(ValueError, match="base_dir is for a ModelProto"):
         graphopt.Trainer(path, losses.mse("y"), optim.SGD(lr=0.1), base_dir=models)
     assert proto.graph.initializer[0].data_location == TensorProto.EXTERNAL  # the caller's proto is untouched

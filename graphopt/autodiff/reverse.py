@@ -78,11 +78,13 @@ def add_gradients(model: onnx.ModelProto | str | os.PathLike, loss: str, wrt: st
     return proto
 
 
-def differentiable_initializers(model: onnx.ModelProto, loss: str, *,
-                                frozen: str | Sequence[str] | None = None) -> list[str]:
+def differentiable_initializers(model: onnx.ModelProto, loss: str, *, frozen: str | Sequence[str] | None = None,
+                                base_dir: str | os.PathLike | None = None) -> list[str]:
     """The float initializers (running statistics and those matching ``frozen`` excepted) that the
     loss depends on through a differentiable input: not, say, a Dropout ratio, a Clip bound or a
-    constant Pow exponent, which an optimizer's weight decay would otherwise change."""
+    constant Pow exponent, which an optimizer's weight decay would otherwise change. External
+    data as for `add_gradients`."""
+    model = loaded(model, "differentiable_initializers", base_dir)
     _, _, targets, grads = _backward(model, loss, _selected(model, None, frozen))
     return [t.name for t in targets if t in grads]
 
