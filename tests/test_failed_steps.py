@@ -1,15 +1,16 @@
 """A step that fails while planning a later group changes nothing in an earlier one: parameters, raw
 state buffers (lazily scaled ones as stored, not as read), their scales, step counts and the set of
 slots stay bitwise as they were; the next valid step then matches an optimizer that never failed,
-and the float64 reference."""
+and the float64 reference. The same for a Trainer step refused before it runs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from graphopt import names, optim
+from graphopt import losses, names, optim
 from graphopt.runtime.parallel import RowParallel
 from tests.reference import ReferenceOptimizer
 
@@ -122,3 +123,27 @@ def test_a_failure_planning_a_later_group_changes_nothing(failure, skip, amsgrad
         np.testing.assert_array_equal(p.data, q.data)
         np.testing.assert_allclose(p.data, expected, rtol=2e-5, atol=2e-6)
     _assert_same(_raw(optimizer), _raw(twin))
+
+
+def test_a_trainer_step_refused_for_a_missing_input_changes_nothing():
+    rng = np.random.default_rng(4)
+    w, b = rng.standard_normal((3, 2)), rng.standard_normal(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 2])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    trainer, twin = (graphopt.Trainer(model, losses.mse("y"), optim.Adam(lr=0.05)) for _ in range(2))
+    batches = [(rng.standard_normal((4, 3)), rng.standard_normal((4, 2))) for _ in range(3)]
+    for t in (trainer, twin):  # accumulate, then the optimizer's own step: moments stored lazily scaled
+        t.accumulate({"x": batches[0][0]}, labels=batches[0][1])
+        t.step({"x": batches[1][0]}, labels=batches[1][1])
+    assert any(scale != 1.0 for flats in trainer.optimizer._flats for flat in flats for scale in flat.scales.values())
+    before = _raw(trainer.optimizer)
+    with pytest.raises(ValueError, match=r"Trainer.step: missing inputs \['x'\]"):
+        trainer.step({}, labels=batches[2][1])
+    _assert_same(_raw(trainer.optimizer), before)
+    x, t = batches[2]
+    assert trainer.step({"x": x}, labels=t) == twin.step({"x": x}, labels=t)
+    _assert_same(_raw(trainer.optimizer), _raw(twin.optimizer))

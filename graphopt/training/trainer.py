@@ -31,7 +31,7 @@ from graphopt import names
 from graphopt.autodiff import differentiable_initializers
 from graphopt.update.inplace import proven_in_place
 from graphopt.training.losses import Loss
-from graphopt.optim.execution import TensorBindings, in_place_candidates
+from graphopt.optim.execution import NewSlots, TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
 from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter
@@ -169,13 +169,17 @@ class Trainer:
         layouts, specs, (_, executable, safe) = self._training_step()
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
         self._check_labels(feeds, "step")
-        bindings = _bindings(layouts, specs, safe)
+        new_slots = NewSlots(self.optimizer._runtime.zeros)  # noqa: SLF001
+        bindings = _bindings(layouts, specs, safe, new_slots)  # nothing written until everything is checked
         state_feeds = {k: v for b in bindings for k, v in b.feeds.items()}
         loss = np.empty((), _output_dtype(executable, self.loss))
         buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
         outputs = {self.loss: loss, **buffers, **{k: v for b in bindings for k, v in b.outputs.items()}}
         all_feeds = {**feeds, **self.buffers, **state_feeds}
         _check_complete(executable, all_feeds, "step")
+        new_slots.add()
+        for b in bindings:
+            b.prepare()
         executable.run(all_feeds, outputs)
         for b in bindings:
             b.finish()
@@ -328,11 +332,11 @@ def _candidates(specs) -> set[tuple[str, str]]:
     return {pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform.all_slots())}
 
 
-def _bindings(layouts, specs, safe: set) -> list[TensorBindings]:
+def _bindings(layouts, specs, safe: set, new_slots: NewSlots | None = None) -> list[TensorBindings]:
     """Every tensor of every group bound to the step model's I/O, the (input, output) pairs in
-    ``safe`` written in place."""
+    ``safe`` written in place; given ``new_slots``, nothing is written before each `prepare`."""
     return [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
-                           spec.params, spec.transform.all_slots(), layout.hypers, safe)
+                           spec.params, spec.transform.all_slots(), layout.hypers, safe, new_slots=new_slots)
             for layout, spec in zip(layouts, specs)]
 
 
