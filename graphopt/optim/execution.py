@@ -32,8 +32,6 @@ from graphopt.update.chunked import (
     ChunkedSpec,
     NotChunkable,
     build_chunked,
-    scale_input,
-    scale_output,
 )
 from graphopt.update.inplace import proven_in_place
 from graphopt.optim.flat import FlatGroup
@@ -73,8 +71,7 @@ class Executor:
         gradient buffer, or of the sum buffer when ``summing``), or None.
         """
         if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1:
-            lazy = not self.runtime.device_buffers
-            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row, lazy)) for f in flats]
+            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row)) for f in flats]
             if all(c is not None for c in compiled):
                 return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
         return _TensorPlan(self, group, flats, transform, hypers, grads, names_of)
@@ -90,7 +87,7 @@ class Executor:
                 reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
                 pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
                 safe = proven_in_place(models.update, update, pairs)
-                self._chunked[spec] = (update, reduce, safe, models.scaled_slots)
+                self._chunked[spec] = (update, reduce, safe)
         return self._chunked[spec]
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
@@ -163,7 +160,6 @@ class _Bound(NamedTuple):
     runner: RowParallel
     copies: list  # (written, target) pairs for outputs that could not be bound in place
     reduction: tuple | None  # (reduce runner, per-range partial sums) for a group-wide sum
-    scales: dict  # lazily scaled slot -> the 0-d array its new scale is written to
 
 
 class _ChunkedPlan(_Plan):
@@ -176,7 +172,7 @@ class _ChunkedPlan(_Plan):
         self.total_name = names.hyper(group, SUM_OF_SQUARES)
         slots = transform.all_slots()
         threads = executor.runtime.threads
-        for flat, (update, reduce, safe, scaled) in zip(flats, compiled):
+        for flat, (update, reduce, safe) in zip(flats, compiled):
             grad_rows = flat.rows(flat.sums if summing else flat.grads)
             scalars = flat.scalars
             for key, value in hypers.items():
@@ -184,18 +180,14 @@ class _ChunkedPlan(_Plan):
             _scalar(scalars, names.step(group), flat.steps[0])
             if reduce is not None:
                 _scalar(scalars, self.total_name, 0.0)
-            if set(flat.scales) - set(scaled):
-                flat.normalize()  # a slot scaled under another chain is a plain value in this one
-            for slot in scaled:
-                _scalar(scalars, scale_input(group, slot), flat.scales.get(slot, 1.0))
             buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(flat.slot(s)) for s in slots}}
             key = (update, summing, slots)
             if key not in flat.runners:
-                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads)
+                flat.runners[key] = self._bind(update, reduce, buffers, grad_rows, scalars, safe, threads)
             self.runs.append((flat, flat.runners[key]))
 
     @staticmethod
-    def _bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads):
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads):
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
@@ -203,15 +195,12 @@ class _ChunkedPlan(_Plan):
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
-        count = len(RowParallel.ranges_for(grad_rows.shape[0], threads))
-        new_scales = {scale_output(slot): [np.ones((), np.float64) for _ in range(count)] for slot in scaled}
-        runner = RowParallel(update, rows, scalars, threads, results=new_scales)
+        runner = RowParallel(update, rows, scalars, threads)
         reducer, partials = None, None
         if reduce is not None:
             partials = [np.zeros((), np.float64) for _ in runner.ranges]
             reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
-        scales = {slot: new_scales[scale_output(slot)][0] for slot in scaled}
-        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, scales)
+        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None)
 
     def run(self) -> None:
         reductions = [bound.reduction for _, bound in self.runs if bound.reduction is not None]
@@ -226,8 +215,6 @@ class _ChunkedPlan(_Plan):
             bound.runner.run()
             for source, target in bound.copies:
                 np.copyto(target, source)
-            for slot, scale in bound.scales.items():
-                flat.rescale(slot, float(scale))
 
     def commit(self) -> None:
         for flat in self.flats:
@@ -246,8 +233,6 @@ class TensorBindings:
 
     def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
                  slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None):
-        for flat in {id(f): f for f, _ in active}.values():
-            flat.normalize()  # these graphs read and write true state values
         self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
         self.outputs: dict[str, Any] = {}
