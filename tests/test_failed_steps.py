@@ -1,7 +1,7 @@
-"""A step that fails while planning a later group changes nothing in an earlier one: parameters, raw
-state buffers (lazily scaled ones as stored, not as read), their scales, step counts and the set of
-slots stay bitwise as they were; the next valid step then matches an optimizer that never failed,
-and the float64 reference. The same for a Trainer step refused before it runs."""
+"""A step that fails while planning a later group changes nothing in an earlier one: parameters,
+state buffers, step counts and the set of slots stay bitwise as they were; the next valid step
+then matches an optimizer that never failed, and the float64 reference. The same for a Trainer
+step refused before it runs."""
 
 from __future__ import annotations
 
@@ -24,19 +24,18 @@ def _optimizer(init):
 
 
 def _raw(optimizer) -> list:
-    """Every flat buffer's parameters, stored slots, scales and step counts, copied as they are."""
-    return [(flat.data.copy(), {k: np.array(v, copy=True) for k, v in flat.slots.items()}, dict(flat.scales),
-             list(flat.steps)) for flats in optimizer._flats for flat in flats]
+    """Every flat buffer's parameters, stored slots and step counts, copied as they are."""
+    return [(flat.data.copy(), {k: np.array(v, copy=True) for k, v in flat.slots.items()}, list(flat.steps))
+            for flats in optimizer._flats for flat in flats]
 
 
 def _assert_same(now, before):
     assert len(now) == len(before)
-    for (data, slots, scales, steps), (data0, slots0, scales0, steps0) in zip(now, before):
+    for (data, slots, steps), (data0, slots0, steps0) in zip(now, before):
         np.testing.assert_array_equal(data, data0)
         assert slots.keys() == slots0.keys()
         for name in slots:
             assert slots[name].tobytes() == slots0[name].tobytes(), name
-        assert scales == scales0
         assert steps == steps0
 
 
@@ -93,10 +92,9 @@ def test_a_failure_planning_a_later_group_changes_nothing(failure, skip, amsgrad
         if ref is not None:
             ref.step([[None if v is None else v.astype(np.float64) for v in g[:2]], [g[2].astype(np.float64)]])
 
-    for g in grads[:3]:  # chunked steps: group 0's moments are stored lazily scaled
+    for g in grads[:3]:  # chunked steps: group 0 has moments
         step(optimizer, params, g)
         step(twin, twin_params, g, reference)
-    assert any(scale != 1.0 for flat in optimizer._flats[0] for scale in flat.scales.values())
 
     # the failing step: group 0 changes its path or chain, group 1 fails while planned
     this = list(grads[3])
@@ -136,10 +134,9 @@ def test_a_trainer_step_refused_for_a_missing_input_changes_nothing():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     trainer, twin = (graphopt.Trainer(model, losses.mse("y"), optim.Adam(lr=0.05)) for _ in range(2))
     batches = [(rng.standard_normal((4, 3)), rng.standard_normal((4, 2))) for _ in range(3)]
-    for t in (trainer, twin):  # accumulate, then the optimizer's own step: moments stored lazily scaled
+    for t in (trainer, twin):  # accumulate, then the optimizer's own step: the moments exist
         t.accumulate({"x": batches[0][0]}, labels=batches[0][1])
         t.step({"x": batches[1][0]}, labels=batches[1][1])
-    assert any(scale != 1.0 for flats in trainer.optimizer._flats for flat in flats for scale in flat.scales.values())
     before = _raw(trainer.optimizer)
     with pytest.raises(ValueError, match=r"Trainer.step: missing inputs \['x'\]"):
         trainer.step({}, labels=batches[2][1])

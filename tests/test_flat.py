@@ -173,12 +173,12 @@ def test_bound_result_buffers_outlive_their_creation():
 
 
 @pytest.mark.parametrize("kind, kwargs", [
-    ("Adam", dict(lr=0.01, betas=(0.3, 0.5))),   # scale 0.3**t crosses 2**-20 every ~11 steps
+    ("Adam", dict(lr=0.01, betas=(0.3, 0.5))),   # fast decays: old gradients vanish in ~30 steps
     ("Adam", dict(lr=0.01, betas=(0.0, 0.9))),   # decay 0: the buffer is forgotten every step
     ("SGD", dict(lr=0.1, momentum=0.2, dampening=0.1)),
     ("RMSprop", dict(lr=0.01, alpha=0.1, centered=True, momentum=0.5)),
 ])
-def test_lazily_scaled_state_renormalizes_over_long_runs(kind, kwargs):
+def test_moving_averages_follow_the_reference_over_long_runs(kind, kwargs):
     shapes = [(20,), (3, 5)]
     params = _params(shapes, np.float64, seed=4)
     init = [p.data.copy() for p in params]
@@ -186,29 +186,25 @@ def test_lazily_scaled_state_renormalizes_over_long_runs(kind, kwargs):
     settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     reference = ReferenceOptimizer(kind, [dict(settings, params=init)])
     rng = np.random.default_rng(5)
-    renormalized = 0
     for _ in range(60):
         grads = [rng.standard_normal(s) for s in shapes]
         for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()
         reference.step([grads])
-        renormalized += any(s == 1.0 for s in optimizer._flats[0][0].scales.values())
-    assert renormalized >= 3
     for p, expected in zip(params, reference.groups[0]["params"]):
         np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
     for key, value in reference.state[0][1].items():  # state reads see true values
         np.testing.assert_allclose(optimizer.state[params[1]][key], value, rtol=1e-9, atol=1e-12)
 
 
-def test_float16_groups_run_chunked_without_scaling():
+def test_float16_groups_run_chunked():
     (p,) = _params([(40,)], np.float16)
     optimizer = optim.Adam([p], lr=0.01, runtime=Runtime(chunk_size=16, threads=2))
     start = p.data.astype(np.float64)
     for _ in range(3):
         p.grad = np.ones(40, np.float16)
         optimizer.step()
-    assert optimizer._flats[0][0].scales == {}
     np.testing.assert_allclose(p.data.astype(np.float64), start - 0.03, atol=2e-3)
 
 

@@ -14,11 +14,11 @@ the pattern (at most ``_PATTERNS + 1`` per structure), while a stable pattern su
 frozen subset still updates only the tensors it must.
 
 A step plans every group before it touches any: planning compiles, validates and binds
-(anything that can raise), yet writes no parameter, state slot, scale or step count and
-adds no slot (a slot a group's chain gains is allocated aside, `NewSlots`). Then
-``prepare()`` (which cannot fail) adds those slots, folds scales the plan needs folded and
-writes the bound scalar inputs, ``run()`` updates in place and ``commit()`` advances the
-step counts. So a step that fails while planning any group leaves every group as it was.
+(anything that can raise), yet writes no parameter, state slot or step count and adds no
+slot (a slot a group's chain gains is allocated aside, `NewSlots`). Then ``prepare()``
+(which cannot fail) adds those slots and writes the bound scalar inputs, ``run()``
+updates in place and ``commit()`` advances the step counts. So a step that fails while
+planning any group leaves every group as it was.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from graphopt.update.chunked import (
     ChunkedSpec,
     NotChunkable,
     build_chunked,
-    scale_input,
-    scale_output,
 )
 from graphopt.update.inplace import proven_in_place
 from graphopt.optim.flat import FlatGroup
@@ -77,8 +75,7 @@ class Executor:
         gradient buffer, or of the sum buffer when ``summing``), or None.
         """
         if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1:
-            lazy = not self.runtime.device_buffers
-            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row, lazy)) for f in flats]
+            compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row)) for f in flats]
             if all(c is not None for c in compiled):
                 return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
         return _TensorPlan(self, group, flats, transform, hypers, grads, names_of)
@@ -94,7 +91,7 @@ class Executor:
                 reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
                 pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
                 safe = proven_in_place(models.update, update, pairs)
-                self._chunked[spec] = (update, reduce, safe, models.scaled_slots)
+                self._chunked[spec] = (update, reduce, safe)
         return self._chunked[spec]
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
@@ -194,7 +191,6 @@ class _Bound(NamedTuple):
     runner: RowParallel
     copies: list  # (written, target) pairs for outputs that could not be bound in place
     reduction: tuple | None  # (reduce runner, per-range partial sums) for a group-wide sum
-    scales: dict  # lazily scaled slot -> the 0-d array its new scale is written to
 
 
 class _ChunkedPlan(_Plan):
@@ -210,38 +206,34 @@ class _ChunkedPlan(_Plan):
         self.new_slots = NewSlots(executor.runtime.zeros)
         slots = transform.all_slots()
         threads = executor.runtime.threads
-        for flat, (update, reduce, safe, scaled) in zip(flats, compiled):
+        for flat, (update, reduce, safe) in zip(flats, compiled):
             grad_rows = flat.rows(flat.sums if summing else flat.grads)
             buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(self.new_slots.buffer(flat, s)) for s in slots}}
-            for name in self._scalar_names(hypers, scaled, reduce is not None):
+            for name in self._scalar_names(hypers, reduce is not None):
                 _scalar(flat.scalars, name)  # the arrays bound; `prepare` writes their values
             key = (update, summing, slots)
             bound = flat.runners.get(key)
             if bound is None:  # cached by `prepare`, once every group is planned
-                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, scaled, threads)
-            self.runs.append((flat, key, bound, scaled, reduce is not None))
+                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, threads)
+            self.runs.append((flat, key, bound, reduce is not None))
 
-    def _scalar_names(self, hypers: Mapping[str, float], scaled: tuple[str, ...], reduces: bool) -> list[str]:
+    def _scalar_names(self, hypers: Mapping[str, float], reduces: bool) -> list[str]:
         return [*(names.hyper(self.group, k) for k in hypers), names.step(self.group),
-                *([self.total_name] if reduces else []), *(scale_input(self.group, s) for s in scaled)]
+                *([self.total_name] if reduces else [])]
 
     def prepare(self) -> None:
         self.new_slots.add()
-        for flat, key, bound, scaled, reduces in self.runs:
+        for flat, key, bound, reduces in self.runs:
             flat.runners[key] = bound
-            if set(flat.scales) - set(scaled):
-                flat.normalize()  # a slot scaled under another chain is a plain value in this one
             scalars = flat.scalars
             for name, value in self.hypers.items():
                 _scalar(scalars, names.hyper(self.group, name), value)
             _scalar(scalars, names.step(self.group), flat.steps[0])
             if reduces:
                 _scalar(scalars, self.total_name, 0.0)
-            for slot in scaled:
-                _scalar(scalars, scale_input(self.group, slot), flat.scales.get(slot, 1.0))
 
     @staticmethod
-    def _bind(update, reduce, buffers, grad_rows, scalars, safe, scaled, threads):
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads):
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
@@ -249,18 +241,15 @@ class _ChunkedPlan(_Plan):
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
-        count = len(RowParallel.ranges_for(grad_rows.shape[0], threads))
-        new_scales = {scale_output(slot): [np.ones((), np.float64) for _ in range(count)] for slot in scaled}
-        runner = RowParallel(update, rows, scalars, threads, results=new_scales)
+        runner = RowParallel(update, rows, scalars, threads)
         reducer, partials = None, None
         if reduce is not None:
             partials = [np.zeros((), np.float64) for _ in runner.ranges]
             reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
-        scales = {slot: new_scales[scale_output(slot)][0] for slot in scaled}
-        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, scales)
+        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None)
 
     def run(self) -> None:
-        reductions = [bound.reduction for _, _, bound, _, _ in self.runs if bound.reduction is not None]
+        reductions = [bound.reduction for _, _, bound, _ in self.runs if bound.reduction is not None]
         if reductions:  # the group's sum of squares, over all its flat buffers, feeds every update
             total = 0.0
             for reducer, partials in reductions:
@@ -268,12 +257,10 @@ class _ChunkedPlan(_Plan):
                 total += float(sum(partials))
             for flat in self.flats:
                 flat.scalars[self.total_name][...] = total
-        for flat, _, bound, _, _ in self.runs:
+        for flat, _, bound, _ in self.runs:
             bound.runner.run()
             for source, target in bound.copies:
                 np.copyto(target, source)
-            for slot, scale in bound.scales.items():
-                flat.rescale(slot, float(scale))
 
     def commit(self) -> None:
         for flat in self.flats:
@@ -288,17 +275,13 @@ class TensorBindings:
     arrays copied back by `finish`), its step count, and the group's hyperparameters.
     Gradients are the caller's to add. With ``has_grad`` (a masked update graph), each
     tensor's ``has_grad`` input too, and `commit` advances only the tensors it marks.
-    Given ``new_slots`` (a step's planning), nothing is written until `prepare`: missing
-    slots are bound to buffers ``new_slots`` adds later, and scales are folded in by
-    `prepare`; without, both happen here.
+    Given ``new_slots`` (a step's planning), missing slots are bound to buffers that
+    ``new_slots`` adds later, once every group is planned; without, they are added here.
     """
 
     def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
                  slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None,
                  new_slots: NewSlots | None = None):
-        self.flats = list({id(f): f for f, _ in active}.values())
-        if new_slots is None:
-            self.prepare()
         self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
         self.outputs: dict[str, Any] = {}
@@ -317,11 +300,6 @@ class TensorBindings:
                 self.outputs[names.new(name)] = target
                 if target is not view:
                     self.copies.append((target, view))
-
-    def prepare(self) -> None:
-        """Fold lazy scales into the bound slots (in place): these graphs read and write true values."""
-        for flat in self.flats:
-            flat.normalize()
 
     def finish(self) -> None:
         """After a successful run: copy back what was not written in place."""
@@ -373,7 +351,6 @@ class _TensorPlan(_Plan):
     def prepare(self) -> None:
         if self.executable is not None:
             self.new_slots.add()
-            self.bindings.prepare()
 
     def run(self) -> None:
         if self.executable is not None:

@@ -8,10 +8,8 @@ view the chunked update runs on.
 
 Parameters, gradients and gradient sums are numpy arrays (the facade's); state slots
 are allocated by the runtime: numpy arrays, or device `Buffer` s that stay on a GPU.
-
-A state slot may be stored lazily scaled by the chunked update (see
-`graphopt.update.chunked`): its true value is ``scales[slot] * buffer``. `normalize` folds
-the scales in; everything that reads or writes true state values calls it first.
+Every slot buffer holds the state's true values between steps (the updates write moving
+averages literally, see `graphopt.update.chunked`), so reading state never changes a later step.
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ class FlatGroup:
         self.sums: np.ndarray | None = None
         self.slots: dict[str, Storage] = {}
         self._allocate = allocate
-        self.scales: dict[str, float] = {}  # lazily scaled slots: true value = scale * buffer
         self.steps = [0] * len(params)
         self.scalars: dict[str, np.ndarray] = {}  # bound 0-d inputs of the chunked update, by name
         self.runners: dict[tuple, tuple] = {}  # the chunked update's bindings to these buffers
@@ -73,37 +70,18 @@ class FlatGroup:
         return self.slots[name]
 
     def read_slot(self, name: str) -> np.ndarray:
-        """Slot ``name``'s true values on the host: the live buffer, or a copy of a device one."""
-        self.normalize()
+        """Slot ``name``'s values on the host: the live buffer, or a copy of a device one."""
         buffer = self.slots[name]
         return buffer.numpy() if isinstance(buffer, Buffer) else buffer
 
     def write_slot(self, name: str, values: Mapping[int, np.ndarray]) -> None:
         """Set tensor ``i``'s part of slot ``name`` to ``values[i]`` (zeros for the others)."""
-        self.normalize()
         buffer = self.slot(name)
         host = np.zeros_like(self.data) if isinstance(buffer, Buffer) else buffer
         for i in range(len(self.params)):
             self.view(host, i)[...] = values[i] if i in values else 0
         if isinstance(buffer, Buffer):
             buffer.write(host)
-
-    def rescale(self, slot: str, scale: float, low: float = 2.0 ** -20, high: float = 2.0 ** 20) -> None:
-        """Record ``slot``'s new scale; fold it into the buffer once it leaves ``[low, high]``.
-
-        Only host slots are scaled lazily (the chunked update is told so).
-        """
-        self.scales[slot] = scale
-        if not low <= scale <= high:
-            self.slots[slot] *= self.dtype.type(scale)
-            self.scales[slot] = 1.0
-
-    def normalize(self) -> None:
-        """Make every slot buffer hold true values (scales 1)."""
-        for slot, scale in self.scales.items():
-            if scale != 1.0:
-                self.slots[slot] *= self.dtype.type(scale)
-        self.scales.clear()
 
     def sum_buffer(self) -> np.ndarray:
         if self.sums is None:

@@ -178,8 +178,6 @@ class Trainer:
         all_feeds = {**feeds, **self.buffers, **state_feeds}
         _check_complete(executable, all_feeds, "step")
         new_slots.add()
-        for b in bindings:
-            b.prepare()
         executable.run(all_feeds, outputs)
         for b in bindings:
             b.finish()

@@ -7,14 +7,11 @@ tensor or thousands, each row stays in cache while its ~10 passes run, and calle
 can split the rows between threads. Scalar arithmetic (bias corrections, ``lr`` times
 multipliers) is hoisted out of the body and runs once per run.
 
-Moving averages (`Context.accumulate`, ``slot <- decay * slot + increment``) are
-stored *lazily scaled* in float32 and float64: the buffer holds ``S`` with
-``slot = scale * S`` for a per-group scalar ``scale``, so an update is the single
-in-place pass ``S <- S + increment / scale'`` with ``scale' = max(decay * scale, 2**-64)``,
-and ``scale'`` folds into the scalar factors of what follows. The caller keeps
-``scale`` (inputs ``<group>.<slot>.scale``, outputs ``<slot>.scale.new``) and folds it
-back into the buffer (`FlatGroup.normalize`) when it drifts past ``2**±20`` or
-before anyone reads the state.
+Moving averages (`Context.accumulate`, ``slot <- decay * slot + increment``) are written
+literally, so every state buffer holds true values between steps: the update stays finite
+wherever torch's does, reading state is a plain read, and a state dict restores a run exactly.
+(Storing them lazily scaled, ``slot = scale * S``, saved a pass each, but ``S`` overflowed where
+the true value did not, and folding the scale in at a reader's whim changed later rounding.)
 
 A group-wide reduction (the global norm of `ClipByNorm`) is computed by a separate
 *reduce* model over the same rows; its total is fed to the update model as the
@@ -34,24 +31,13 @@ import numpy as np
 import onnx
 
 from graphopt import names
-from graphopt.symbolic import Graph, Sym, cast, maximum, sum_of_squares
+from graphopt.symbolic import Graph, Sym, cast, sum_of_squares
 from graphopt.symbolic.dtypes import SCALAR_DTYPE
 from graphopt.transforms import Context, Transform
 
 PARAMS = "params"
 GRADS = "grads"
 SUM_OF_SQUARES = "sum_of_squares"
-SMALLEST_SCALE = 2.0 ** -64  # keeps 1/scale finite when a decay is 0 (the next renormalization forgets S)
-LAZY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # float16's range is too small for scaled buffers
-
-
-def scale_input(group: str, slot: str) -> str:
-    return names.hyper(group, f"{slot}.scale")
-
-
-def scale_output(slot: str) -> str:
-    return names.new(f"{slot}.scale")
-
 
 class NotChunkable(Exception):
     """The transform chain needs something the chunked form cannot give (per-tensor values)."""
@@ -59,21 +45,18 @@ class NotChunkable(Exception):
 
 @dataclass(frozen=True)
 class ChunkedSpec:
-    """A group's chunked update: its name, transform chain, dtype, row length ``K``, and
-    whether moving averages may be stored lazily scaled (``LAZY_DTYPES`` on the host)."""
+    """A group's chunked update: its name, transform chain, dtype and row length ``K``."""
 
     group: str
     transform: Transform
     dtype: np.dtype
     chunk: int
-    lazy: bool = True
 
 
 @dataclass(frozen=True)
 class ChunkedModels:
     update: onnx.ModelProto
     reduce: onnx.ModelProto | None  # present when the chain needs the group's sum of squares
-    scaled_slots: tuple[str, ...] = ()  # slots stored lazily scaled
 
 
 class _Reduced(Exception):
@@ -85,30 +68,10 @@ class _Reduced(Exception):
 class _RowContext(Context):
     """A Context over one row of the group; group-wide sums come from the reduce model."""
 
-    def __init__(self, *args, reducing: bool, lazy: bool):
+    def __init__(self, *args, reducing: bool):
         super().__init__(*args)
         self.reducing = reducing
-        self.lazy = lazy
         self.total: Sym | None = None
-        self.scales: dict[str, Sym] = {}  # slot -> its new scale, for lazily scaled slots
-        self.read: set[str] = set()
-
-    def state(self, i, slot):
-        if slot in self.scales:
-            return self.scales[slot] * self.state_out[i][slot]
-        self.read.add(slot)
-        return super().state(i, slot)
-
-    def accumulate(self, i, slot, decay, increment):
-        if not self.lazy:
-            return super().accumulate(i, slot, decay, increment)
-        if slot in self.read or slot in self.scales:
-            raise NotChunkable(f"state slot {slot!r} is read before it is accumulated, or accumulated twice")
-        previous = self.graph.input(scale_input(self.group, slot), SCALAR_DTYPE, (), weak=True)
-        scale = maximum(decay * previous, SMALLEST_SCALE)
-        self.set_state(i, slot, self.state_out[i][slot] + (1.0 / scale) * increment)
-        self.scales[slot] = scale
-        return self.state(i, slot)
 
     def sum_of_squares(self, updates):
         if self.reducing:  # stop here: this row's partial sum is the reduce model's result
@@ -132,10 +95,8 @@ def build_chunked(spec: ChunkedSpec) -> ChunkedModels:
         body.output(names.new(slot) + ".row", ctx.state_out[0][slot])
     for name, rows in zip([PARAMS, *slots], graph.scan(body, rows_in)):
         graph.output(names.new(name), rows)
-    for slot, scale in ctx.scales.items():
-        graph.output(scale_output(slot), scale)
     update = graph.to_model(doc_string=f"graphopt chunked update of {spec.group}")
-    return ChunkedModels(update, _build_reduce(spec) if ctx.total is not None else None, tuple(ctx.scales))
+    return ChunkedModels(update, _build_reduce(spec) if ctx.total is not None else None)
 
 
 def _build_reduce(spec: ChunkedSpec) -> onnx.ModelProto:
@@ -160,6 +121,5 @@ def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, Graph, list[Sy
     body = graph.subgraph("row", fuse=True)
     param, grad, *slot_rows = [body.input(f"{name}.row", spec.dtype, row, written_in_place=name != GRADS)
                                for name in (PARAMS, GRADS, *slots)]
-    ctx = _RowContext(graph, spec.group, [spec.group], [param], [dict(zip(slots, slot_rows))], reducing=reducing,
-                      lazy=spec.lazy and spec.dtype in LAZY_DTYPES)
+    ctx = _RowContext(graph, spec.group, [spec.group], [param], [dict(zip(slots, slot_rows))], reducing=reducing)
     return graph, body, rows_in, grad, ctx
