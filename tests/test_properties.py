@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ import graphopt
 from graphopt import optim
 from tests.reference import ReferenceOptimizer
 
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+# GRAPHOPT_FUZZ=N runs N times the examples, freshly random each run (a longer fuzz, not for CI)
+FUZZ = int(os.environ.get("GRAPHOPT_FUZZ", "0"))
+PROPERTY = settings(max_examples=40 * max(1, FUZZ), deadline=None, derandomize=not FUZZ, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # per dtype: (rtol, atol) of parameters and state against the float64 reference, at every step
@@ -194,13 +197,14 @@ def test_every_step_matches_reference_float64(case, groups, seed, magnitude, dat
 
 
 @PROPERTY
-@given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16), data=st.data())
-def test_every_step_matches_reference_float32(case, groups, seed, data):
+@given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16),
+       magnitude=st.sampled_from([1e-3, 1.0, 1e3]), data=st.data())
+def test_every_step_matches_reference_float32(case, groups, seed, magnitude, data):
     kind, config = case
-    _check_run(kind, config, groups, np.float32, seed, gradient_pattern, data)
+    _check_run(kind, config, groups, np.float32, seed, gradient_pattern, data, magnitude)
 
 
-@settings(PROPERTY, max_examples=20)
+@settings(PROPERTY, max_examples=20 * max(1, FUZZ))
 @given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16), data=st.data())
 def test_every_step_matches_reference_float16(case, groups, seed, data):
     """float16 (half precision, 3 decimal digits): eps raised to 1e-3, as float16 cannot hold 1e-8."""
