@@ -26,6 +26,8 @@ CASES = [
     # torch's exp_avg_sq stays finite (8.5e37); graphopt's does not, and the step is lost
     ("Adam", dict(lr=0.0625, betas=(0.5, 0.5)), 0.3455841839313507,
      [8.216181452660802e18, 3.304370816170328e18, -1.3031572341098807e19]),
+    ("RMSprop", dict(lr=0.03125, alpha=0.5), 0.3455841839313507,
+     [8.216181452660802e18, 3.304370816170328e18, -1.3031572341098807e19]),
     ("RMSprop", dict(lr=0.1, centered=True), 0.5, [1e30]),
     ("SGD", dict(lr=0.125, momentum=0.5), 0.5, [2e19]),
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True), 0.5, [1e20]),
