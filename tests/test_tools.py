@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools import bench, bench_kernels, rotating_grads
+from tools import bench, bench_kernels, rotating_grads, soak
 
 
 def test_bench_steps_table_has_every_peer():
@@ -61,3 +61,28 @@ def test_bench_zoo_times_graphopt_and_torch_eager():
 def test_rotating_gradients_tool_compiles_a_bounded_number_of_sessions():
     ms, sessions = rotating_grads.measure(tensors=12, size=16, width=2, steps=30)
     assert ms > 0 and sessions <= 5  # 54 steps over 12 patterns: the exact graphs, then the masked one
+
+
+def test_soak_samples_resident_memory_and_trains(capsys):
+    results = soak.main(["--steps", "60", "--trainer-steps", "40", "--params", "2000", "--samples", "4"])
+    for phase, steps in (("optimizer", 60), ("trainer", 40)):
+        trace = results[phase]["trace"]
+        assert [t for t, _ in trace] == sorted({t for t, _ in trace}) and trace[0][0] == steps // 10
+        assert trace[-1][0] == steps and len(trace) == 4
+        assert all(rss > 1 for _, rss in trace)  # MiB: a Python process with numpy and onnxruntime loaded
+        assert results[phase]["growth_mb"] == trace[-1][1] - trace[0][1]
+    first, last = results["trainer"]["loss"]
+    assert last < first  # the Trainer phase really trains
+    assert "RSS" in capsys.readouterr().out
+
+
+def test_soak_rss_reading_sees_an_allocation():
+    before = soak.rss_mb()
+    block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched
+    assert soak.rss_mb() - before > 48
+    del block
+
+
+def test_soak_verdict_calls_growth_beyond_the_tolerance_a_leak():
+    assert soak.verdict([(10, 100.0), (50, 101.0), (100, 103.0)], tolerance_mb=8) == (3.0, True)
+    assert soak.verdict([(10, 100.0), (50, 110.0), (100, 120.0)], tolerance_mb=8) == (20.0, False)
