@@ -59,6 +59,19 @@ def test_sgd_momentum_with_zero_lr_leaves_a_huge_finite_gradient_finite():
     np.testing.assert_array_equal(opt.state[ours[0]]["momentum_buffer"], ref.state[theirs[0]]["momentum_buffer"])
 
 
+@pytest.mark.parametrize("kind, kwargs", [("Adam", dict(lr=0.1, betas=(0.0, 0.999))),
+                                          ("RMSprop", dict(lr=0.1, alpha=0.999))])
+def test_second_moments_are_scaled_before_squaring_as_torch_does(kind, kwargs):
+    """``(1 - beta2) * g * g`` left to right, as torch's addcmul: with g = 1e20, ``g * g`` alone
+    overflows float32 (the moment would be inf and the step 0), ``(1e-3 * g) * g`` = 1e37 does not."""
+    init = [np.array([0.5], np.float32)]
+    ours, theirs, opt, ref = _torch_pair(kind, kwargs, init)
+    _step_both(ours, theirs, opt, ref, [np.array([1e20], np.float32)])
+    expected = theirs[0].detach().numpy()
+    assert expected[0] != init[0][0]  # torch moves
+    np.testing.assert_allclose(ours[0].data, expected, rtol=1e-6)
+
+
 def test_adam_second_moment_of_huge_gradients_stays_finite_over_a_long_run():
     """g = 1.8e19: g * g = 3.2e38 is finite, and so is torch's ``exp_avg_sq`` for ever; a buffer holding
     ``exp_avg_sq / scale`` with ``scale = 0.999 ** t`` overflowed after ~720 steps."""

@@ -33,7 +33,7 @@ class ScaleByAdam(Transform):
         for i, g in enumerate(updates):
             t = ctx.step(i)
             m = ctx.accumulate(i, "exp_avg", beta1, (1.0 - beta1) * g)
-            v = ctx.accumulate(i, "exp_avg_sq", beta2, (1.0 - beta2) * (g * g))
+            v = ctx.accumulate(i, "exp_avg_sq", beta2, ((1.0 - beta2) * g) * g)  # torch's order: finite longer
             if self.amsgrad:
                 v = maximum(ctx.state(i, "max_exp_avg_sq"), v)
                 ctx.set_state(i, "max_exp_avg_sq", v)

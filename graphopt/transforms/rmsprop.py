@@ -30,7 +30,7 @@ class ScaleByRms(Transform):
         alpha, eps = ctx.hyper("alpha"), ctx.hyper("eps")
         result = []
         for i, g in enumerate(updates):
-            s = ctx.accumulate(i, "square_avg", alpha, (1.0 - alpha) * (g * g))
+            s = ctx.accumulate(i, "square_avg", alpha, ((1.0 - alpha) * g) * g)  # torch's order: finite longer
             if self.centered:
                 a = ctx.accumulate(i, "grad_avg", alpha, (1.0 - alpha) * g)
                 s = s - a * a
