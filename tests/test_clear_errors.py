@@ -99,19 +99,23 @@ def test_cross_entropy_other_ignore_index_as_torch():
 # -- nothing to train --------------------------------------------------------------------------
 
 
-def test_trainer_with_a_loss_that_depends_on_no_weight_raises():
+def _with_a_loss_of_no_weight():
+    """The classifier with a second scalar output, ``x_mean``, that no weight affects."""
     model = classifier()
     model.graph.output.append(helper.make_tensor_value_info("x_mean", TensorProto.FLOAT, []))
     model.graph.node.append(helper.make_node("ReduceMean", ["x"], ["x_mean"], keepdims=0))
+    return model
+
+
+def test_trainer_with_a_loss_that_depends_on_no_weight_raises():
+    model = _with_a_loss_of_no_weight()
     with pytest.raises(ValueError, match=r"nothing to train in model \(graph 'classifier'\).*loss 'x_mean'.*\[\].*"
                                          r"float initializers: \['W', 'b'\]"):
         graphopt.Trainer(model, "x_mean", optim.SGD(lr=0.1))
 
 
 def test_trainer_with_trainable_weights_the_loss_does_not_depend_on_raises():
-    model = classifier()
-    model.graph.output.append(helper.make_tensor_value_info("x_mean", TensorProto.FLOAT, []))
-    model.graph.node.append(helper.make_node("ReduceMean", ["x"], ["x_mean"], keepdims=0))
+    model = _with_a_loss_of_no_weight()
     with pytest.raises(ValueError, match=r"nothing to train in model .*trainable=\['W'\] \(selected \['W'\], none of "
                                          r"which the loss 'x_mean' depends on\)"):
         graphopt.Trainer(model, "x_mean", optim.SGD(lr=0.1), trainable=["W"])
