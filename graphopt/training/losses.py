@@ -63,6 +63,7 @@ class Loss:
         else:
             label_type, label_dims = tensor_type.elem_type, dims
         graph.input.append(helper.make_tensor_value_info(self.labels, label_type, label_dims))
+        next(o for o in graph.output if o.name == output).CopyFrom(outputs[output])  # typed: `classes` reads it
         nodes, constants = _NODES[self.kind](output, self.labels, f"{LOSS}/", tensor_type.elem_type)
         if self.ignore_index is not None:
             nodes[0].attribute.append(helper.make_attribute("ignore_index", int(self.ignore_index)))
@@ -72,9 +73,10 @@ class Loss:
         return result, LOSS
 
     def classes(self, model: onnx.ModelProto) -> int | None:
-        """Cross-entropy: the class count C, dimension 1 of the output in ``model``'s static shapes, or None."""
+        """Cross-entropy: the class count C, dimension 1 of the output in ``model`` as `attach`
+        returned it (the output typed by shape inference there), or None where it is not static."""
         output = self.output or model.graph.output[0].name
-        info = next((o for o in infer_shapes(model).graph.output if o.name == output), None)
+        info = next((o for o in model.graph.output if o.name == output), None)
         dims = info.type.tensor_type.shape.dim if info is not None else ()
         return dims[1].dim_value or None if len(dims) > 1 else None
 

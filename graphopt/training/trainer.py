@@ -111,9 +111,9 @@ class Trainer:
         self.model = untie_running_statistics(weights_as_initializers(normalized(model), promote_constants))
         self.labels = loss.labels if isinstance(loss, Loss) else None
         self._loss_spec = loss if isinstance(loss, Loss) else None
-        self._classes = self._loss_spec.classes(self.model) if self._loss_spec is not None and \
-            self._loss_spec.kind == "cross_entropy" else None
         loss_model, self.loss = _with_loss(self.model, loss)
+        self._classes = self._loss_spec.classes(loss_model) if self._loss_spec is not None and \
+            self._loss_spec.kind == "cross_entropy" else None
         if providers is not None:
             optimizer._use_runtime(Runtime(providers))
         self._train_model, updated = to_training_mode(loss_model) if training_mode else (loss_model, {})
