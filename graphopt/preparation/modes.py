@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 from graphopt import names
 from graphopt.preparation.constants import untie_running_statistics
 from graphopt.preparation.copying import copied
+from graphopt.preparation.normalize import opset_of
 
 
 def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -18,7 +19,7 @@ def to_training_mode(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     result = copied(untie_running_statistics(model))
     graph = result.graph
     initializers = {t.name: t for t in graph.initializer}
-    opset = next((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_of(result)
     buffers: dict[str, str] = {}
     extra_nodes = []
     for node in graph.node:

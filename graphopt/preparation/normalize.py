@@ -22,7 +22,7 @@ def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     itself when nothing changes. Run it before adding nodes of the pinned opset (a loss, training
     mode), which an older opset may not have."""
     model = inline_functions(model)
-    if _opset(model) != OPSET:
+    if opset_of(model) != OPSET:
         model = onnx.version_converter.convert_version(model, OPSET)
     if model.ir_version == IR_VERSION:
         return model
@@ -36,7 +36,8 @@ def normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return result
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's ``ai.onnx`` opset version (the pinned one if it imports none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
@@ -66,7 +67,7 @@ def fold_constant_expressions(model: onnx.ModelProto) -> onnx.ModelProto:
             value = constant_value(node, Constants(onnx.GraphProto()))
         elif (node.op_type in _FOLDABLE and node.domain in ("", "ai.onnx") and len(node.output) == 1
               and all(name in known for name in node.input if name)):
-            value = _evaluate(node, known, _opset(model))
+            value = _evaluate(node, known, opset_of(model))
             if value is not None and value.size <= _FOLD_LIMIT:
                 node = helper.make_node("Constant", [], list(node.output), value=numpy_helper.from_array(value))
         if value is not None and value.size <= _FOLD_LIMIT:
