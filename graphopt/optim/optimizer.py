@@ -18,6 +18,7 @@ run one at a time, each seeing the whole effect of the ones before.
 
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -86,6 +87,7 @@ class Optimizer:
         self.defaults = {**GROUP_DEFAULTS, **defaults}
         self.param_groups: list[dict[str, Any]] = []
         self._flats: list[list[FlatGroup]] = []  # per group: its tensors' flat buffers, one per dtype
+        self._added: list[tuple[Parameter, ...]] = []  # per group: its 'params' as added (checked each step)
         self._names: dict[Parameter, str] = {}
         self._positions: dict[Parameter, tuple[int, int]] = {}  # (group index, index in group)
         self._runtime = runtime or Runtime(providers)
@@ -139,6 +141,7 @@ class Optimizer:
         group["params"] = params
         self.param_groups.append(group)
         self._flats.append(flats)
+        self._added.append(tuple(params))
         self._names.update(new_names)
         self._positions.update({p: (index, i) for i, p in enumerate(params)})
 
@@ -171,11 +174,10 @@ class Optimizer:
     def _check_unchanged_params(self, g: int, group: Mapping[str, Any]) -> None:
         """Raise if ``group['params']`` is no longer the list the group was given: its tensors live
         in flat buffers made when it was added, so an appended parameter would never be updated."""
-        params, count = group["params"], sum(len(flat.params) for flat in self._flats[g])
-        if not isinstance(params, list) or len(params) != count or \
-                any(not isinstance(p, Parameter) or self._positions.get(p) != (g, i) for i, p in enumerate(params)):
+        params, added = group["params"], self._added[g]
+        if not isinstance(params, list) or len(params) != len(added) or not all(map(operator.is_, params, added)):
             raise ValueError(f"{type(self).__name__} param group {g}: 'params' changed after the group was added "
-                             f"({count} parameters then, {len(params) if isinstance(params, list) else params!r} "
+                             f"({len(added)} parameters then, {len(params) if isinstance(params, list) else params!r} "
                              "now); add parameters with add_param_group instead")
 
     def _parameters(self) -> list[Parameter]:
