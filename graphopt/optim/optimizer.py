@@ -9,7 +9,7 @@ inputs, read from ``param_groups`` at every step.
 
 Everything that can be checked -- settings, gradients' shapes and dtypes, compiling and
 binding each group's update -- is done for every group before any buffer (parameters,
-state, scales, step counts) is touched, so a step that raises for bad input changes
+state, step counts) is touched, so a step that raises for bad input changes
 nothing. The update itself then runs in place, as torch's does.
 
 Public methods are serialized (`graphopt.optim.serial`): calls from several threads
