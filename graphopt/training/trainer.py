@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 from graphopt import names
 from graphopt.autodiff import differentiable_initializers
-from graphopt.update.inplace import proven_in_place
+from graphopt.update.inplace import implicit_inputs, proven_in_place
 from graphopt.training.losses import Loss
 from graphopt.optim.execution import NewSlots, TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
@@ -385,7 +385,8 @@ def _loaded_arrays(kind: str, given: Any, current: Mapping[str, np.ndarray]) -> 
 
 
 def _upstream(model: onnx.ModelProto, output: str) -> set[str]:
-    """The names ``output`` depends on: node inputs, and every name a subgraph of such a node reads."""
+    """The names ``output`` depends on: node inputs, and the names a subgraph of such a node reads
+    from the enclosing scope."""
     producers = {name: node for node in model.graph.node for name in node.output}
     result, pending = set(), [output]
     while pending:
@@ -396,13 +397,8 @@ def _upstream(model: onnx.ModelProto, output: str) -> set[str]:
         node = producers.get(name)
         if node is not None:
             pending.extend(node.input)
-            pending.extend(_subgraph_inputs(node))
+            pending.extend(implicit_inputs(node))
     return result
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
-    graphs = [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
-    return [name for graph in graphs for n in graph.node for name in [*n.input, *_subgraph_inputs(n)]]
 
 
 def _nothing_to_train(label: str, loss: str, trainable: Selector, frozen: Selector, model: onnx.ModelProto,

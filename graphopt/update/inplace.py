@@ -68,7 +68,7 @@ class _GraphIndex:
     def __init__(self, graph: onnx.GraphProto):
         self.outputs = {o.name for o in graph.output}
         self.producers = {out: node for node in graph.node for out in node.output}
-        self.reads = {id(node): (*node.input, *_implicit_inputs(node)) for node in graph.node}
+        self.reads = {id(node): (*node.input, *implicit_inputs(node)) for node in graph.node}
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
             for name in set(self.reads[id(node)]):
@@ -139,14 +139,14 @@ def _topological(nodes, reads: dict[int, tuple], producers: dict[str, onnx.NodeP
     return order
 
 
-def _implicit_inputs(node: onnx.NodeProto) -> set[str]:
+def implicit_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read from the enclosing scope."""
     names: set[str] = set()
     for attribute in node.attribute:
         for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
             defined = {i.name for i in subgraph.input} | {t.name for t in subgraph.initializer}
             for inner in subgraph.node:
-                names.update(n for n in (*inner.input, *_implicit_inputs(inner)) if n and n not in defined)
+                names.update(n for n in (*inner.input, *implicit_inputs(inner)) if n and n not in defined)
                 defined.update(inner.output)
     return names
 
