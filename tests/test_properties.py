@@ -191,20 +191,16 @@ def _check_run(kind, config, groups, dtype, seed, pattern_strategy, data, magnit
         _assert_matches(opt, params, ref, dtype, f"{kind} {config} step {t + 1}")
 
 
-@PROPERTY
-@given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16),
-       magnitude=st.sampled_from([1e-2, 1.0, 1e2]), data=st.data())
-def test_every_step_matches_reference_float64(case, groups, seed, magnitude, data):
-    kind, config = case
-    _check_run(kind, config, groups, np.float64, seed, gradient_pattern, data, magnitude)
+MAGNITUDES = {np.float64: [1e-2, 1.0, 1e2], np.float32: [1e-3, 1.0, 1e3]}  # of the gradients drawn
 
 
+@pytest.mark.parametrize("dtype", list(MAGNITUDES), ids=["float64", "float32"])
 @PROPERTY
-@given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16),
-       magnitude=st.sampled_from([1e-3, 1.0, 1e3]), data=st.data())
-def test_every_step_matches_reference_float32(case, groups, seed, magnitude, data):
+@given(case=optimizer_case(), groups=layout(), seed=st.integers(0, 2**16), data=st.data())
+def test_every_step_matches_reference(dtype, case, groups, seed, data):
     kind, config = case
-    _check_run(kind, config, groups, np.float32, seed, gradient_pattern, data, magnitude)
+    magnitude = data.draw(st.sampled_from(MAGNITUDES[dtype]), label="gradient magnitude")
+    _check_run(kind, config, groups, dtype, seed, gradient_pattern, data, magnitude)
 
 
 @settings(PROPERTY, max_examples=30 * max(1, FUZZ))
