@@ -72,6 +72,16 @@ def test_second_moments_are_scaled_before_squaring_as_torch_does(kind, kwargs):
     np.testing.assert_allclose(ours[0].data, expected, rtol=1e-6)
 
 
+def test_centered_rmsprop_whose_second_moment_overflows_leaves_the_parameter_as_torch_does():
+    """g = 1e30: ``square_avg`` and ``grad_avg ** 2`` both overflow float32; torch's fused
+    ``square_avg - grad_avg * grad_avg`` is inf (the step is 0), two plain ops would give inf - inf = NaN."""
+    init = [np.array([0.5, -0.25], np.float32)]
+    ours, theirs, opt, ref = _torch_pair("RMSprop", dict(lr=0.1, centered=True), init)
+    _step_both(ours, theirs, opt, ref, [np.array([1e30, -1e30], np.float32)])
+    np.testing.assert_array_equal(theirs[0].detach().numpy(), init[0])  # the reference: unchanged
+    np.testing.assert_array_equal(ours[0].data, init[0])
+
+
 def test_adam_second_moment_of_huge_gradients_stays_finite_over_a_long_run():
     """g = 1.8e19: g * g = 3.2e38 is finite, and so is torch's ``exp_avg_sq`` for ever; a buffer holding
     ``exp_avg_sq / scale`` with ``scale = 0.999 ** t`` overflowed after ~720 steps."""

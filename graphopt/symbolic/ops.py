@@ -40,6 +40,11 @@ def where(condition: Sym, a: Any, b: Any) -> Sym:
     return graph.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
 
 
+def isinf(x: Sym) -> Sym:
+    """Whether each element of ``x`` is +inf or -inf (bool, ``x``'s shape)."""
+    return x.graph.op("IsInf", [x], dtype=np.dtype(bool), shape=x.shape)
+
+
 def cast(x: Sym, dtype: Any, *, weak: bool = False) -> Sym:
     """``x`` as ``dtype``; ``weak=True`` makes a scalar that yields to tensors' dtypes."""
     return x.graph.cast(x, dtype, weak=weak)
