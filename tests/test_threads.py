@@ -90,3 +90,46 @@ def test_trainer_steps_and_snapshots_from_threads():
                 np.testing.assert_array_equal(value, expected["optimizer"]["state"][index][key])
     final = trainer.state_dict()["optimizer"]["state"]
     assert {entry["step"] for entry in final.values()} == {4 * STEPS_EACH}
+
+
+def _training_model():
+    from graphopt.training import losses
+    from tests.test_trainer_features import linear_model
+
+    trainer = graphopt.Trainer(linear_model(), losses.mse("y"), optim.Adam(lr=0.01))
+    return trainer.export(kind="training_info")
+
+
+def test_training_session_steps_from_threads_equal_the_same_steps_in_sequence():
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((8, 3)), "labels": rng.standard_normal((8, 4))}
+    model = _training_model()
+    session, sequential = graphopt.TrainingSession(model), graphopt.TrainingSession(model)
+    _in_threads(*[lambda: [session.step(feeds) for _ in range(STEPS_EACH)]] * 4)
+    for _ in range(4 * STEPS_EACH):
+        sequential.step(feeds)
+    assert set(session.state) == set(sequential.state)
+    for name, value in sequential.state.items():
+        np.testing.assert_array_equal(session.state[name], value, err_msg=name)
+
+
+def test_functional_updates_from_threads_equal_the_same_updates_in_sequence():
+    """Each thread updates its own arrays through the shared compiled graphs."""
+    from graphopt.optim import functional
+
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal((7, 5)).astype(np.float32) for _ in range(THREADS)]
+    grad = rng.standard_normal((7, 5)).astype(np.float32)
+
+    def run(param):
+        buffers = [None]
+        for _ in range(STEPS_EACH):
+            functional.sgd([param], [grad], buffers, weight_decay=0.01, momentum=0.9, lr=0.1, dampening=0,
+                           nesterov=True, maximize=False)
+
+    threaded, sequential = [a.copy() for a in init], [a.copy() for a in init]
+    _in_threads(*[lambda p=p: run(p) for p in threaded])
+    for p in sequential:
+        run(p)
+    for p, q in zip(threaded, sequential):
+        np.testing.assert_array_equal(p, q)

@@ -4,6 +4,10 @@ Each function compiles (once per structure, shapes and dtypes) the same update g
 the optimizer classes run, executes it, and writes the new parameters and state back
 into the arrays it was given. The update formulas are documented on the classes.
 
+The compiled graphs are shared by all callers; calls from several threads run one at a
+time (a module lock), so they never interleave on the shared cache or its bindings.
+Arrays shared between threads' calls are the callers' to coordinate, as in torch.
+
 >>> params, grads = [np.ones(3, np.float32)], [np.full(3, 0.5, np.float32)]
 >>> buffers = [None]
 >>> sgd(params, grads, buffers, weight_decay=0, momentum=0.9, lr=0.1, dampening=0,
@@ -13,6 +17,7 @@ into the arrays it was given. The update formulas are documented on the classes.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +33,7 @@ from graphopt.update import GroupSpec, ParamSpec
 
 _GROUP = names.group(0)
 _executor: Executor | None = None
+_lock = threading.Lock()  # one functional update at a time: the executor's cache and bindings are shared
 
 
 def sgd(params: Sequence[np.ndarray], d_p_list: Sequence[np.ndarray],
@@ -124,7 +130,8 @@ def _update(transform: Transform, hypers: dict[str, float], params: Sequence[np.
         for slot, values in slots.items():
             feeds[names.state(pspec.name, slot)] = np.zeros_like(p) if values[i] is None else values[i]
             outputs[names.new(names.state(pspec.name, slot))] = np.empty_like(p)
-    _executable(spec).run(feeds, outputs)
+    with _lock:
+        _executable(spec).run(feeds, outputs)
     for i, (pspec, p) in enumerate(zip(specs, params)):
         np.copyto(p, outputs[names.new(pspec.name)])
         for slot, values in slots.items():

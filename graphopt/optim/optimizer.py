@@ -10,7 +10,9 @@ inputs, read from ``param_groups`` at every step.
 Everything that can be checked -- settings, gradients' shapes and dtypes, compiling and
 binding each group's update -- is done for every group before any buffer (parameters,
 state, step counts) is touched, so a step that raises for bad input changes
-nothing. The update itself then runs in place, as torch's does.
+nothing. The update itself then runs in place, as torch's does; so an error raised by ONNX
+Runtime *while* the updates run (out of memory, a device fault) cannot be undone: groups already
+run keep their update and the failing group's buffers may be partly written (restore a checkpoint).
 
 Public methods are serialized (`graphopt.optim.serial`): calls from several threads
 run one at a time, each seeing the whole effect of the ones before.

@@ -16,6 +16,7 @@ step count to the output holding its new value.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphopt import names
+from graphopt.optim.serial import serialized
 from graphopt.preparation import loaded
 from graphopt.runtime import resolve_providers
 from graphopt.training.step import trainable_as_inputs
@@ -74,10 +76,14 @@ class TrainingSession:
     External data, of the inference graph and of the TrainingInfoProto alike, is read from
     the model file's folder, or from ``base_dir`` for a ``ModelProto`` loaded without it
     (`graphopt.preparation.loaded`), never from the working directory.
+
+    ``step``, ``evaluate`` and ``export`` hold the session's lock: steps from several threads
+    run one after another, each starting from the state the one before left.
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, providers: Sequence[Any] | None = None, *,
                  base_dir: str | os.PathLike | None = None):
+        self._lock = threading.RLock()  # taken by step, evaluate and export (graphopt.optim.serial)
         self.model = loaded(model, "TrainingSession", base_dir)
         if len(self.model.training_info) != 1:
             raise ValueError(f"TrainingSession: expected one TrainingInfoProto, the model has "
@@ -96,6 +102,7 @@ class TrainingSession:
         self._inference = None
         self._providers = providers
 
+    @serialized
     def step(self, inputs: Mapping[str, np.ndarray]) -> float:
         """One run of the algorithm; the bound initializers take their new values. Returns the loss."""
         results = dict(zip(self._outputs, self._session.run(None, {**inputs, **{k: self.state[k] for k in self._fed}})))
@@ -103,6 +110,7 @@ class TrainingSession:
             self.state[key] = results[value]
         return float(results[self.loss])
 
+    @serialized
     def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The inference graph's outputs with the current state."""
         main = {t.name for t in self.model.graph.initializer}
@@ -115,6 +123,7 @@ class TrainingSession:
         names_ = [o.name for o in self._inference.get_outputs()]
         return dict(zip(names_, self._inference.run(names_, {**inputs, **{k: self.state[k] for k in mutable}})))
 
+    @serialized
     def export(self, path: str | os.PathLike | None = None) -> onnx.ModelProto:
         """The model with the current state written into its initializers."""
         result = onnx.ModelProto()
