@@ -9,19 +9,26 @@ For a parameter ``p`` of param group ``g``:
 ``p.step``                 updates ``p`` had so far, float64 scalar (input); ``p.step.new`` (output)
 ``p.has_grad``             whether ``p`` is updated this step, bool scalar (input of masked update graphs)
 ``g.<hyper>``              a hyperparameter, float64 scalar (input), e.g. ``group0.lr``
+``found_inf``              whether a gradient was NaN or inf, so the step was skipped (bool output of
+                           guarded updates, `graphopt.update.guard`)
+``grad_scaler.<name>``     the dynamic loss scale's state and settings (``grad_scaler.scale``, float32;
+                           ``grad_scaler.growth_tracker``, int64; inputs, with ``.new`` outputs for the
+                           state), e.g. ``grad_scaler.growth_factor``
 =========================  ======================================================
 
 So that no two of these coincide, `check_unambiguous` refuses (when parameters are added to an
 optimizer, and in a `Trainer` for its parameters, running statistics and inputs) a name that
 starts with another parameter's (or running statistic's) name and a dot, such as ``a.grad``
-or ``a.exp_avg`` next to ``a``, and the names ``group<N>`` and ``group<N>.<anything>``.
+or ``a.exp_avg`` next to ``a``, the names ``group<N>`` and ``group<N>.<anything>``, ``found_inf``
+and ``grad_scaler`` and ``grad_scaler.<anything>``.
 """
 
 import re
 from collections.abc import Iterable
 
 NEW = ".new"
-_GROUP = re.compile(r"group\d+(\..*)?", re.DOTALL)
+FOUND_INF = "found_inf"
+_RESERVED = re.compile(r"(group\d+|grad_scaler)(\..*)?|found_inf", re.DOTALL)
 
 
 def grad(param: str) -> str:
@@ -48,6 +55,10 @@ def new(name: str) -> str:
     return name + NEW
 
 
+def grad_scaler(name: str) -> str:
+    return f"grad_scaler.{name}"
+
+
 def group(index: int) -> str:
     return f"group{index}"
 
@@ -59,9 +70,9 @@ def check_unambiguous(generating: Iterable[str], others: Iterable[str] = (), whe
     generating = list(generating)
     prefixes = set(generating)
     for name in [*generating, *others]:
-        if _GROUP.fullmatch(name):
-            raise ValueError(f"{where}: the name {name!r} is reserved for param groups' hyperparameter inputs "
-                             "(group<N>.<name>, see graphopt.names); rename it")
+        if _RESERVED.fullmatch(name):
+            raise ValueError(f"{where}: the name {name!r} is reserved for graphopt's own inputs and outputs "
+                             "(group<N>.<hyper>, found_inf, grad_scaler.<name>; see graphopt.names); rename it")
         for i, char in enumerate(name):
             if char == "." and name[:i] in prefixes:
                 raise ValueError(f"{where}: the name {name!r} could be one graphopt generates for {name[:i]!r} "

@@ -339,9 +339,10 @@ def test_parameter_names_that_collide_with_generated_names_are_refused(first, se
     assert len(optimizer.param_groups) == 1
 
 
-@pytest.mark.parametrize("name", ["group0.lr", "group12", "group3.anything"])
-def test_group_names_are_reserved(name):
-    with pytest.raises(ValueError, match=rf"SGD param group 0: the name '{name}' is reserved for param groups'"):
+@pytest.mark.parametrize("name", ["group0.lr", "group12", "group3.anything", "found_inf", "grad_scaler",
+                                  "grad_scaler.scale"])
+def test_generated_names_are_reserved(name):
+    with pytest.raises(ValueError, match=rf"SGD param group 0: the name '{name}' is reserved for graphopt's own"):
         optim.SGD([graphopt.Parameter(np.zeros(2), name=name)], lr=0.1)
 
 

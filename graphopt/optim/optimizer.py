@@ -36,6 +36,7 @@ from graphopt.parameter import Parameter, check_grad
 from graphopt.runtime import Runtime
 from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform
 from graphopt.update import GroupSpec, ParamSpec, build_update
+from graphopt.update.guard import Guard
 
 
 class _Required:
@@ -73,6 +74,12 @@ class Optimizer:
     ``providers`` selects ONNX Runtime execution providers; ``runtime`` (a
     `graphopt.runtime.Runtime`) sets threads and chunk size as well.
 
+    ``skip_nonfinite=True`` guards every step: when any gradient (or gradient sum) the step would
+    apply has a NaN or inf -- checked by a small graph over the gradients before anything is
+    written -- the step is skipped whole: no parameter, state slot or step count of any group
+    changes. ``found_inf`` says whether the last step was skipped, ``skipped_steps`` counts them;
+    `export` then emits the same decision inside the update model (`graphopt.update.guard`).
+
     Thread safety: ``step``, ``zero_grad``, ``sum_grad``, ``add_param_group``, ``state``,
     ``state_dict``, ``load_state_dict`` and ``export`` hold the optimizer's re-entrant lock, so
     calls from several threads run one after another, never interleaved. Setting
@@ -82,8 +89,12 @@ class Optimizer:
     _hyper_aliases: Mapping[str, tuple[str, ...]] = {}
 
     def __init__(self, params: Iterable[Any] | None, defaults: Mapping[str, Any], *, providers: Any = None,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, skip_nonfinite: bool = False):
         self._lock = threading.RLock()  # taken by every public method (graphopt.optim.serial)
+        validation.boolean(type(self).__name__, "skip_nonfinite", skip_nonfinite)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.found_inf = False  # whether the last step was skipped for a non-finite gradient
+        self.skipped_steps = 0
         if runtime is not None and providers is not None:
             raise ValueError(f"{type(self).__name__}: give providers or runtime, not both")
         self.defaults = {**GROUP_DEFAULTS, **defaults}
@@ -253,11 +264,22 @@ class Optimizer:
 
     @serialized
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every parameter that has a gradient (or a summed one); return ``closure()``."""
+        """Update every parameter that has a gradient (or a summed one); return ``closure()``.
+
+        With ``skip_nonfinite``, a step whose gradients hold a NaN or inf updates nothing
+        (``found_inf`` is then True)."""
         loss = closure() if closure is not None else None
         # every group planned (compiled, checked, bound) before any buffer is touched
-        plans = [self._executor.plan(*layout, self._gradients(layout.flats), self._summing)
-                 for layout in self._layouts()]
+        layouts = self._layouts()
+        gradients = [self._gradients(layout.flats) for layout in layouts]
+        plans = [self._executor.plan(*layout, grads, self._summing) for layout, grads in zip(layouts, gradients)]
+        if self.skip_nonfinite:
+            self.found_inf = self._executor.any_nonfinite(
+                [grad for layout, grads in zip(layouts, gradients) for flat_grads in grads for grad in flat_grads])
+            if self.found_inf:
+                self.skipped_steps += 1
+                self._summing = False
+                return loss
         for plan in plans:
             plan.prepare()
         for plan in plans:
@@ -427,7 +449,8 @@ class Optimizer:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
                 specs.append(GroupSpec(names.group(g), self._transform(group), params))
         model = build_update(specs, doc_string=f"graphopt {type(self).__name__} update; "
-                                               "I/O names: see graphopt.names")
+                                               "I/O names: see graphopt.names",
+                             guard=Guard() if self.skip_nonfinite else None)
         if path is not None:
             onnx.save(model, path)
         return model

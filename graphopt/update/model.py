@@ -10,6 +10,9 @@ A *masked* group (``GroupSpec.masked``) has one more input per tensor, the 0-d b
 a gradient -- its gradient reads as zero, it adds nothing to a group-wide norm, and
 ``p.new``, every ``p.<slot>.new`` and ``p.step.new`` are its inputs unchanged, bit for
 bit (``Where``). One masked graph thus serves every pattern of gradients in the group.
+
+A *guarded* model (``guard``, `graphopt.update.guard`) skips the whole update -- every group --
+when any gradient is NaN or inf, decided in the graph, and reports it as the output ``found_inf``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import onnx
 from graphopt import names
 from graphopt.symbolic import Graph, Sym, where
 from graphopt.transforms import Context, Transform
+from graphopt.update.guard import Guard, GuardEmitter
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,23 @@ class GroupSpec:
     masked: bool = False  # one `has_grad` input per tensor (see the module docstring)
 
 
-def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None) -> onnx.ModelProto:
+def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None,
+                 guard: Guard | None = None) -> onnx.ModelProto:
     """The update model for ``groups`` (see the module docstring for its contract)."""
     graph = Graph("graphopt_update")
-    for group in groups:
-        _emit_group(graph, group)
+    guarding = GuardEmitter(graph, guard) if guard is not None else None
+    emitted = [_emit_group(graph, group, guarding) for group in groups]
+    found = guarding.found() if guarding is not None else None
+    for outputs in emitted:
+        for name, mask, new, old in outputs:
+            graph.output(name, _kept(_updated(mask, found), new, old))
+    if guarding is not None:
+        guarding.finish(found)
     return graph.to_model(doc_string=doc_string)
 
 
-def _emit_group(graph: Graph, group: GroupSpec) -> None:
+def _emit_group(graph: Graph, group: GroupSpec, guarding: GuardEmitter | None) -> list[tuple]:
+    """Emit ``group``'s update; its outputs as ``(name, mask, new value, old value)``."""
     slots = group.transform.all_slots()
     params, grads, state, masks = [], [], [], []
     for spec in group.params:
@@ -61,17 +73,29 @@ def _emit_group(graph: Graph, group: GroupSpec) -> None:
         state.append({slot: graph.input(names.state(spec.name, slot), spec.dtype, spec.shape) for slot in slots})
         masks.append(graph.input(names.has_grad(spec.name), np.bool_, ()) if group.masked else None)
     grads = [_kept(mask, g, 0.0) for mask, g in zip(masks, grads)]
+    if guarding is not None:
+        grads = guarding.unscale(grads)
     ctx = Context(graph, group.name, [p.name for p in group.params], params, state, masks=masks)
     updates = group.transform.apply(grads, ctx)
     steps = ctx.steps_used
+    outputs = []
     for i, (spec, mask) in enumerate(zip(group.params, masks)):
-        graph.output(names.new(spec.name), _kept(mask, ctx.params[i] + updates[i], params[i]))
+        outputs.append((names.new(spec.name), mask, ctx.params[i] + updates[i], params[i]))
         for slot in slots:
-            graph.output(names.new(names.state(spec.name, slot)), _kept(mask, ctx.state_out[i][slot], state[i][slot]))
+            outputs.append((names.new(names.state(spec.name, slot)), mask, ctx.state_out[i][slot], state[i][slot]))
         if i in steps:
-            graph.output(names.new(names.step(spec.name)), _kept(mask, steps[i], ctx.previous_step(i)))
+            outputs.append((names.new(names.step(spec.name)), mask, steps[i], ctx.previous_step(i)))
+    return outputs
+
+
+def _updated(mask: Sym | None, found: Sym | None) -> Sym | None:
+    """Whether a tensor takes its new values: it has a gradient and no gradient was non-finite."""
+    if found is None:
+        return mask
+    finite = found.graph.op("Not", [found], dtype=np.dtype(bool), shape=())
+    return finite if mask is None else found.graph.op("And", [mask, finite], dtype=np.dtype(bool), shape=())
 
 
 def _kept(mask: Sym | None, new: Sym, old: Sym | float) -> Sym:
-    """``new`` where the tensor has a gradient this step, else ``old`` (``new`` if unmasked)."""
+    """``new`` where ``mask`` holds (the tensor is updated this step), else ``old`` (``new`` if no mask)."""
     return new if mask is None else where(mask, new, old)
