@@ -13,11 +13,12 @@ from graphopt.checkpoint import CheckpointError, load_state_dict, save_state_dic
 from graphopt.parameter import Parameter
 from graphopt.symbolic import IR_VERSION, OPSET, GraphBuildError
 from graphopt.torch_export import from_torch
-from graphopt.training import Trainer, TrainingSession, losses
+from graphopt.training import GradScaler, Trainer, TrainingSession, losses
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer", "TrainingSession",
-    "__version__", "from_torch", "load_state_dict", "losses", "names", "optim", "save_state_dict", "transforms",
+    "CheckpointError", "GradScaler", "GraphBuildError", "IR_VERSION", "OPSET", "Parameter", "Trainer",
+    "TrainingSession", "__version__", "from_torch", "load_state_dict", "losses", "names", "optim",
+    "save_state_dict", "transforms",
 ]

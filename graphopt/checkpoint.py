@@ -8,7 +8,8 @@ shape of every array), and each array is a member ``arrayN`` named there. Versio
      "arrays": {"array0": {"dtype": "<f4", "shape": [2, 3]}, ...},
      "optimizer": {"state": {"0": {"step": 3, "slots": {"exp_avg": "array0", ...}}},
                    "param_groups": [{"lr": 0.001, ..., "params": [0, 1]}]},
-     "parameters": {"W": "array2", ...}, "buffers": {...}}          # "trainer" only
+     "parameters": {"W": "array2", ...}, "buffers": {...},          # "trainer" only
+     "grad_scaler": {"scale": 65536.0, ...}}                        # a trainer's with a GradScaler
 
 Saving writes a temporary file in the target's folder, flushes and fsyncs it, then renames it over
 the target, so a crash mid-save leaves the previous checkpoint whole. Loading reads nothing it has
@@ -41,6 +42,7 @@ _MAX_META_BYTES = 64 << 20  # the metadata of a model with a million parameter t
 _MAX_HEADER = 10_000  # numpy's own limit on a .npy header
 _MAX_RATIO = 1032  # the most deflate can expand its input
 _KINDS = {"optimizer": {"state", "param_groups"}, "trainer": {"parameters", "buffers", "optimizer"}}
+_OPTIONAL = {"optimizer": set(), "trainer": {"grad_scaler"}}  # keys a state dict of that kind may add
 
 
 class CheckpointError(ValueError):
@@ -81,6 +83,9 @@ class _Encoder:
             for part in ("parameters", "buffers"):
                 meta[part] = {self.name(name, f"{part} name"): self.array(value, f"{part}[{name!r}]")
                               for name, value in self.mapping(state_dict[part], part).items()}
+            if "grad_scaler" in state_dict:
+                meta["grad_scaler"] = {self.name(key, "grad_scaler key"): self.scalar(value, f"grad_scaler[{key!r}]")
+                                       for key, value in self.mapping(state_dict["grad_scaler"], "grad_scaler").items()}
         else:
             meta["optimizer"] = self.optimizer(state_dict, "state_dict")
         meta["arrays"] = self.specs
@@ -170,7 +175,8 @@ def _kind_of(state_dict: Any) -> str | None:
     """'optimizer' or 'trainer' by the keys of ``state_dict`` (an optimizer's may name its
     ``class``), or None."""
     keys = set(state_dict) - {"class"} if isinstance(state_dict, Mapping) else None
-    return next((kind for kind, expected in _KINDS.items() if keys == expected), None)
+    return next((kind for kind, expected in _KINDS.items() if keys is not None and expected <= keys <=
+                 expected | _OPTIONAL[kind]), None)
 
 
 def _numeric(dtype: np.dtype) -> bool:
@@ -256,8 +262,11 @@ class _Loader:
         optimizer = self.optimizer(_field(self, meta, "optimizer", dict, _META))
         if meta["kind"] == "optimizer":
             return optimizer
-        return {"parameters": self.named_arrays(meta, "parameters"), "buffers": self.named_arrays(meta, "buffers"),
-                "optimizer": optimizer}
+        loaded = {"parameters": self.named_arrays(meta, "parameters"), "buffers": self.named_arrays(meta, "buffers"),
+                  "optimizer": optimizer}
+        if "grad_scaler" in meta:
+            loaded["grad_scaler"] = self.settings(meta, "grad_scaler")
+        return loaded
 
     # -- the metadata member
 
@@ -355,6 +364,14 @@ class _Loader:
                 raise self.fail(f"{where}[{key!r}]", "must be a number, string, bool, null or a list of them")
         return {key: tuple(value) if isinstance(value, list) and key != "params" else value
                 for key, value in group.items()}
+
+    def settings(self, meta: Mapping[str, Any], part: str) -> dict[str, Any]:
+        """A dict of plain numbers, strings, bools and nulls (a GradScaler's state dict)."""
+        values = _field(self, meta, part, dict, _META)
+        for key, value in values.items():
+            if isinstance(value, list) or not _plain_setting(value):
+                raise self.fail(f"{_META} {part}[{key!r}]", "must be a number, string, bool or null")
+        return dict(values)
 
     def named_arrays(self, meta: Mapping[str, Any], part: str) -> dict[str, np.ndarray]:
         """A Trainer's parameters or buffers: name -> array."""

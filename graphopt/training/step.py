@@ -9,6 +9,11 @@ statistics), then per parameter ``p`` its state slots ``p.<slot>`` and ``p.step`
 (where the update reads it), and the hyperparameters ``group<g>.<hyper>`` -- the
 names of `graphopt.names`. Outputs: the loss, ``<buffer>.new``, then ``p.new``,
 ``p.<slot>.new`` and ``p.step.new``. Plain onnxruntime runs it.
+
+With a ``guard`` (`graphopt.update.guard`) the update is skipped inside the graph when a
+gradient is not finite (output ``found_inf``); with its ``loss_scale``, the gradients are those
+of ``loss * grad_scaler.scale`` (the loss output itself stays unscaled), unscaled before the
+check, and the scale's new state is an output, as torch.amp.GradScaler does in three calls.
 """
 
 from __future__ import annotations
@@ -21,25 +26,31 @@ import onnx_ir as ir
 from graphopt import names
 from graphopt.autodiff import add_gradients
 from graphopt.update import GroupSpec, build_update
+from graphopt.update.guard import SCALE, Guard
 
 
 def build_training_step(model: onnx.ModelProto, loss: str, groups: Sequence[GroupSpec],
-                        buffers: Sequence[str] = ()) -> onnx.ModelProto:
+                        buffers: Sequence[str] = (), guard: Guard | None = None) -> onnx.ModelProto:
     """One model that computes ``loss`` and applies the update of ``groups`` to their parameters.
 
     ``buffers`` are initializers the model itself updates (the running statistics of
     `graphopt.preparation.to_training_mode`): inputs too, with outputs ``<name>.new``.
     """
     params = [p.name for group in groups for p in group.params]
-    grad_model = build_gradients(model, loss, params, buffers)
-    return _splice(grad_model, build_update(groups), params, [loss, *(names.new(b) for b in buffers)])
+    scaled = guard is not None and guard.loss_scale
+    grad_model = build_gradients(model, loss, params, buffers, loss_scale=scaled)
+    return _splice(grad_model, build_update(groups, guard=guard), params, [loss, *(names.new(b) for b in buffers)])
 
 
 def build_gradients(model: onnx.ModelProto, loss: str, params: Sequence[str],
-                    buffers: Sequence[str] = ()) -> onnx.ModelProto:
+                    buffers: Sequence[str] = (), loss_scale: bool = False) -> onnx.ModelProto:
     """Forward and backward only. Inputs: the model's, then ``params`` and ``buffers``; outputs:
-    ``loss``, ``<buffer>.new`` and ``<param>.grad`` (what gradient accumulation runs)."""
-    grad_model = add_gradients(trainable_as_inputs(model, [*params, *buffers]), loss, params)
+    ``loss``, ``<buffer>.new`` and ``<param>.grad`` (what gradient accumulation runs).
+
+    With ``loss_scale``, the gradients are those of ``loss * grad_scaler.scale`` (a float32 input)."""
+    model = trainable_as_inputs(model, [*params, *buffers])
+    differentiated = _scaled_loss(model, loss) if loss_scale else loss
+    grad_model = add_gradients(model, differentiated, params)
     kept = {loss, *(names.new(b) for b in buffers), *(names.grad(p) for p in params)}
     outputs = [o for o in grad_model.graph.output if o.name in kept]
     del grad_model.graph.output[:]
@@ -67,6 +78,20 @@ def trainable_as_inputs(model: onnx.ModelProto, params: Sequence[str]) -> onnx.M
     return result
 
 
+def _scaled_loss(model: onnx.ModelProto, loss: str) -> str:
+    """Add ``<loss>.scaled = loss * cast(grad_scaler.scale)`` to ``model`` (in place); its name."""
+    taken = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    dtype = next((o.type.tensor_type.elem_type for o in model.graph.output if o.name == loss), None)
+    if dtype is None:
+        raise ValueError(f"loss scaling: {loss!r} is not an output of the model")
+    cast, scaled = _fresh(f"{SCALE}.as_loss", taken), _fresh(f"{loss}.scaled", taken)
+    model.graph.input.append(onnx.helper.make_tensor_value_info(SCALE, onnx.TensorProto.FLOAT, []))
+    model.graph.node.extend([onnx.helper.make_node("Cast", [SCALE], [cast], to=dtype),
+                             onnx.helper.make_node("Mul", [loss, cast], [scaled])])
+    model.graph.output.append(onnx.helper.make_tensor_value_info(scaled, dtype, []))
+    return scaled
+
+
 def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: list[str],
             kept: list[str]) -> onnx.ModelProto:
     """Move the update graph's nodes into the gradient graph, wiring parameters and gradients."""
@@ -77,6 +102,7 @@ def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: 
     values.update({v.name: v for node in graph for v in node.outputs})
     wiring = {name: values[name] for name in params}
     wiring.update({names.grad(name): values[names.grad(name)] for name in params})
+    wiring.update({v.name: v for v in graph.inputs if v.name == SCALE})  # read by both halves
     taken = set(values) | set(graph.initializers)
     for name, value in list(update.initializers.items()):  # constants: renamed apart, then moved
         update.initializers.pop(name)

@@ -48,9 +48,11 @@ from graphopt.preparation import (
     weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
+from graphopt.training.grad_scaler import GradScaler
 from graphopt.training.info import with_training_info
 from graphopt.training.step import build_gradients, build_training_step, trainable_as_inputs
 from graphopt.update import GroupSpec, ParamSpec
+from graphopt.update.guard import Guard
 
 KINDS = ("step", "training_info", "inference")
 
@@ -91,6 +93,11 @@ class Trainer:
         base_dir: for a ``ModelProto`` whose external data was not loaded, the folder it is read
             from; a model given by path reads it from the file's folder (`preparation.loaded`;
             never from the working directory).
+        grad_scaler: a `graphopt.training.GradScaler`: dynamic loss scaling as torch.amp's, done
+            inside the training step. With it, or with an optimizer built with
+            ``skip_nonfinite=True``, a step whose gradients hold a NaN or inf is skipped inside the
+            graph (parameters, optimizer state and step counts unchanged; the running statistics
+            of that forward pass are kept, as in torch); ``found_inf`` and ``skipped_steps`` report it.
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -100,7 +107,8 @@ class Trainer:
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, loss: Loss | str, optimizer: Optimizer, *,
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
-                 providers: Any = None, base_dir: str | os.PathLike | None = None):
+                 providers: Any = None, base_dir: str | os.PathLike | None = None,
+                 grad_scaler: GradScaler | None = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -133,6 +141,10 @@ class Trainer:
         for group in _param_groups(trainable_names, groups):
             optimizer.add_param_group({**group, "params": [self.parameters[n] for n in group["params"]]})
         self.optimizer = optimizer
+        if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
+            raise TypeError(f"Trainer: grad_scaler must be a graphopt.training.GradScaler, got "
+                            f"{type(grad_scaler).__name__}")
+        self.grad_scaler = grad_scaler
         self._compiled: dict[tuple, tuple[onnx.ModelProto, Executable, set]] = {}
         self._gradients: Executable | None = None
         self._evaluation: Executable | None = None
@@ -176,20 +188,52 @@ class Trainer:
         buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
         outputs = {self.loss: loss, **buffers, **{k: v for b in bindings for k, v in b.outputs.items()}}
         all_feeds = {**feeds, **self.buffers, **state_feeds}
+        guard = self._guard()
+        if guard is not None:
+            found = np.empty((), np.bool_)
+            outputs[names.FOUND_INF] = found
+            if guard.loss_scale:
+                all_feeds.update(self.grad_scaler.feeds())
+                outputs.update(self.grad_scaler.outputs())
         _check_complete(executable, all_feeds, "step")
         new_slots.add()
         executable.run(all_feeds, outputs)
+        skipped = guard is not None and bool(found)
         for b in bindings:
-            b.finish()
-            b.commit()
+            b.finish()  # skipped: the outputs hold the old values, bit for bit
+            if not skipped:
+                b.commit()
         self._commit_buffers(buffers)
+        if guard is not None:
+            self.optimizer.found_inf = skipped
+            self.optimizer.skipped_steps += skipped
+            if guard.loss_scale:
+                self.grad_scaler.update_from(outputs)
         return float(loss)
+
+    def _guard(self) -> Guard | None:
+        """The training step's non-finite guard (`graphopt.update.guard`), if it has one."""
+        scaling = self.grad_scaler is not None and self.grad_scaler.enabled
+        return Guard(loss_scale=scaling) if scaling or self.optimizer.skip_nonfinite else None
+
+    @property
+    def found_inf(self) -> bool:
+        """Whether the last step was skipped for a non-finite gradient."""
+        return self.optimizer.found_inf
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps were skipped for non-finite gradients."""
+        return self.optimizer.skipped_steps
 
     @serialized
     def accumulate(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None = None) -> float:
         """Forward and backward on one batch, adding the gradients into each parameter's
         ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
         The next `step` applies the sum. Returns the batch's loss."""
+        if self.grad_scaler is not None and self.grad_scaler.enabled:
+            raise NotImplementedError("Trainer.accumulate: not available with a grad_scaler yet (the summed "
+                                      "gradients would be unscaled); step on each batch, or use a larger batch")
         if self._gradients is None:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
             self._gradients = self.optimizer._runtime.compile(model)
@@ -238,35 +282,43 @@ class Trainer:
                                 tuple(ParamSpec(name, p.shape, p.dtype) for flat, names_ in
                                       zip(layout.flats, layout.names_of) for p, name in zip(flat.params, names_)))
                       for layout in layouts)
-        if specs not in self._compiled:
-            model = build_training_step(self._train_model, self.loss, specs, list(self.buffers))
+        key = (specs, self._guard())
+        if key not in self._compiled:
+            model = build_training_step(self._train_model, self.loss, specs, list(self.buffers), key[1])
             executable = self.optimizer._runtime.compile(model, keep_optimized=True)
-            self._compiled[specs] = (model, executable, proven_in_place(model, executable, _candidates(specs)))
-        return layouts, specs, self._compiled[specs]
+            self._compiled[key] = (model, executable, proven_in_place(model, executable, _candidates(specs)))
+        return layouts, specs, self._compiled[key]
 
     # -- state -------------------------------------------------------------------------------
 
     @serialized
     def state_dict(self) -> dict[str, Any]:
-        """Copies of the parameters and running statistics, and the optimizer's ``state_dict()``."""
-        return {"parameters": {name: p.data.copy() for name, p in self.parameters.items()},
-                "buffers": {name: value.copy() for name, value in self.buffers.items()},
-                "optimizer": self.optimizer.state_dict()}
+        """Copies of the parameters and running statistics, the optimizer's ``state_dict()`` and, with a
+        grad scaler, its ``state_dict()`` (key ``grad_scaler``)."""
+        result = {"parameters": {name: p.data.copy() for name, p in self.parameters.items()},
+                  "buffers": {name: value.copy() for name, value in self.buffers.items()},
+                  "optimizer": self.optimizer.state_dict()}
+        if self.grad_scaler is not None:
+            result["grad_scaler"] = self.grad_scaler.state_dict()
+        return result
 
     @serialized
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore `state_dict`; raises, changing nothing, if anything in it is wrong: names, shapes,
         non-finite values, or the optimizer's state (see `Optimizer.load_state_dict`). Everything is
         checked before anything changes."""
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"parameters", "buffers", "optimizer"}:
+        expected = {"parameters", "buffers", "optimizer"} | ({"grad_scaler"} if self.grad_scaler else set())
+        if not isinstance(state_dict, Mapping) or set(state_dict) != expected:
             got = sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else type(state_dict).__name__
-            raise ValueError(f"Trainer.load_state_dict: expected a dict with keys 'parameters', 'buffers' and "
-                             f"'optimizer', got {got}")
+            raise ValueError(f"Trainer.load_state_dict: expected a dict with keys {sorted(expected)}, got {got}")
+        scaler = self.grad_scaler.validated(state_dict["grad_scaler"]) if self.grad_scaler else None
         parameters = _loaded_arrays("parameters", state_dict["parameters"],
                                     {n: p.data for n, p in self.parameters.items()})
         buffers = _loaded_arrays("buffers", state_dict["buffers"], self.buffers)
         optimizer = self.optimizer._validated(state_dict["optimizer"])  # noqa: SLF001
         self.optimizer._apply_loaded(*optimizer)  # noqa: SLF001
+        if scaler is not None:
+            self.grad_scaler._apply(scaler)  # noqa: SLF001
         for name, value in parameters.items():
             self.parameters[name].data[...] = value
         self.buffers = buffers
@@ -322,6 +374,9 @@ class Trainer:
         for b in _bindings(layouts, specs, _candidates(specs)):
             state.update({k: v.numpy() if isinstance(v, Region) else np.array(v) for k, v in b.feeds.items()
                           if k not in self.parameters})
+        guard = self._guard()
+        if guard is not None and guard.loss_scale:
+            state.update(self.grad_scaler.feeds())
         return state
 
 
