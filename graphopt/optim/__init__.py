@@ -5,5 +5,6 @@ from graphopt.optim.adam import Adam, AdamW
 from graphopt.optim.optimizer import Optimizer, required
 from graphopt.optim.rmsprop import RMSprop
 from graphopt.optim.sgd import SGD
+from graphopt.transforms.averaging import EMA, SWA
 
-__all__ = ["Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "functional", "required"]
+__all__ = ["EMA", "SWA", "Adam", "AdamW", "Optimizer", "RMSprop", "SGD", "functional", "required"]

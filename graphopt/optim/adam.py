@@ -33,7 +33,8 @@ class Adam(Optimizer):
         eps: added to the denominator, >= 0.
         weight_decay: L2 penalty (coupled; see `AdamW` for decoupled decay).
         amsgrad: use the maximum of past second moments (Reddi et al., 2018).
-        scale, clip_norm, maximize, clip_value, clip_per_tensor, providers, runtime, skip_nonfinite: as in `SGD`.
+        scale, clip_norm, maximize, clip_value, clip_per_tensor: as in `SGD`.
+        options: ``providers``, ``runtime``, ``skip_nonfinite``, ``averaging``: see `Optimizer`.
     """
 
     _hyper_aliases = {"betas": ("beta1", "beta2")}
@@ -43,12 +44,11 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
                  amsgrad: bool = False, scale: float = 1, clip_norm: float = 0, maximize: bool = False, *,
                  clip_value: float = 0, clip_per_tensor: bool = False, foreach: bool | None = None,
-                 fused: bool | None = None, providers: Any = None, runtime: Any = None,
-                 skip_nonfinite: bool = False):
+                 fused: bool | None = None, **options: Any):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         scale=scale, clip_norm=clip_norm, maximize=maximize, clip_value=clip_value,
                         clip_per_tensor=clip_per_tensor)
-        super().__init__(params, defaults, providers=providers, runtime=runtime, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, **options)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:
         validate_gradient_settings(group, where)
@@ -83,8 +83,6 @@ class AdamW(Adam):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, scale: float = 1, clip_norm: float = 0, maximize: bool = False, *,
                  clip_value: float = 0, clip_per_tensor: bool = False, foreach: bool | None = None,
-                 fused: bool | None = None, providers: Any = None, runtime: Any = None,
-                 skip_nonfinite: bool = False):
+                 fused: bool | None = None, **options: Any):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, scale, clip_norm, maximize,
-                         clip_value=clip_value, clip_per_tensor=clip_per_tensor, providers=providers,
-                         runtime=runtime, skip_nonfinite=skip_nonfinite)
+                         clip_value=clip_value, clip_per_tensor=clip_per_tensor, **options)

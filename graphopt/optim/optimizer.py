@@ -34,7 +34,8 @@ from graphopt.optim.flat import FlatGroup
 from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter, check_grad
 from graphopt.runtime import Runtime
-from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform
+from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform, chain
+from graphopt.transforms.averaging import EMA, SLOT, SWA
 from graphopt.update import GroupSpec, ParamSpec, build_update
 from graphopt.update.guard import Guard
 
@@ -71,8 +72,14 @@ class Optimizer:
     are hyperparameters (scalar graph inputs); `_hyper_aliases` splits tuples such as
     ``betas`` into named scalars.
 
-    ``providers`` selects ONNX Runtime execution providers; ``runtime`` (a
-    `graphopt.runtime.Runtime`) sets threads and chunk size as well.
+    Options every optimizer takes (keyword arguments):
+
+    * ``providers`` selects ONNX Runtime execution providers; ``runtime`` (a
+      `graphopt.runtime.Runtime`) sets threads and chunk size as well.
+    * ``skip_nonfinite`` (see below).
+    * ``averaging``: `graphopt.optim.EMA` or `graphopt.optim.SWA`, an average of the weights kept
+      in the state slot ``averaged`` and updated in the same graph call as the parameters
+      (`graphopt.transforms.averaging`); `averaged_weights` gives it.
 
     ``skip_nonfinite=True`` guards every step: when any gradient (or gradient sum) the step would
     apply has a NaN or inf -- checked by a small graph over the gradients before anything is
@@ -89,10 +96,14 @@ class Optimizer:
     _hyper_aliases: Mapping[str, tuple[str, ...]] = {}
 
     def __init__(self, params: Iterable[Any] | None, defaults: Mapping[str, Any], *, providers: Any = None,
-                 runtime: Runtime | None = None, skip_nonfinite: bool = False):
+                 runtime: Runtime | None = None, skip_nonfinite: bool = False, averaging: EMA | SWA | None = None):
         self._lock = threading.RLock()  # taken by every public method (graphopt.optim.serial)
         validation.boolean(type(self).__name__, "skip_nonfinite", skip_nonfinite)
         self.skip_nonfinite = bool(skip_nonfinite)
+        if averaging is not None and not isinstance(averaging, (EMA, SWA)):
+            raise TypeError(f"{type(self).__name__}: averaging must be graphopt.optim.EMA or SWA, "
+                            f"got {type(averaging).__name__}")
+        self.averaging = averaging
         self.found_inf = False  # whether the last step was skipped for a non-finite gradient
         self.skipped_steps = 0
         if runtime is not None and providers is not None:
@@ -296,13 +307,18 @@ class Optimizer:
             self._check_group(group, f"{type(self).__name__} param group {g}")
             self._check_unchanged_params(g, group)
             flats = self._flats[g]
-            layouts.append(GroupLayout(names.group(g), flats, self._transform(group), self._hyperparameters(group),
+            layouts.append(GroupLayout(names.group(g), flats, self._chain(group), self._hyperparameters(group),
                                        [[self._names[p] for p in flat.params] for flat in flats]))
         return layouts
 
+    def _chain(self, group: Mapping[str, Any]) -> Transform:
+        """The group's update: its optimizer's chain, then the weight average's (if any)."""
+        return chain(self._transform(group), self.averaging.transform() if self.averaging else None)
+
     def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, float]:
-        """The group's numeric settings as named scalars (``betas`` -> ``beta1``, ``beta2``)."""
-        values = {}
+        """The group's numeric settings as named scalars (``betas`` -> ``beta1``, ``beta2``), and the
+        weight average's."""
+        values = self.averaging.hypers() if self.averaging else {}
         for key, value in group.items():
             if key in self._hyper_aliases:
                 values.update(zip(self._hyper_aliases[key], (float(v) for v in value)))
@@ -417,7 +433,7 @@ class Optimizer:
         p = params[i]
         where = f"{kind}.load_state_dict: state of {self._label(p)}"
         g = self._positions[p][0]
-        allowed = set(self._transform({**self.param_groups[g], **groups[g]}).all_slots())
+        allowed = set(self._chain({**self.param_groups[g], **groups[g]}).all_slots())
         if not isinstance(saved, Mapping) or set(saved) - allowed - {"step"} or "step" not in saved:
             got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
             raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {got}; "
@@ -431,6 +447,22 @@ class Optimizer:
             validation.finite_state(where, slot, array, nonnegative=slot in SECOND_MOMENTS)
             slots[slot] = array
         return validation.step_count(where, saved["step"]), slots
+
+    @serialized
+    def averaged_weights(self) -> dict[Parameter, np.ndarray]:
+        """Copies of each parameter's weight average (``averaging``); a parameter not averaged yet
+        (before its first averaging step) gives its current value."""
+        if self.averaging is None:
+            raise ValueError(f"{type(self).__name__}.averaged_weights: the optimizer was built without averaging "
+                             "(pass averaging=graphopt.optim.EMA(...) or SWA(...))")
+        result = {}
+        for flats in self._flats:
+            for flat in flats:
+                values = flat.read_slot(SLOT) if SLOT in flat.slots else None
+                for i, p in enumerate(flat.params):
+                    averaged = values is not None and flat.steps[i] > self.averaging.start
+                    result[p] = (flat.view(values, i) if averaged else p.data).copy()
+        return result
 
     # -- export --------------------------------------------------------------------
 
@@ -447,7 +479,7 @@ class Optimizer:
             self._check_unchanged_params(g, group)
             if group["params"]:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
-                specs.append(GroupSpec(names.group(g), self._transform(group), params))
+                specs.append(GroupSpec(names.group(g), self._chain(group), params))
         model = build_update(specs, doc_string=f"graphopt {type(self).__name__} update; "
                                                "I/O names: see graphopt.names",
                              guard=Guard() if self.skip_nonfinite else None)

@@ -34,18 +34,18 @@ class RMSprop(Optimizer):
         weight_decay: L2 penalty (coupled).
         momentum: momentum factor.
         centered: normalize by the estimated variance instead of the second moment.
-        scale, clip_norm, maximize, clip_value, clip_per_tensor, providers, runtime, skip_nonfinite: as in `SGD`.
+        scale, clip_norm, maximize, clip_value, clip_per_tensor: as in `SGD`.
+        options: ``providers``, ``runtime``, ``skip_nonfinite``, ``averaging``: see `Optimizer`.
     """
 
     def __init__(self, params: Iterable[Any] | None = None, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
                  scale: float = 1, clip_norm: float = 0, maximize: bool = False, *, clip_value: float = 0,
-                 clip_per_tensor: bool = False, foreach: bool | None = None, providers: Any = None,
-                 runtime: Any = None, skip_nonfinite: bool = False):
+                 clip_per_tensor: bool = False, foreach: bool | None = None, **options: Any):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, scale=scale, clip_norm=clip_norm, maximize=maximize,
                         clip_value=clip_value, clip_per_tensor=clip_per_tensor)
-        super().__init__(params, defaults, providers=providers, runtime=runtime, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, **options)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:
         validate_gradient_settings(group, where)

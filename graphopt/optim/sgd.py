@@ -44,9 +44,8 @@ class SGD(Optimizer):
         clip_per_tensor: clip each tensor's norm on its own instead of the group's.
         foreach: accepted for torch compatibility; a group's tensors are always updated together.
         differentiable: not supported (raises NotImplementedError if True).
-        providers: ONNX Runtime execution providers (default CPU).
-        runtime: a `graphopt.runtime.Runtime` (providers, threads, chunk size) instead of ``providers``.
-        skip_nonfinite: skip a step, whole, when any gradient has a NaN or inf (`Optimizer`).
+        options: every optimizer's ``providers``, ``runtime``, ``skip_nonfinite`` and ``averaging``
+            (see `Optimizer`).
 
     Example:
         >>> w = graphopt.Parameter(np.zeros(3, np.float32))
@@ -58,15 +57,14 @@ class SGD(Optimizer):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, scale: float = 1,
                  clip_norm: float = 0, maximize: bool = False, *, clip_value: float = 0,
                  clip_per_tensor: bool = False, foreach: bool | None = None, differentiable: bool = False,
-                 providers: Any = None, runtime: Any = None,
-                 skip_nonfinite: bool = False):
+                 **options: Any):
         if differentiable:
             raise NotImplementedError("SGD: differentiable=True is not supported; graphopt's update "
                                       "graphs are not differentiated through")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, scale=scale, clip_norm=clip_norm, maximize=maximize,
                         clip_value=clip_value, clip_per_tensor=clip_per_tensor)
-        super().__init__(params, defaults, providers=providers, runtime=runtime, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, **options)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:
         validate_gradient_settings(group, where)

@@ -37,7 +37,8 @@ def where(condition: Sym, a: Any, b: Any) -> Sym:
         raise build_error("Where", f"condition must be bool, got {condition!r}")
     (a, b), dtype, weak = graph.unify("Where", [a, b])
     shape = broadcast_shapes("Where", [condition.shape, a.shape, b.shape])
-    return graph.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
+    target = graph._innermost("Where", [condition, a, b])  # noqa: SLF001 - a loop body's, if one operand is in it
+    return target.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
 
 
 def isinf(x: Sym) -> Sym:

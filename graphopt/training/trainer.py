@@ -326,41 +326,49 @@ class Trainer:
     # -- inference and export --------------------------------------------------------------
 
     @serialized
-    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The model's outputs for ``inputs``, with the current parameters and running statistics."""
+    def evaluate(self, inputs: Mapping[str, np.ndarray], averaged: bool = False) -> dict[str, np.ndarray]:
+        """The model's outputs for ``inputs``, with the current parameters (or, ``averaged``, the
+        optimizer's weight average, see `Optimizer.averaged_weights`) and running statistics."""
         if self._evaluation is None:
             model = trainable_as_inputs(self.model, [*self.parameters, *self.buffers])
             self._evaluation = self.optimizer._runtime.compile(model)
-        feeds = {**inputs, **self._current_weights()}
+        feeds = {**inputs, **self._current_weights(averaged)}
         names_ = list(self._evaluation.output_names)
         return dict(zip(names_, self._evaluation.session.run(names_, feeds)))
 
-    def _current_weights(self) -> dict[str, np.ndarray]:
+    def _current_weights(self, averaged: bool = False) -> dict[str, np.ndarray]:
+        if averaged:
+            weights = self.optimizer.averaged_weights()
+            return {**{name: weights[p] for name, p in self.parameters.items()}, **self.buffers}
         return {**{name: p.data for name, p in self.parameters.items()}, **self.buffers}
 
     @serialized
-    def export(self, path: str | os.PathLike | None = None, kind: str = "step") -> onnx.ModelProto:
+    def export(self, path: str | os.PathLike | None = None, kind: str = "step",
+               averaged: bool = False) -> onnx.ModelProto:
         """``"step"``: the training-step model (see `graphopt.training.step` for its I/O);
-        ``"inference"``: the model with the trained weights as its initializers;
+        ``"inference"``: the model with the trained weights as its initializers (``averaged``: the
+        optimizer's weight average instead);
         ``"training_info"``: that inference model plus a ``TrainingInfoProto`` whose algorithm
         is the training step, holding the optimizer state (`graphopt.training.info`;
         `graphopt.TrainingSession` loads it and continues training)."""
         if kind not in KINDS:
             raise ValueError(f"Trainer.export: kind must be one of {KINDS}, got {kind!r}")
+        if averaged and kind != "inference":
+            raise ValueError(f"Trainer.export: averaged=True is for kind='inference', got kind={kind!r}")
         if kind == "step":
             model = self._training_step()[2][0]
         else:
-            model = self._inference_model()
+            model = self._inference_model(averaged)
             if kind == "training_info":
                 model = with_training_info(model, self._training_step()[2][0], self._optimizer_state())
         if path is not None:
             onnx.save(model, os.fspath(path))
         return model
 
-    def _inference_model(self) -> onnx.ModelProto:
+    def _inference_model(self, averaged: bool = False) -> onnx.ModelProto:
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-        weights = self._current_weights()
+        weights = self._current_weights(averaged)
         for tensor in model.graph.initializer:
             if tensor.name in weights:
                 tensor.CopyFrom(numpy_helper.from_array(np.asarray(weights[tensor.name]), tensor.name))
