@@ -40,6 +40,7 @@ from graphopt.update.chunked import (
 from graphopt.update.guard import nonfinite_check_model
 from graphopt.update.inplace import proven_in_place
 from graphopt.optim.flat import FlatGroup
+from graphopt.optim.schedules import CLOCK
 from graphopt.runtime import Executable, Runtime
 from graphopt.runtime.parallel import RowParallel
 from graphopt.transforms import Transform
@@ -321,6 +322,8 @@ class TensorBindings:
         self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
         self.outputs: dict[str, Any] = {}
+        if CLOCK in hypers:  # a scheduled group's graph outputs its clock's next value (the facade counts it)
+            self.outputs[names.new(names.hyper(group, CLOCK))] = np.empty((), np.float64)
         self.copies = []
         for k, ((flat, i), spec) in enumerate(zip(active, specs)):
             self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)

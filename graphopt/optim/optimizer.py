@@ -35,6 +35,7 @@ from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter, check_grad
 from graphopt.runtime import Runtime
 from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform, chain
+from graphopt.optim.schedules import CLOCK, INITIAL_LR, Schedule, ScheduledLearningRate
 from graphopt.transforms.averaging import EMA, SLOT, SWA
 from graphopt.update import GroupSpec, ParamSpec, build_update
 from graphopt.update.guard import Guard
@@ -104,6 +105,7 @@ class Optimizer:
             raise TypeError(f"{type(self).__name__}: averaging must be graphopt.optim.EMA or SWA, "
                             f"got {type(averaging).__name__}")
         self.averaging = averaging
+        self._schedules: dict[int, Schedule] = {}  # group index -> its lr schedule (schedule_lr)
         self.found_inf = False  # whether the last step was skipped for a non-finite gradient
         self.skipped_steps = 0
         if runtime is not None and providers is not None:
@@ -193,6 +195,8 @@ class Optimizer:
     def _check_group(self, group: Mapping[str, Any], where: str) -> None:
         for key in GROUP_DEFAULTS:
             validation.nonnegative(where, key, group[key])
+        if CLOCK in group:
+            validation.step_count(f"{where}: {CLOCK!r}", group[CLOCK])
         self._validate(group, where)
 
     def _check_unchanged_params(self, g: int, group: Mapping[str, Any]) -> None:
@@ -290,6 +294,7 @@ class Optimizer:
             if self.found_inf:
                 self.skipped_steps += 1
                 self._summing = False
+                self._advance_schedules()
                 return loss
         for plan in plans:
             plan.prepare()
@@ -298,6 +303,7 @@ class Optimizer:
         for plan in plans:
             plan.commit()
         self._summing = False
+        self._advance_schedules()
         return loss
 
     def _layouts(self) -> list[GroupLayout]:
@@ -307,13 +313,46 @@ class Optimizer:
             self._check_group(group, f"{type(self).__name__} param group {g}")
             self._check_unchanged_params(g, group)
             flats = self._flats[g]
-            layouts.append(GroupLayout(names.group(g), flats, self._chain(group), self._hyperparameters(group),
+            layouts.append(GroupLayout(names.group(g), flats, self._chain(group, g), self._hyperparameters(group),
                                        [[self._names[p] for p in flat.params] for flat in flats]))
         return layouts
 
-    def _chain(self, group: Mapping[str, Any]) -> Transform:
-        """The group's update: its optimizer's chain, then the weight average's (if any)."""
-        return chain(self._transform(group), self.averaging.transform() if self.averaging else None)
+    def _chain(self, group: Mapping[str, Any], g: int) -> Transform:
+        """Group ``g``'s update: its lr schedule's (if any), its optimizer's chain, then the weight
+        average's (if any)."""
+        schedule = self._schedules.get(g)
+        return chain(ScheduledLearningRate(schedule) if schedule is not None else None, self._transform(group),
+                     self.averaging.transform() if self.averaging else None)
+
+    @serialized
+    def schedule_lr(self, schedule: Schedule | None, group: int | None = None) -> None:
+        """Compute the lr of param group ``group`` (default: every group) inside the update graphs from
+        now on, as ``schedule.lr(lr_clock, initial_lr)`` (`graphopt.optim.schedules`): ``initial_lr`` is
+        the group's lr now (or the ``initial_lr`` a scheduler set before), ``lr_clock`` counts the steps
+        taken since (one per ``step()``, skipped ones included). Both are group settings, so
+        ``state_dict`` saves them; ``group['lr']`` shows the lr the next step uses and is not read.
+        ``None`` stops scheduling (``lr`` keeps its last value)."""
+        indices = range(len(self.param_groups)) if group is None else [group]
+        for g in indices:
+            settings = self.param_groups[g]
+            if schedule is None:
+                self._schedules.pop(g, None)
+                settings.pop(CLOCK, None)
+                continue
+            if not isinstance(schedule, Schedule):
+                raise TypeError(f"{type(self).__name__}.schedule_lr: expected a graphopt.optim.schedules.Schedule, "
+                                f"got {type(schedule).__name__}")
+            settings.setdefault(INITIAL_LR, settings["lr"])
+            settings[CLOCK] = 0
+            self._schedules[g] = schedule
+            settings["lr"] = schedule.value(0, settings[INITIAL_LR])
+
+    def _advance_schedules(self) -> None:
+        """After a step: every scheduled group's clock + 1, and its ``lr`` the next step's."""
+        for g, schedule in self._schedules.items():
+            settings = self.param_groups[g]
+            settings[CLOCK] += 1
+            settings["lr"] = schedule.value(settings[CLOCK], settings[INITIAL_LR])
 
     def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, float]:
         """The group's numeric settings as named scalars (``betas`` -> ``beta1``, ``beta2``), and the
@@ -433,7 +472,7 @@ class Optimizer:
         p = params[i]
         where = f"{kind}.load_state_dict: state of {self._label(p)}"
         g = self._positions[p][0]
-        allowed = set(self._chain({**self.param_groups[g], **groups[g]}).all_slots())
+        allowed = set(self._chain({**self.param_groups[g], **groups[g]}, g).all_slots())
         if not isinstance(saved, Mapping) or set(saved) - allowed - {"step"} or "step" not in saved:
             got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
             raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {got}; "
@@ -479,7 +518,7 @@ class Optimizer:
             self._check_unchanged_params(g, group)
             if group["params"]:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
-                specs.append(GroupSpec(names.group(g), self._chain(group), params))
+                specs.append(GroupSpec(names.group(g), self._chain(group, g), params))
         model = build_update(specs, doc_string=f"graphopt {type(self).__name__} update; "
                                                "I/O names: see graphopt.names",
                              guard=Guard() if self.skip_nonfinite else None)

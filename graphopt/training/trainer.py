@@ -204,6 +204,7 @@ class Trainer:
             if not skipped:
                 b.commit()
         self._commit_buffers(buffers)
+        self.optimizer._advance_schedules()  # noqa: SLF001 - the step the optimizer would have counted
         if guard is not None:
             self.optimizer.found_inf = skipped
             self.optimizer.skipped_steps += skipped

@@ -88,12 +88,17 @@ class Context:
         self.state_out = [dict(s) for s in state]
         self._hypers: dict[str, Sym] = {}
         self._steps: dict[int, tuple[Sym, Sym]] = {}
+        self.group_outputs: dict[str, Sym] = {}  # a group's own outputs (its schedule's clock), by name
 
     def hyper(self, name: str) -> Sym:
         """The group's hyperparameter ``name``: a float64 scalar input ``<group>.<name>``."""
         if name not in self._hypers:
             self._hypers[name] = self.graph.input(names.hyper(self.group, name), np.float64, (), weak=True)
         return self._hypers[name]
+
+    def set_hyper(self, name: str, value: Sym) -> None:
+        """Make ``value`` what `hyper` gives for ``name`` from now on (a schedule's lr)."""
+        self._hypers[name] = value
 
     @property
     def hypers_used(self) -> tuple[str, ...]:

@@ -77,6 +77,8 @@ def _emit_group(graph: Graph, group: GroupSpec, guarding: GuardEmitter | None) -
         grads = guarding.unscale(grads)
     ctx = Context(graph, group.name, [p.name for p in group.params], params, state, masks=masks)
     updates = group.transform.apply(grads, ctx)
+    for name, value in ctx.group_outputs.items():  # a schedule's clock: advances even when a step is skipped
+        graph.output(name, value)
     steps = ctx.steps_used
     outputs = []
     for i, (spec, mask) in enumerate(zip(group.params, masks)):
