@@ -155,8 +155,49 @@ def test_a_bad_loaded_scaler_state_changes_nothing():
     assert trainer.grad_scaler.get_scale() == SCALER["init_scale"]
 
 
-def test_accumulate_with_a_grad_scaler_says_it_is_not_available():
-    trainer = _trainer(_module(), grad_scaler=GradScaler())
-    x, y = _batches(1)[0]
-    with pytest.raises(NotImplementedError, match="Trainer.accumulate: not available with a grad_scaler"):
-        trainer.accumulate({"x": x}, labels=y)
+def test_accumulated_steps_with_a_grad_scaler_match_torch():
+    """Two micro-batches per step: torch sums both scaled backward passes, then unscales once."""
+    module = _module(2)
+    trainer = _trainer(module, grad_scaler=GradScaler(**SCALER))
+    batches = _batches(16, bad=(5, 12))
+    opt = torch.optim.Adam(module.parameters(), lr=0.01, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", **SCALER)
+    for first, second in zip(batches[::2], batches[1::2]):
+        opt.zero_grad()
+        for x, y in (first, second):
+            loss = torch.nn.functional.mse_loss(module(torch.from_numpy(x)), torch.from_numpy(y))
+            scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        trainer.accumulate({"x": first[0]}, labels=first[1])
+        trainer.step({"x": second[0]}, labels=second[1])
+        assert trainer.grad_scaler.get_scale() == scaler.get_scale()
+    assert trainer.skipped_steps == 2
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(trainer.parameters[name].data, p.detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_the_eager_api_matches_torch_with_an_optimizer_of_ours():
+    rng = np.random.default_rng(7)
+    init = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3), (5,)]]
+    ours = [graphopt.Parameter(a.copy()) for a in init]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
+    opt, ref = optim.SGD(ours, lr=0.1, momentum=0.9), torch.optim.SGD(theirs, lr=0.1, momentum=0.9)
+    scaler, reference = GradScaler(**SCALER), torch.amp.GradScaler("cpu", **SCALER)
+    reference.scale(torch.zeros(()))  # torch creates its scale lazily, in scale()
+    for step in range(12):
+        grads = [rng.standard_normal(a.shape).astype(np.float32) for a in init]
+        if step in (3, 4, 8):
+            grads[1][2] = np.nan
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad = g * scaler.get_scale()
+            q.grad = torch.from_numpy(g * reference.get_scale())
+        ran = scaler.step(opt)
+        reference.step(ref)
+        scaler.update()
+        reference.update()
+        assert ran == (step not in (3, 4, 8)) and scaler.get_scale() == reference.get_scale()
+    assert opt.skipped_steps == 3
+    for p, q in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-6, atol=1e-7)

@@ -11,6 +11,11 @@ a Trainer with a GradScaler does all three inside its one training-step graph
 
 This object holds the scale (float32, as torch's) and the count between steps, and its
 settings; `Trainer.state_dict` saves it with torch's keys.
+
+It also has torch's eager API, for gradients computed outside a Trainer (and for the Trainer's
+`accumulate`, whose summed gradients meet the optimizer outside the training-step graph):
+``scale(loss)``, ``unscale_(optimizer)``, ``step(optimizer)`` (skipped, changing nothing, when an
+unscaled gradient is not finite) and ``update()``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class GradScaler:
         self._growth_tracker = 0
         self._growth_factor, self._backoff_factor = float(growth_factor), float(backoff_factor)
         self._growth_interval = int(growth_interval)
+        self._found: dict[int, bool] = {}  # id(optimizer) -> found_inf, for optimizers unscaled since update()
 
     def get_scale(self) -> float:
         return float(self._scale) if self.enabled else 1.0
@@ -60,6 +66,67 @@ class GradScaler:
 
     def is_enabled(self) -> bool:
         return self.enabled
+
+    # -- torch's eager API ----------------------------------------------------------------
+
+    def scale(self, outputs: Any) -> Any:
+        """``outputs * scale`` (a loss, before its gradients are computed)."""
+        return outputs * self._scale if self.enabled else outputs
+
+    def unscale_(self, optimizer: Any) -> None:
+        """Divide ``optimizer``'s gradients by the scale in place (``g * float32(1 / scale)``) and record
+        whether any is NaN or inf; once per optimizer between `update` calls, as in torch."""
+        if not self.enabled:
+            return
+        if id(optimizer) in self._found:
+            raise RuntimeError("GradScaler.unscale_: already called on this optimizer since the last update()")
+        inv_scale = np.float32(1.0 / np.float64(self._scale))
+        grads = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad *= inv_scale.astype(p.grad.dtype)
+                    grads.append(p.grad)
+        self._found[id(optimizer)] = optimizer._executor.any_nonfinite(grads)  # noqa: SLF001
+
+    def step(self, optimizer: Any) -> bool:
+        """Unscale (if not done yet), then ``optimizer.step()`` unless a gradient is not finite; returns
+        whether the step ran. A skipped step changes nothing and is counted by ``optimizer.skipped_steps``."""
+        if not self.enabled:
+            optimizer.step()
+            return True
+        if id(optimizer) not in self._found:
+            self.unscale_(optimizer)
+        found = self._found[id(optimizer)]
+        optimizer.found_inf = found
+        if found:
+            optimizer.skipped_steps += 1
+            optimizer._advance_schedules()  # noqa: SLF001 - a skipped step still counts for a schedule
+            return False
+        optimizer.step()
+        return True
+
+    def update(self) -> None:
+        """torch's ``_amp_update_scale_`` after the steps since the last update: back off if any
+        optimizer found a non-finite gradient, else count a finite step and grow every
+        ``growth_interval`` of them (if the grown scale is finite)."""
+        if not self.enabled:
+            return
+        if any(self._found.values()):
+            self._scale = np.float32(np.float64(self._scale) * self._backoff_factor)  # not below float32's least
+            self._growth_tracker = 0
+        else:
+            successful = self._growth_tracker + 1
+            if successful == self._growth_interval:
+                with np.errstate(over="ignore"):
+                    grown = np.float32(np.float64(self._scale) * self._growth_factor)
+                self._scale = grown if np.isfinite(grown) else self._scale
+                successful = 0
+            self._growth_tracker = successful
+        self._scale = np.array(self._scale, np.float32)
+        self._found.clear()
+
+    # -- inside the training step ---------------------------------------------------------
 
     def feeds(self) -> dict[str, np.ndarray]:
         """The training step's inputs for the scale (`graphopt.update.guard`)."""

@@ -52,7 +52,7 @@ from graphopt.training.grad_scaler import GradScaler
 from graphopt.training.info import with_training_info
 from graphopt.training.step import build_gradients, build_training_step, trainable_as_inputs
 from graphopt.update import GroupSpec, ParamSpec
-from graphopt.update.guard import Guard
+from graphopt.update.guard import SCALE, Guard
 
 KINDS = ("step", "training_info", "inference")
 
@@ -98,6 +98,8 @@ class Trainer:
             ``skip_nonfinite=True``, a step whose gradients hold a NaN or inf is skipped inside the
             graph (parameters, optimizer state and step counts unchanged; the running statistics
             of that forward pass are kept, as in torch); ``found_inf`` and ``skipped_steps`` report it.
+            After `accumulate`, the summed scaled gradients go through the scaler's eager
+            ``step`` and ``update`` instead (torch's sequence for accumulated AMP steps).
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -146,7 +148,7 @@ class Trainer:
                             f"{type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
         self._compiled: dict[tuple, tuple[onnx.ModelProto, Executable, set]] = {}
-        self._gradients: Executable | None = None
+        self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
         self._accumulating = False
 
@@ -174,7 +176,11 @@ class Trainer:
         """
         if self._accumulating:
             loss = self.accumulate(inputs, labels)
-            self.optimizer.step()
+            if self._scaling():
+                self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
+                self.grad_scaler.update()
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self._accumulating = False
             return loss
@@ -212,9 +218,12 @@ class Trainer:
                 self.grad_scaler.update_from(outputs)
         return float(loss)
 
+    def _scaling(self) -> bool:
+        return self.grad_scaler is not None and self.grad_scaler.enabled
+
     def _guard(self) -> Guard | None:
         """The training step's non-finite guard (`graphopt.update.guard`), if it has one."""
-        scaling = self.grad_scaler is not None and self.grad_scaler.enabled
+        scaling = self._scaling()
         return Guard(loss_scale=scaling) if scaling or self.optimizer.skip_nonfinite else None
 
     @property
@@ -232,17 +241,19 @@ class Trainer:
         """Forward and backward on one batch, adding the gradients into each parameter's
         ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
         The next `step` applies the sum. Returns the batch's loss."""
-        if self.grad_scaler is not None and self.grad_scaler.enabled:
-            raise NotImplementedError("Trainer.accumulate: not available with a grad_scaler yet (the summed "
-                                      "gradients would be unscaled); step on each batch, or use a larger batch")
-        if self._gradients is None:
-            model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers))
-            self._gradients = self.optimizer._runtime.compile(model)
-        feeds = _checked(self._gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
+        scaling = self._scaling()
+        if self._gradients is None or self._gradients[0] != scaling:
+            model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers),
+                                    loss_scale=scaling)
+            self._gradients = (scaling, self.optimizer._runtime.compile(model))
+        gradients = self._gradients[1]
+        feeds = _checked(gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
         self._check_labels(feeds, "accumulate")
         all_feeds = {**feeds, **self._current_weights()}
-        _check_complete(self._gradients, all_feeds, "accumulate")
-        values = dict(zip(self._gradients.output_names, self._gradients.session.run(None, all_feeds)))
+        if scaling:
+            all_feeds[SCALE] = self.grad_scaler.feeds()[SCALE]
+        _check_complete(gradients, all_feeds, "accumulate")
+        values = dict(zip(gradients.output_names, gradients.session.run(None, all_feeds)))
         for name, p in self.parameters.items():
             grad = values[names.grad(name)]
             if p.grad is None or not self._accumulating:
