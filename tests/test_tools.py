@@ -28,6 +28,18 @@ def test_measure_runs_every_peer_untimed_then_timed_each_round():
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
 
 
+def test_bench_optimizers_section_steps_every_optimizer_on_its_path():
+    from tools.bench_optimizers import ENTRIES
+
+    results = bench.main(["--sections", "optimizers", "--opt-size", "16K", "--opt-tensors", "2", "--rounds", "1",
+                          "--steps", "1"])
+    rows = results["optimizers"]["optimizers"]
+    assert set(rows) == {e.name for e in ENTRIES}
+    for entry in ENTRIES:
+        assert rows[entry.name]["path"] == entry.path, entry.name
+        assert rows[entry.name]["peers"]["graphopt"]["median_ms"] > 0
+
+
 def test_kernel_bench_adam_body_is_adams_lazily_scaled_update():
     n, k = 4 * 1024, 1024
     rng = np.random.default_rng(0)

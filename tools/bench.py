@@ -5,6 +5,8 @@
     python tools/bench.py --json bench.json
     python tools/bench.py --sections training  # only the training benchmarks (tools/bench_training.py)
     python tools/bench.py --sections zoo       # a training step of each zoo model (tools/bench_zoo.py)
+    python tools/bench.py --sections optimizers --opt-size 4M --opt-tensors 16
+                                               # one step of every optimizer (tools/bench_optimizers.py)
 
 Every configuration (optimizer x size x tensor count) is measured side by side in
 one process: each round times a few steps of every peer in turn, in a new random
@@ -30,6 +32,9 @@ The ``training`` section times one full training iteration (forward, cross-entro
 backward, Adam) of an MLP 784-1024-1024-10 at batch 64 with graphopt's Trainer, next
 to the same model in PyTorch eager mode (torch's default Adam and its fused one), and
 the time to build and compile the training step of ResNet-50.
+
+The ``optimizers`` section times one step of every graphopt optimizer, next to torch.optim's
+for-loop and foreach implementations where torch has it, and says which path graphopt took.
 
 The ``zoo`` section (torch required) times one training step (forward, loss, backward,
 AdamW) of each model of tools/zoo.py, graphopt's Trainer against PyTorch eager mode.
@@ -297,7 +302,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-memory", action="store_true", help="skip the resident-memory measurement")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--sections", default="steps,training",
-                        help="steps (optimizer steps), training, zoo (torch models; not in the default)")
+                        help="steps (optimizer steps), training, zoo (torch models), optimizers (every optimizer); "
+                             "the last two are not in the default")
+    parser.add_argument("--opt-size", default="4M", help="the optimizers section's parameter count")
+    parser.add_argument("--opt-tensors", type=int, default=16, help="the optimizers section's tensor count")
+    parser.add_argument("--opt-names", default=None, help="the optimizers to time, comma-separated (default: all)")
     parser.add_argument("--zoo", default=None, help="the zoo models to time, comma-separated (default: all)")
     parser.add_argument("--mlp", default="784,1024,1024,10", help="the training benchmark's layer widths")
     parser.add_argument("--batch", type=int, default=64, help="the training benchmark's batch size")
@@ -346,6 +355,8 @@ def main(argv=None) -> dict:
         results["resnet50_build"] = resnet50_build_time(args.threads)
     if "zoo" in sections:
         results["zoo"] = zoo_times(args, progress)
+    if "optimizers" in sections:
+        results["optimizers"] = optimizer_times(args, progress)
     if "steps" in sections:
         progress("build and compile for 1000 tensors")
         results["build_1000_tensors"] = build_time(1000, args.threads)  # sessions exist already: warm
@@ -377,6 +388,21 @@ def zoo_times(args, progress) -> dict[str, dict]:
             times = measure(zoo_peers(case, args.threads), args.rounds, max(args.steps, 5),
                             lambda t: progress(f"zoo {case.name}: {t}"))  # noqa: B023
             results[case.name] = {name: summary(t) for name, t in times.items()}
+    return results
+
+
+def optimizer_times(args, progress) -> dict[str, dict]:
+    """Per optimizer: the path graphopt took and each peer's ms per step."""
+    from tools.bench_optimizers import ENTRIES, optimizer_peers
+
+    n, wanted = parse_size(args.opt_size), None if args.opt_names is None else set(args.opt_names.split(","))
+    results = {"n": n, "tensors": args.opt_tensors, "optimizers": {}}
+    for entry in ENTRIES:
+        if wanted is None or entry.name in wanted:
+            progress(f"optimizer {entry.name}: setting up")
+            runs, path = optimizer_peers(entry, n, args.opt_tensors, args.threads)
+            times = measure(runs, args.rounds, args.steps, lambda t: progress(f"optimizer {entry.name}: {t}"))  # noqa: B023
+            results["optimizers"][entry.name] = {"path": path, "peers": {k: summary(t) for k, t in times.items()}}
     return results
 
 
@@ -420,6 +446,15 @@ def report(results: dict) -> str:
         lines += ["", f"ResNet-50 training step ({r['parameters'] / 1e6:.1f}M parameters, {r['forward_nodes']} "
                       f"forward nodes, {r['step_nodes']} in the step graph): Trainer set-up {r['setup_s']:.2f} s, "
                       f"build {r['build_s']:.2f} s, onnxruntime compile {r['compile_s']:.2f} s"]
+    if "optimizers" in results:
+        o = results["optimizers"]
+        lines += ["", f"one step of each optimizer, {o['n'] / 2 ** 20:g}M float32 parameters in {o['tensors']} "
+                      "tensors: ms, median [min-max]",
+                  f"  {'optimizer':12s} {'path':11s} {'graphopt':>22s} {'torch for-loop':>22s} {'torch foreach':>22s}"]
+        for name, row in o["optimizers"].items():
+            cells = [_spread(row["peers"][k]) if k in row["peers"] else "-"
+                     for k in ("graphopt", "torch-for-loop", "torch-foreach")]
+            lines.append(f"  {name:12s} {row['path']:11s} " + " ".join(f"{c:>22s}" for c in cells))
     if "zoo" in results:
         lines += ["", "zoo (tools/zoo.py): one training step (forward, loss, backward, AdamW), ms, median [min-max]",
                   f"  {'model':28s} {'graphopt':>22s} {'torch eager':>22s} {'torch / graphopt':>17s}"]
