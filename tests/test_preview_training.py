@@ -401,6 +401,29 @@ def test_errors_name_the_node_and_what_is_wrong(op, edit, message):
         lower_preview_training(_edited(op, edit))
 
 
+def _retyped(position: int, element=None, dims=None):
+    def edit(model):
+        tensor = model.graph.input[position].type.tensor_type
+        if element is not None:
+            tensor.elem_type = element
+        if dims is not None:
+            tensor.shape.dim.add().dim_value = dims
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_retyped(1, element=TensorProto.FLOAT), r"Adam node 'opt'.*input T \('T'\) must be an int64 scalar, got FLOAT"),
+    (_retyped(0, dims=2), r"Adam node 'opt'.*input R \('R'\) must be a float or double scalar, got shape \[2\]"),
+    (_retyped(3, element=TensorProto.DOUBLE), r"Adam node 'opt'.*all float or all double, got \{'X0': 'FLOAT', "
+                                              r"'X1': 'DOUBLE'"),
+])
+def test_type_errors_name_the_input(edit, message):
+    model = optimizer_model("Adam", [(2,), (3,)], np.float32, {})
+    edit(model)
+    with pytest.raises(PreviewTrainingError, match=message):
+        lower_preview_training(model)
+
+
 def test_a_model_without_preview_nodes_keeps_its_function():
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],

@@ -25,10 +25,10 @@ from onnx import helper
 
 from graphopt import names
 from graphopt.autodiff import UnsupportedOperator, add_gradients
-from graphopt.preparation import infer_shapes
 from graphopt.preview_training.builder import NodeBuilder
 from graphopt.preview_training.errors import PreviewTrainingError, describe
 from graphopt.preview_training.signature import DOMAIN, attributes
+from graphopt.preview_training.types import value_types
 from graphopt.symbolic import IR_VERSION
 from graphopt.update.inplace import implicit_inputs
 
@@ -38,7 +38,7 @@ def lower_gradients(model: onnx.ModelProto, taken: set[str]) -> None:
     graph = model.graph
     if not any(_is_gradient(node) for node in graph.node):
         return
-    types = _types(infer_shapes(model).graph)
+    types = value_types(model)
     lowered = []
     for node in graph.node:
         lowered.extend(_lowered(node, model, types, taken) if _is_gradient(node) else [node])
@@ -115,13 +115,6 @@ def _typed(node: onnx.NodeProto, name: str, types: dict[str, onnx.TypeProto]) ->
     info = onnx.ValueInfoProto(name=name)
     info.type.CopyFrom(types[name])
     return info
-
-
-def _types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
-    types = {t.name: helper.make_tensor_type_proto(t.data_type, list(t.dims)) for t in graph.initializer}
-    types.update({v.name: v.type for v in (*graph.input, *graph.value_info, *graph.output)
-                  if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type})
-    return types
 
 
 def _inlined(model: onnx.ModelProto, renamed: dict[str, str], wanted: list[str],

@@ -16,7 +16,8 @@ from graphopt.preview_training.builder import NodeBuilder
 from graphopt.preview_training.errors import PreviewTrainingError, describe
 from graphopt.preview_training.gradient import lower_gradients
 from graphopt.preview_training.momentum import lower_momentum
-from graphopt.preview_training.signature import DOMAIN
+from graphopt.preview_training.signature import DOMAIN, check_types
+from graphopt.preview_training.types import value_types
 from graphopt.symbolic import OPSET
 
 LOWERINGS: dict[str, Callable[[onnx.NodeProto, NodeBuilder], None]] = {
@@ -38,7 +39,10 @@ def lower_preview_training(model: onnx.ModelProto | str | os.PathLike, *,
     """
     model = copied(normalized(loaded(model, "lower_preview_training", base_dir)))
     taken = set(_names(model.graph))
-    _lower_graph(model.graph, taken, nested=False)
+    # first without types, on the nodes alone: a malformed node fails here with an error naming what is wrong,
+    # not inside ONNX's shape inference
+    _lower_graph(onnx.GraphProto(node=model.graph.node), set(taken), {}, nested=False)
+    _lower_graph(model.graph, taken, value_types(model), nested=False)
     lower_gradients(model, taken)
     imports = [o for o in model.opset_import if o.domain != DOMAIN]
     if not any(o.domain in ("", "ai.onnx") for o in imports):
@@ -49,16 +53,17 @@ def lower_preview_training(model: onnx.ModelProto | str | os.PathLike, *,
     return model
 
 
-def _lower_graph(graph: onnx.GraphProto, taken: set[str], nested: bool) -> None:
+def _lower_graph(graph: onnx.GraphProto, taken: set[str], types: dict[str, onnx.TypeProto], nested: bool) -> None:
     """Replaces ``graph``'s optimizer nodes (and those of its subgraphs) in place; Gradient nodes of
     the main graph are left for `lower_gradients`."""
     lowered = []
     for node in graph.node:
         for subgraph in _subgraphs(node):
-            _lower_graph(subgraph, taken, nested=True)
+            _lower_graph(subgraph, taken, types, nested=True)
         if node.domain != DOMAIN:
             lowered.append(node)
         elif node.op_type in LOWERINGS:
+            check_types(node, types)
             builder = NodeBuilder(taken, node.name or f"{node.op_type}.{node.output[0] if node.output else ''}")
             LOWERINGS[node.op_type](node, builder)
             lowered.extend(builder.nodes)

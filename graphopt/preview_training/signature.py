@@ -6,6 +6,7 @@ The attribute types, defaults and required flags are read from ONNX's own schema
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,43 @@ def tensors(node: onnx.NodeProto, inputs: tuple[str, ...], outputs: tuple[str, .
                                    f"({expected}), got {len(node.output)}: {list(node.output)}")
     return [Tensors(tuple(variadic[j * n + i] for j in range(len(inputs))),
                     tuple(node.output[j * n + i] for j in range(len(outputs)))) for i in range(n)]
+
+
+FLOATS = {onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double"}
+INT64 = {onnx.TensorProto.INT64: "int64"}
+
+
+def check_types(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Where shape inference knows them: ``R`` a one-element float or double, ``T`` a one-element
+    int64, the optimized tensors, their gradients and states float or double, all of one dtype."""
+    known = {name: types[name].tensor_type for name in node.input if name in types}
+    for name, what, allowed in ((node.input[0], "R", FLOATS), (node.input[1], "T", INT64)):
+        if name not in known:
+            continue
+        expected = f"{'an' if allowed is INT64 else 'a'} {' or '.join(allowed.values())} scalar"
+        if known[name].elem_type not in allowed:
+            raise PreviewTrainingError(f"{describe(node)}: input {what} ({name!r}) must be {expected}, "
+                                       f"got {_element(known[name])}")
+        dims = _dims(known[name])
+        if dims is not None and math.prod(dims) != 1:
+            raise PreviewTrainingError(f"{describe(node)}: input {what} ({name!r}) must be {expected}, "
+                                       f"got shape {dims}")
+    tensors = {name: known[name].elem_type for name in node.input[2:] if name in known}
+    if any(elem not in FLOATS for elem in tensors.values()) or len(set(tensors.values())) > 1:
+        found = {name: _element(known[name]) for name in tensors}
+        raise PreviewTrainingError(f"{describe(node)}: the optimized tensors, gradients and states must be all "
+                                   f"float or all double, got {found}")
+
+
+def _element(tensor: onnx.TypeProto.Tensor) -> str:
+    return onnx.TensorProto.DataType.Name(tensor.elem_type)
+
+
+def _dims(tensor: onnx.TypeProto.Tensor) -> list[int] | None:
+    """The static shape, or None where the rank or a dimension is unknown."""
+    if not tensor.HasField("shape") or not all(d.HasField("dim_value") for d in tensor.shape.dim):
+        return None
+    return [d.dim_value for d in tensor.shape.dim]
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:
