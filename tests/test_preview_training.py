@@ -344,6 +344,52 @@ def test_gradient_node_by_hand(at):
     np.testing.assert_allclose(dy_dw, expected, rtol=1e-12, atol=1e-14)
 
 
+def test_gradient_with_respect_to_an_intermediate_tensor():
+    """xs = [A], A = X @ W computed in the graph; Z an initializer: dy/dA = (1 - tanh(A)^2) * Z."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((2, 4))
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["A"]), helper.make_node("Tanh", ["A"], ["B"]),
+             helper.make_node("Mul", ["B", "Z"], ["C"]), helper.make_node("ReduceSum", ["C"], ["y"], keepdims=0),
+             helper.make_node("Gradient", ["A"], ["dy_dA"], name="grad", domain=PREVIEW, xs=["A"], y="y")]
+    graph = helper.make_graph(nodes, "intermediate",
+                              [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [2, 3]),
+                               helper.make_tensor_value_info("W", TensorProto.DOUBLE, [3, 4])],
+                              [helper.make_tensor_value_info("dy_dA", TensorProto.DOUBLE, [2, 4])],
+                              [numpy_helper.from_array(z, "Z")])
+    model = helper.make_model(graph, opset_imports=IMPORTS, ir_version=graphopt.IR_VERSION)
+    lowered = lower_preview_training(model)
+    _check_lowered(model, lowered)
+    x, w = rng.standard_normal((2, 3)), rng.standard_normal((3, 4))
+    (got,) = _run(lowered, {"X": x, "W": w})
+    np.testing.assert_allclose(got, (1 - np.tanh(x @ w) ** 2) * z, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_feeding_adam_is_a_training_step():
+    """The preview domain's training pattern: Gradient's dy/dW is Adam's G. Checked against the
+    hand-derived gradient and the spec's Adam pseudo code."""
+    model = gradient_model()
+    attributes = {"alpha": 0.8, "beta": 0.9, "norm_coefficient": 0.01}
+    model.graph.node.append(helper.make_node("Adam", ["R", "T", "W", "dy_dW", "V", "H"], ["W_new", "V_new", "H_new"],
+                                             name="adam", domain=PREVIEW, **attributes))
+    model.graph.input.extend([helper.make_tensor_value_info("R", TensorProto.DOUBLE, []),
+                              helper.make_tensor_value_info("T", TensorProto.INT64, []),
+                              *(helper.make_tensor_value_info(k, TensorProto.DOUBLE, [3, 4]) for k in "VH")])
+    model.graph.output.extend([helper.make_tensor_value_info(k, TensorProto.DOUBLE, [3, 4])
+                               for k in ("W_new", "V_new", "H_new")])
+    lowered = lower_preview_training(model)
+    _check_lowered(model, lowered)
+    rng = np.random.default_rng(4)
+    feeds = {k: rng.standard_normal(s) for k, s in [("X", (2, 3)), ("W", (3, 4)), ("Z", (2, 4)), ("W1", (3, 4)),
+                                                    ("X1", (2, 3)), ("V", (3, 4)), ("H", (3, 4))]}
+    feeds.update(H=np.abs(feeds["H"]), R=np.array(0.05), T=np.array(3, np.int64))
+    grad = feeds["X"].T @ ((1 - np.tanh(feeds["X"] @ feeds["W"]) ** 2) * feeds["Z"])
+    expected = spec_update("Adam", attributes, feeds["R"], feeds["T"], feeds["W"], grad, feeds["V"], feeds["H"])
+    got = _run(lowered, feeds)
+    np.testing.assert_allclose(got[1], grad, rtol=1e-12, atol=1e-14)
+    for g, e in zip(got[2:], expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
+
+
 def test_gradient_of_a_tensor_is_an_error():
     with pytest.raises(PreviewTrainingError, match=r"Gradient node 'grad'.*float scalar"):
         lower_preview_training(gradient_model(y_op=None))
