@@ -30,7 +30,11 @@ def lower_preview_training(model: onnx.ModelProto | str | os.PathLike, *,
     main graph and in ``If`` / ``Loop`` / ``Scan`` bodies; ``Gradient`` in the main graph) replaced by
     standard ``ai.onnx`` operators that compute what ONNX's operator spec says, so that plain
     onnxruntime runs it. The inputs and outputs stay as they are; the model comes back at the pinned
-    opset and IR version (`graphopt.symbolic.OPSET`, ``IR_VERSION``) without the preview domain import.
+    opset and IR version (`graphopt.symbolic.OPSET`, ``IR_VERSION``) without the preview domain import;
+    the given model is not changed. Each operator's formula is in its module's docstring (`adagrad`,
+    `momentum`, `adam`, `gradient`): a node's scalars (``R``, ``T`` and what is computed from them
+    alone) in float64, cast once to each tensor's dtype; the tensor arithmetic in the tensors' dtype,
+    in the spec's order.
 
     A node that cannot be lowered (an unknown preview operator, wrong input or output counts, a
     missing or mistyped attribute, a ``mode`` other than ``"standard"`` / ``"nesterov"``, a
