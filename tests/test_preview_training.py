@@ -10,7 +10,6 @@ ReferenceEvaluator run on the original, un-lowered model, and hand-derived deriv
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -60,42 +59,49 @@ ONNX_NODE_TESTS = ["test_adagrad", "test_adagrad_multiple", "test_adam", "test_a
                    "test_momentum_multiple", "test_nesterov_momentum"]
 
 
-def _onnx_node_cases() -> dict:
-    """ONNX's node test cases for the preview optimizers, as its generators make them (importing a
-    case module runs its exports, which register a TestCase each: the model and its data set)."""
+def _load_test_folder(folder: str) -> tuple[onnx.ModelProto, list[np.ndarray], list[np.ndarray]]:
+    """An onnx backend test folder: ``model.onnx`` and ``test_data_set_0/{input,output}_<k>.pb``."""
+    model = onnx.load(os.path.join(folder, "model.onnx"))
+
+    def tensors(kind: str, count: int) -> list[np.ndarray]:
+        return [numpy_helper.to_array(onnx.load_tensor(os.path.join(folder, "test_data_set_0", f"{kind}_{k}.pb")))
+                for k in range(count)]
+    return model, tensors("input", len(model.graph.input)), tensors("output", len(model.graph.output))
+
+
+def _onnx_node_case(name: str) -> tuple[onnx.ModelProto, list[np.ndarray], list[np.ndarray]]:
+    """ONNX's node test case ``name``: from ``onnx/backend/test/data/node/<name>`` where the installed
+    onnx ships that folder, else as onnx's generator writes it there (importing a case module runs
+    its exports, each of which registers a TestCase: the model and its data set)."""
+    folder = os.path.join(ONNX_TESTS, "data", "node", name)
+    if os.path.isdir(folder):
+        return _load_test_folder(folder)
     import onnx.backend.test.case.node as node_cases
     from onnx.backend.test.case.node import adagrad, adam, momentum  # noqa: F401 - registers the cases
-    return {case.name: case for case in node_cases._NodeTestCases if case.name in ONNX_NODE_TESTS}
+    (case,) = [case for case in node_cases._NodeTestCases if case.name == name]
+    inputs, outputs = case.data_sets[0]
+    return case.model, list(inputs), list(outputs)
 
 
-@pytest.mark.parametrize("name", ONNX_NODE_TESTS)
-def test_onnx_node_test_cases(name):
-    case = _onnx_node_cases()[name]
-    given = case.model.SerializeToString()
-    lowered = lower_preview_training(case.model)
-    assert case.model.SerializeToString() == given  # the given model is left as it was
-    _check_lowered(case.model, lowered)
-    inputs, expected = case.data_sets[0]
-    got = _run(lowered, {i.name: v for i, v in zip(case.model.graph.input, inputs)})
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+def _check_test_case(model: onnx.ModelProto, inputs: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    given = model.SerializeToString()
+    lowered = lower_preview_training(model)
+    assert model.SerializeToString() == given  # the given model is left as it was
+    _check_lowered(model, lowered)
+    got = _run(lowered, {i.name: v for i, v in zip(model.graph.input, inputs, strict=True)})
+    for g, e in zip(got, expected, strict=True):
         assert g.dtype == e.dtype and g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ONNX_NODE_TESTS)
+def test_onnx_node_test_cases(name):
+    _check_test_case(*_onnx_node_case(name))
+
+
 @pytest.mark.parametrize("name", ["test_gradient_of_add", "test_gradient_of_add_and_mul"])
 def test_onnx_gradient_model_tests(name):
-    folder = os.path.join(ONNX_TESTS, "data", "simple", name)
-    model = onnx.load(os.path.join(folder, "model.onnx"))
-    load = [numpy_helper.to_array(onnx.load_tensor(f))
-            for f in sorted(glob.glob(os.path.join(folder, "test_data_set_0", "*.pb")))]
-    inputs, expected = load[:len(model.graph.input)], load[len(model.graph.input):]
-    lowered = lower_preview_training(model)
-    _check_lowered(model, lowered)
-    got = _run(lowered, {i.name: v for i, v in zip(model.graph.input, inputs)})
-    for g, e in zip(got, expected, strict=True):
-        assert g.dtype == e.dtype and g.shape == e.shape
-        np.testing.assert_allclose(g, e, rtol=1e-6)
+    _check_test_case(*_load_test_folder(os.path.join(ONNX_TESTS, "data", "simple", name)))
 
 
 # -- random multi-tensor nodes against onnx's reference evaluator ----------------------------------
