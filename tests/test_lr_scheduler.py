@@ -729,3 +729,36 @@ def test_load_state_dict_refuses_bad_state_and_changes_nothing():
     plain = G.LambdaLR(_o(), lambda e: 1.0)
     with pytest.raises(ValueError, match="plain function"):
         plain.load_state_dict({**plain.state_dict(), "lr_lambdas": [{"every": 2}, None, None]})
+
+
+def test_schedulers_added_mid_training_and_momentum_switched_on_equal_torch(T):
+    """SGD without momentum under CyclicLR (which switches momentum on, as in torch), then SWALR taking over."""
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal(5)
+    p, tp = graphopt.Parameter(start.copy()), T.torch.nn.Parameter(T.torch.tensor(start))
+    ours, reference = optim.SGD([p], lr=0.05), T.torch.optim.SGD([tp], lr=0.05)
+    schedulers = [G.CyclicLR(ours, 0.01, 0.1, step_size_up=5)]
+    torch_schedulers = [T.CyclicLR(reference, 0.01, 0.1, step_size_up=5)]
+    for step in range(40):
+        if step == 20:
+            schedulers, torch_schedulers = [G.SWALR(ours, 0.02, anneal_epochs=5)], [T.SWALR(reference, 0.02, 5)]
+        grad = np.cos(p.data) + 0.5 * p.data
+        p.grad, tp.grad = grad, T.torch.tensor(grad)
+        ours.step()
+        reference.step()
+        for s, ts in zip(schedulers, torch_schedulers):
+            s.step()
+            ts.step()
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+        assert_groups_close(ours, reference, f"step {step}")
+
+
+def test_checkpoint_refuses_a_malformed_scheduler_file(tmp_path):
+    path = tmp_path / "s.npz"
+    checkpoint.save_state_dict(G.StepLR(graphopt_optimizer("SGD"), 3).state_dict(), path)
+    with np.load(path) as archive:
+        meta = json.loads(archive["__meta__"].tobytes())
+    meta["scheduler"] = [1, 2]
+    np.savez(path, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    with pytest.raises(checkpoint.CheckpointError, match="'scheduler'.*expected dict"):
+        checkpoint.load_state_dict(path)
