@@ -726,6 +726,12 @@ def test_load_state_dict_refuses_bad_state_and_changes_nothing():
     with pytest.raises(ValueError, match="StepLR.load_state_dict: 'base_lrs'"):
         chain.load_state_dict(state)
     assert chain.state_dict()["_schedulers"][1]["gamma"] == 0.9  # nothing loaded, not even the valid member
+    one_cycle = G.OneCycleLR(_o(), 1.0, total_steps=10)
+    for bad, message in [({"_anneal_func_type": "cosine"}, "_anneal_func_type"),
+                         ({"_schedule_phases": [{"end_step": 3}]}, r"'_schedule_phases'\[0\] must have"),
+                         ({"total_steps": 0}, "total_steps")]:
+        with pytest.raises(ValueError, match=message):
+            one_cycle.load_state_dict({**one_cycle.state_dict(), **bad})
     plain = G.LambdaLR(_o(), lambda e: 1.0)
     with pytest.raises(ValueError, match="plain function"):
         plain.load_state_dict({**plain.state_dict(), "lr_lambdas": [{"every": 2}, None, None]})

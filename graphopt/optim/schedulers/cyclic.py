@@ -136,8 +136,8 @@ class CyclicLR(LRScheduler):
     def _checked(self, state_dict: Any) -> dict[str, Any]:
         values = super()._checked(state_dict)
         where = "CyclicLR.load_state_dict"
-        one_of(where, "mode", values["mode"], ("triangular", "triangular2", "exp_range")) \
-            if self._scale_fn_custom is None else None
+        if self._scale_fn_custom is None:
+            one_of(where, "mode", values["mode"], ("triangular", "triangular2", "exp_range"))
         one_of(where, "scale_mode", values["scale_mode"], ("cycle", "iterations"))
         saved = values["_scale_fn_custom"]
         if saved is not None and (not isinstance(saved, dict) or self._scale_fn_custom is None):
@@ -247,6 +247,24 @@ class OneCycleLR(LRScheduler):
         if self.cycle_momentum:
             _write_momentum(self.optimizer.param_groups, self.closed_form_momentum(self.last_epoch), self.use_beta1)
         return self.closed_form(self.last_epoch)
+
+    def _checked(self, state_dict: Any) -> dict[str, Any]:
+        values = super()._checked(state_dict)
+        where = "OneCycleLR.load_state_dict"
+        one_of(where, "_anneal_func_type", values["_anneal_func_type"], ("cos", "linear"))
+        values["total_steps"] = positive_int(where, "total_steps", values["total_steps"])
+        phases = values["_schedule_phases"]
+        entries = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+        if not isinstance(phases, (list, tuple)) or not phases:
+            raise ValueError(f"{where}: '_schedule_phases' must be a list of phases, got {phases!r}")
+        for i, phase in enumerate(phases):
+            keys = ("start_lr", "end_lr", "start_momentum", "end_momentum")
+            if not isinstance(phase, dict) or set(phase) != {"end_step", *keys} \
+                    or any(phase[k] not in entries for k in keys):
+                raise ValueError(f"{where}: '_schedule_phases'[{i}] must have 'end_step' and {list(keys)} naming "
+                                 f"group entries {list(entries)}, got {phase!r}")
+            real(where, f"'_schedule_phases'[{i}]['end_step']", phase["end_step"])
+        return values
 
 
 def _phases(pct_start: float, total: int, three_phase: bool) -> list[dict[str, Any]]:
