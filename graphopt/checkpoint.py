@@ -1,4 +1,5 @@
-"""Checkpoints: an optimizer's or a Trainer's ``state_dict()`` as one ``.npz`` file, without pickle.
+"""Checkpoints: an optimizer's, a Trainer's or an lr scheduler's ``state_dict()`` as one ``.npz`` file,
+without pickle.
 
 A checkpoint is a zip of ``.npy`` members, readable by ``np.load``: ``__meta__`` holds UTF-8
 JSON (format name, version, what kind of state, step counts, group settings, and the dtype and
@@ -10,6 +11,10 @@ shape of every array), and each array is a member ``arrayN`` named there. Versio
                    "param_groups": [{"lr": 0.001, ..., "params": [0, 1]}]},
      "parameters": {"W": "array2", ...}, "buffers": {...},          # "trainer" only
      "grad_scaler": {"scale": 65536.0, ...}}                        # a trainer's with a GradScaler
+
+A scheduler's state dict (`graphopt.optim.lr_scheduler`: plain numbers, strings, bools, None, lists
+and string-keyed dicts of them; recognized by its ``_last_lr`` entry) is stored whole as JSON:
+``{"format": ..., "version": 2, "kind": "scheduler", "arrays": {}, "scheduler": {...}}``.
 
 Saving writes a temporary file in the target's folder, flushes and fsyncs it, then renames it over
 the target, so a crash mid-save leaves the previous checkpoint whole. Loading reads nothing it has
@@ -43,6 +48,7 @@ _MAX_HEADER = 10_000  # numpy's own limit on a .npy header
 _MAX_RATIO = 1032  # the most deflate can expand its input
 _KINDS = {"optimizer": {"state", "param_groups"}, "trainer": {"parameters", "buffers", "optimizer"}}
 _OPTIONAL = {"optimizer": set(), "trainer": {"grad_scaler"}}  # keys a state dict of that kind may add
+_MAX_DEPTH = 32  # a scheduler's state nests a few levels (SequentialLR of ChainedSchedulers)
 
 
 class CheckpointError(ValueError):
@@ -53,7 +59,7 @@ class CheckpointError(ValueError):
 
 
 def save_state_dict(state_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write an optimizer's or a Trainer's ``state_dict()`` to ``path`` atomically.
+    """Write an optimizer's, a Trainer's or an lr scheduler's ``state_dict()`` to ``path`` atomically.
 
     Raises `CheckpointError`, writing nothing, for a value a checkpoint cannot hold (a slot that
     is not a numeric array, a group setting that is not a number, string, bool, None or list).
@@ -75,10 +81,13 @@ class _Encoder:
     def encode(self, state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         kind = _kind_of(state_dict)
         if kind is None:
-            raise self.fail("state_dict", "expected an optimizer's state_dict() (keys 'state', 'param_groups') "
-                            "or a Trainer's (keys 'parameters', 'buffers', 'optimizer')")
+            raise self.fail("state_dict", "expected an optimizer's state_dict() (keys 'state', 'param_groups'), "
+                            "a Trainer's (keys 'parameters', 'buffers', 'optimizer') or an lr scheduler's "
+                            "(with '_last_lr')")
         meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "kind": kind}
-        if kind == "trainer":
+        if kind == "scheduler":
+            meta["scheduler"] = self.plain(state_dict, "state_dict", 0)
+        elif kind == "trainer":
             meta["optimizer"] = self.optimizer(state_dict["optimizer"], "optimizer")
             for part in ("parameters", "buffers"):
                 meta[part] = {self.name(name, f"{part} name"): self.array(value, f"{part}[{name!r}]")
@@ -151,6 +160,16 @@ class _Encoder:
         raise self.fail(where, f"cannot store a {type(value).__name__} (numbers, bools, strings, None "
                         "and lists of them only)")
 
+    def plain(self, value: Any, where: str, depth: int) -> Any:
+        """A scheduler's state as JSON holds it: string-keyed dicts, lists and scalars (never a callable)."""
+        if depth > _MAX_DEPTH:
+            raise self.fail(where, f"nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(value, Mapping):
+            return {self.name(k, f"{where} key"): self.plain(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return self.scalar(value, where)
+
     def mapping(self, value: Any, where: str) -> Mapping[Any, Any]:
         if not isinstance(value, Mapping):
             raise self.fail(where, f"expected a dict, got a {type(value).__name__}")
@@ -173,10 +192,13 @@ class _Encoder:
 
 def _kind_of(state_dict: Any) -> str | None:
     """'optimizer' or 'trainer' by the keys of ``state_dict`` (an optimizer's may name its
-    ``class``), or None."""
+    ``class``), 'scheduler' for a dict with ``_last_lr`` (every lr scheduler's, graphopt's and
+    torch's), or None."""
     keys = set(state_dict) - {"class"} if isinstance(state_dict, Mapping) else None
     return next((kind for kind, expected in _KINDS.items() if keys is not None and expected <= keys <=
                  expected | _OPTIONAL[kind]), None)
+    kind = next((kind for kind, expected in _KINDS.items() if keys == expected), None)
+    return "scheduler" if kind is None and keys is not None and "_last_lr" in keys else kind
 
 
 def _numeric(dtype: np.dtype) -> bool:
@@ -225,9 +247,10 @@ def _fsync_folder(folder: str) -> None:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by `save_state_dict`: the optimizer's or the Trainer's state dict.
+    """Read a checkpoint written by `save_state_dict`: the optimizer's, Trainer's or scheduler's state dict.
 
-    The result is accepted by ``load_state_dict`` of the optimizer or Trainer it came from.
+    The result is accepted by ``load_state_dict`` of the optimizer, Trainer or scheduler it came from
+    (a scheduler's tuples come back as lists).
     Raises `CheckpointError` naming the file and the part for anything that is not such a
     checkpoint (never unpickles or executes anything); `OSError` if the file cannot be opened.
     """
@@ -259,6 +282,8 @@ class _Loader:
         unexpected = set(self.members) - {f"{name}.npy" for name in [_META, *self.specs]}
         if unexpected:
             raise self.fail("archive", f"unexpected members {sorted(unexpected)[:5]}")
+        if meta["kind"] == "scheduler":
+            return _field(self, meta, "scheduler", dict, _META)  # JSON holds plain values only
         optimizer = self.optimizer(_field(self, meta, "optimizer", dict, _META))
         if meta["kind"] == "optimizer":
             return optimizer
@@ -290,8 +315,9 @@ class _Loader:
                             f"this one reads versions 1 to {VERSION}")
         if version < 1:
             raise self.fail(f"{_META} 'version'", f"unknown format version {version}")
-        if version > 1 and meta.get("kind") not in list(_KINDS):
-            raise self.fail(f"{_META} 'kind'", f"expected one of {sorted(_KINDS)}, got {_brief(meta.get('kind'))}")
+        if version > 1 and meta.get("kind") not in [*_KINDS, "scheduler"]:
+            raise self.fail(f"{_META} 'kind'", f"expected one of {sorted([*_KINDS, 'scheduler'])}, "
+                            f"got {_brief(meta.get('kind'))}")
         return meta
 
     def array_specs(self, meta: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]] | None]:

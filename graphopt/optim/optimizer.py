@@ -51,6 +51,10 @@ required = _Required()
 
 GROUP_DEFAULTS = {"lr_mult": 1.0, "decay_mult": 1.0}
 
+SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum", "swa_lr"})
+"""Group entries that lr schedulers add (`graphopt.optim.lr_scheduler`): a loaded state dict may
+have them or not, so that an optimizer can be restored before or after its scheduler is made."""
+
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
 """State slots that are averages of squares: a loaded value must be >= 0."""
 
@@ -455,7 +459,7 @@ class Optimizer:
         if not isinstance(saved, Mapping) or "params" not in saved:
             raise ValueError(f"{where}: expected a dict with 'params', got {type(saved).__name__}")
         group = self.param_groups[g]
-        expected, got = set(group) - {"params"}, set(saved) - {"params"}
+        expected, got = set(group) - {"params"} - SCHEDULER_KEYS, set(saved) - {"params"} - SCHEDULER_KEYS
         if expected != got:
             raise ValueError(f"{where}: settings differ (missing {sorted(expected - got)}, "
                              f"unexpected {sorted(map(str, got - expected))}); is it another optimizer's state dict?")

@@ -90,6 +90,11 @@ class Schedule:
         """``lr / base`` for a multiplicative schedule (the ones `Chained` composes)."""
         raise TypeError(f"{type(self).__name__} is not multiplicative: it has no factor to chain")
 
+    @property
+    def multiplicative(self) -> bool:
+        """Whether the lr is ``base * factor(t)`` (what `Chained` composes)."""
+        return type(self).factor is not Schedule.factor
+
     def value(self, t: int, base: float) -> float:
         """The lr at clock ``t``, in Python (float64)."""
         return float(self.lr(np.float64(t), np.float64(base), NUMPY))
@@ -221,7 +226,19 @@ class Cosine(Schedule):
         _number("Cosine", "eta_min", self.eta_min)
 
     def lr(self, t, base, ops=NUMPY):
-        return self.eta_min + (base - self.eta_min) * (1.0 + ops.cos(math.pi * t / float(self.T_max))) / 2.0
+        return self.eta_min + (base - self.eta_min) * self._cosine(t, ops)
+
+    def _cosine(self, t, ops):
+        return (1.0 + ops.cos(math.pi * t / float(self.T_max))) / 2.0
+
+    @property
+    def multiplicative(self) -> bool:
+        return self.eta_min == 0
+
+    def factor(self, t, ops=NUMPY):
+        if self.eta_min != 0:
+            raise TypeError("Cosine with eta_min != 0 is not multiplicative")
+        return self._cosine(t, ops)
 
 
 @dataclass(frozen=True)
@@ -255,7 +272,11 @@ class CosineWarmRestarts(Schedule):
 
 @dataclass(frozen=True)
 class OneCycle(Schedule):
-    """torch's OneCycleLR (lr only; momentum cycling stays with the Python scheduler)."""
+    """torch's OneCycleLR (lr only; momentum cycling stays with the Python scheduler).
+
+    ``ends`` and ``lrs`` (``initial, max, min``), when given, replace the phase ends and lrs computed
+    from the other settings: a `graphopt.optim.lr_scheduler.OneCycleLR` passes the ones it holds.
+    """
 
     max_lr: float
     total_steps: int
@@ -264,6 +285,8 @@ class OneCycle(Schedule):
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     three_phase: bool = False
+    ends: tuple[float, ...] | None = None
+    lrs: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         _number("OneCycle", "max_lr", self.max_lr)
@@ -275,12 +298,14 @@ class OneCycle(Schedule):
 
     def _phases(self) -> list[tuple[float, float, float]]:
         """``(end_step, start_lr, end_lr)`` per phase, as torch builds them."""
-        initial = self.max_lr / self.div_factor
-        final = initial / self.final_div_factor
+        initial, peak, final = self.lrs or (self.max_lr / self.div_factor, self.max_lr,
+                                            self.max_lr / self.div_factor / self.final_div_factor)
         up = float(self.pct_start * self.total_steps) - 1
         if self.three_phase:
-            return [(up, initial, self.max_lr), (2 * up, self.max_lr, initial), (self.total_steps - 1, initial, final)]
-        return [(up, initial, self.max_lr), (self.total_steps - 1, self.max_lr, final)]
+            ends = self.ends or (up, float(2 * self.pct_start * self.total_steps) - 2, self.total_steps - 1)
+            return [(ends[0], initial, peak), (ends[1], peak, initial), (ends[2], initial, final)]
+        ends = self.ends or (up, self.total_steps - 1)
+        return [(ends[0], initial, peak), (ends[1], peak, final)]
 
     def _anneal(self, start, end, pct, ops):
         if self.anneal_strategy == "cos":
@@ -303,15 +328,18 @@ class Cyclic(Schedule):
 
     base_lr: float
     max_lr: float
-    step_size_up: int = 2000
-    step_size_down: int | None = None
+    step_size_up: float = 2000
+    step_size_down: float | None = None
     mode: str = "triangular"
     gamma: float = 1.0
 
     def __post_init__(self):
         if self.mode not in ("triangular", "triangular2", "exp_range"):
             raise ValueError(f"Cyclic: 'mode' must be triangular, triangular2 or exp_range, got {self.mode!r}")
-        _positive_int("Cyclic", "step_size_up", self.step_size_up)
+        _number("Cyclic", "step_size_up", self.step_size_up)
+        if self.step_size_up <= 0 or self.step_size_down is not None and not self.step_size_down >= 0:
+            raise ValueError(f"Cyclic: need step_size_up > 0 and step_size_down >= 0, got {self.step_size_up!r}, "
+                             f"{self.step_size_down!r}")
 
     def lr(self, t, base, ops=NUMPY):
         up = float(self.step_size_up)
@@ -362,9 +390,10 @@ class Chained(Schedule):
     def __post_init__(self):
         object.__setattr__(self, "schedules", tuple(self.schedules))
         for s in self.schedules:
-            if type(s).factor is Schedule.factor:
+            if not s.multiplicative:
                 raise ValueError(f"Chained: {type(s).__name__} is not multiplicative; only schedules with a "
-                                 "factor (Factor, Linear, Step, MultiStep, Exponential, Polynomial, Constant) chain")
+                                 "factor (Factor, Linear, Step, MultiStep, Exponential, Polynomial, Constant, "
+                                 "Cosine with eta_min=0) chain")
 
     def factor(self, t, ops=NUMPY):
         result = self.schedules[0].factor(t, ops)
