@@ -192,12 +192,11 @@ class _Encoder:
 
 def _kind_of(state_dict: Any) -> str | None:
     """'optimizer' or 'trainer' by the keys of ``state_dict`` (an optimizer's may name its
-    ``class``), 'scheduler' for a dict with ``_last_lr`` (every lr scheduler's, graphopt's and
+    ``class``, a trainer's may add ``grad_scaler``), 'scheduler' for a dict with ``_last_lr`` (every lr scheduler's, graphopt's and
     torch's), or None."""
     keys = set(state_dict) - {"class"} if isinstance(state_dict, Mapping) else None
-    return next((kind for kind, expected in _KINDS.items() if keys is not None and expected <= keys <=
+    kind = next((kind for kind, expected in _KINDS.items() if keys is not None and expected <= keys <=
                  expected | _OPTIONAL[kind]), None)
-    kind = next((kind for kind, expected in _KINDS.items() if keys == expected), None)
     return "scheduler" if kind is None and keys is not None and "_last_lr" in keys else kind
 
 

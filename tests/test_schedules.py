@@ -185,7 +185,7 @@ def test_stopping_a_schedule_keeps_the_last_lr_and_reads_lr_again():
 @pytest.mark.parametrize("make, error", [
     (lambda: S.Step(0), "'step_size' must be an int >= 1"), (lambda: S.Linear(0.0), "0 < start <= 1"),
     (lambda: S.Sequential([S.Constant()], milestones=[3]), "expected 0 milestones"),
-    (lambda: S.Chained([S.Cosine(10)]), "Cosine is not multiplicative"),
+    (lambda: S.Chained([S.Cosine(10, eta_min=0.1)]), "Cosine is not multiplicative"),
     (lambda: S.OneCycle(0.1, 10, anneal_strategy="cubic"), "'anneal_strategy'"),
     (lambda: optim.SGD([graphopt.Parameter(np.zeros(1))], lr=0.1).schedule_lr(lambda t: 0.1), "expected a graphopt"),
 ])
