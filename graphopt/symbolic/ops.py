@@ -22,6 +22,11 @@ def sqrt(x: Sym) -> Sym:
     return x.graph.unary("Sqrt", x)
 
 
+def sign(x: Sym) -> Sym:
+    """``-1``, ``0`` or ``1`` elementwise, as ``x`` is negative, zero or positive (``Sign``)."""
+    return x.graph.unary("Sign", x)
+
+
 def maximum(a: Any, b: Any) -> Sym:
     return _graph_of(a, b).elementwise("Max", a, b)
 
@@ -37,7 +42,8 @@ def where(condition: Sym, a: Any, b: Any) -> Sym:
         raise build_error("Where", f"condition must be bool, got {condition!r}")
     (a, b), dtype, weak = graph.unify("Where", [a, b])
     shape = broadcast_shapes("Where", [condition.shape, a.shape, b.shape])
-    return graph.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
+    target = graph._innermost("Where", [condition, a, b])  # noqa: SLF001 - a scalar condition may live outside a loop body
+    return target.op("Where", [condition, a, b], dtype=dtype, shape=shape, weak=weak)
 
 
 def cast(x: Sym, dtype: Any, *, weak: bool = False) -> Sym:
