@@ -41,8 +41,9 @@ class Adamax(Optimizer):
                  capturable: bool = False, scale: float = 1, clip_norm: float = 0, clip_value: float = 0,
                  clip_per_tensor: bool = False, providers: Any = None, runtime: Any = None):
         validation.not_differentiable("Adamax", differentiable)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize,
-                        scale=scale, clip_norm=clip_norm, clip_value=clip_value, clip_per_tensor=clip_per_tensor)
+        defaults = dict(lr=lr, betas=validation.as_tuple(betas), eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, scale=scale, clip_norm=clip_norm, clip_value=clip_value,
+                        clip_per_tensor=clip_per_tensor)
         super().__init__(params, defaults, providers=providers, runtime=runtime)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:

@@ -38,8 +38,8 @@ class Lion(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0, *, maximize: bool = False,
                  scale: float = 1, clip_norm: float = 0, clip_value: float = 0, clip_per_tensor: bool = False,
                  providers: Any = None, runtime: Any = None):
-        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, scale=scale,
-                        clip_norm=clip_norm, clip_value=clip_value, clip_per_tensor=clip_per_tensor)
+        defaults = dict(lr=lr, betas=validation.as_tuple(betas), weight_decay=weight_decay, maximize=maximize,
+                        scale=scale, clip_norm=clip_norm, clip_value=clip_value, clip_per_tensor=clip_per_tensor)
         super().__init__(params, defaults, providers=providers, runtime=runtime)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:

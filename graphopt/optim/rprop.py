@@ -42,8 +42,9 @@ class Rprop(Optimizer):
                  scale: float = 1, clip_norm: float = 0, clip_value: float = 0, clip_per_tensor: bool = False,
                  providers: Any = None, runtime: Any = None):
         validation.not_differentiable("Rprop", differentiable)
-        defaults = dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize, scale=scale,
-                        clip_norm=clip_norm, clip_value=clip_value, clip_per_tensor=clip_per_tensor)
+        defaults = dict(lr=lr, etas=validation.as_tuple(etas), step_sizes=validation.as_tuple(step_sizes),
+                        maximize=maximize, scale=scale, clip_norm=clip_norm, clip_value=clip_value,
+                        clip_per_tensor=clip_per_tensor)
         super().__init__(params, defaults, providers=providers, runtime=runtime)
 
     def _validate(self, group: Mapping[str, Any], where: str) -> None:

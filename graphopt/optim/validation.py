@@ -81,3 +81,9 @@ def not_differentiable(kind: str, differentiable: bool) -> None:
     if differentiable:
         raise NotImplementedError(f"{kind}: differentiable=True is not supported; graphopt's update "
                                   "graphs are not differentiated through")
+
+
+def as_tuple(value: Any) -> Any:
+    """A constructor's pair setting (``betas``) as a tuple; anything not a list or tuple as it is,
+    for `pair` to refuse with the group's name."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
