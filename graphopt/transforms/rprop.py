@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphopt.symbolic import clip, sign, where
+from graphopt.symbolic import cast, clip, sign, where
 from graphopt.transforms.base import Context, Transform, Updates
 from graphopt.transforms.learning_rate import effective_lr
 
@@ -33,7 +33,8 @@ class RpropStep(Transform):
             size = where(ctx.step(i) > 1.0, ctx.state(i, "step_size"), initial)
             agreement = g * ctx.state(i, "prev")
             flipped = agreement < 0.0
-            factor = where(agreement > 0.0, etaplus, where(flipped, etaminus, 1.0))
+            # the factors in g's dtype (as torch holds them), so the tensor of factors is too
+            factor = where(agreement > 0.0, cast(etaplus, g.dtype), where(flipped, cast(etaminus, g.dtype), 1.0))
             size = clip(size * factor, low, high)
             g = where(flipped, 0.0, g)
             ctx.set_state(i, "step_size", size)
