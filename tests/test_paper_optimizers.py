@@ -1,6 +1,7 @@
 """Lion and Signum against float64 numpy references written from their papers; and, for every
 optimizer added with them (Adagrad, Adadelta, Adamax, RAdam, Rprop too), the chunked fast path,
-a bit-exact state_dict round trip and clear errors for bad settings.
+a bit-exact state_dict round trip, the update inside a Trainer's training step and clear
+errors for bad settings.
 
 Lion: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2.
 Signum: Bernstein et al. 2018, "signSGD: Compressed Optimisation for Non-Convex Problems",
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import graphopt
 from graphopt import optim
 from graphopt.optim.execution import _ChunkedPlan, _TensorPlan
 from graphopt.runtime import Runtime
 from tests.reference import lr_of, preprocess, wd_of
+from tests.test_trainer import numpy_gradients, regression_model
 
 STEPS = 24
 SHAPES = [(3, 4), (5,), (), (4, 5)]
@@ -225,6 +228,27 @@ def test_state_dict_round_trip_mid_run_continues_bit_for_bit(kind):
         assert opt.state[p].keys() == second.state[q].keys()
         for key, value in opt.state[p].items():
             np.testing.assert_array_equal(second.state[q][key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("kind", list(ALL))
+def test_trainer_step_equals_gradients_plus_optimizer_step(kind):
+    """Inside a Trainer's one-call training step, the update equals the facade's fed the same
+    gradients (computed by hand)."""
+    model = regression_model()
+    trainer = graphopt.Trainer(model, loss="loss", optimizer=getattr(optim, kind)(**ALL[kind]))
+    mirror = {t.name: graphopt.Parameter(numpy_helper.to_array(t).copy(), name=t.name) for t in model.graph.initializer}
+    reference = getattr(optim, kind)(list(mirror.values()), **ALL[kind])
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        x, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+        grads, expected_loss = numpy_gradients({n: p.data for n, p in mirror.items()}, x, t)
+        assert trainer.step({"x": x, "t": t}) == pytest.approx(expected_loss, rel=1e-10)
+        for name, p in mirror.items():
+            p.grad = grads[name]
+        reference.step()
+    for name, p in trainer.parameters.items():
+        np.testing.assert_allclose(p.data, mirror[name].data, rtol=1e-9, atol=1e-12)
+    assert trainer.optimizer.sessions_built == 1
 
 
 BAD = [
