@@ -47,8 +47,8 @@ required = _Required()
 GROUP_DEFAULTS = {"lr_mult": 1.0, "decay_mult": 1.0}
 
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
-SECOND_MOMENTS += ("sum", "acc_delta")  # Adagrad's sum of squares, Adadelta's average of squared updates
 """State slots that are averages of squares: a loaded value must be >= 0."""
+SECOND_MOMENTS += ("sum", "acc_delta")  # Adagrad's sum of squares, Adadelta's average of squared updates
 
 
 class GroupLayout(NamedTuple):
