@@ -30,7 +30,9 @@ pytestmark = pytest.mark.skipif(not _cuda_usable(), reason="needs onnxruntime-gp
 
 
 @pytest.mark.parametrize("kind, kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(amsgrad=True)),
-                                          ("AdamW", {}), ("RMSprop", dict(centered=True, momentum=0.5))])
+                                          ("AdamW", {}), ("RMSprop", dict(centered=True, momentum=0.5)),
+                                          ("Adagrad", dict(initial_accumulator_value=0.1)), ("Adadelta", {}),
+                                          ("Adamax", {}), ("RAdam", {}), ("Rprop", {}), ("Lion", {}), ("Signum", {})])
 def test_cuda_matches_cpu_and_keeps_state_on_device(kind, kwargs):
     rng = np.random.default_rng(0)
     init = [rng.standard_normal(s).astype(np.float32) for s in [(64, 32), (32,)]]

@@ -20,7 +20,8 @@ rounds with their min-max. Peers:
 * ``graphopt-1-tensor`` (in configurations of several tensors): graphopt over the same
   N parameters as one tensor, for the cost of many tensors measured within one run;
 * ``torch-foreach`` / ``torch-fused``: torch.optim's implementations, when torch is
-  importable (RMSprop has no fused version).
+  importable (RMSprop, Adadelta, Adamax, RAdam and Rprop have no fused version; Lion and
+  Signum are not in torch.optim).
 
 GB/s is effective bandwidth: the bytes an update must read and write per parameter
 (e.g. Adam reads p, g, m, v and writes p, m, v: 28 bytes in float32) over the step
@@ -74,7 +75,7 @@ class Update:
 
     name: str
     graphopt: Callable
-    torch_name: str
+    torch_name: str | None  # None: not in torch.optim (no torch peer)
     kwargs: dict
     slots: int  # state tensors per parameter
     fused: bool  # torch has a fused implementation
@@ -90,6 +91,13 @@ UPDATES = {
     "rmsprop": Update("RMSprop", optim.RMSprop, "RMSprop", dict(lr=0.01), 1, False),
     "adam": Update("Adam", optim.Adam, "Adam", dict(lr=0.001), 2, True),
     "adamw": Update("AdamW", optim.AdamW, "AdamW", dict(lr=0.001, weight_decay=0.01), 2, True),
+    "adagrad": Update("Adagrad", optim.Adagrad, "Adagrad", dict(lr=0.01), 1, True),
+    "adadelta": Update("Adadelta", optim.Adadelta, "Adadelta", dict(lr=1.0), 2, False),
+    "adamax": Update("Adamax", optim.Adamax, "Adamax", dict(lr=0.002), 2, False),
+    "radam": Update("RAdam", optim.RAdam, "RAdam", dict(lr=0.001), 2, False),
+    "rprop": Update("Rprop", optim.Rprop, "Rprop", dict(lr=0.01), 2, False),
+    "lion": Update("Lion", optim.Lion, None, dict(lr=1e-4), 1, False),
+    "signum": Update("Signum", optim.Signum, None, dict(lr=0.01), 1, False),
 }
 
 
@@ -103,6 +111,8 @@ def numpy_step(kind: str, params, grads, state, t: int) -> None:
                 b *= 0.9
                 b += g
             p -= 0.01 * b
+        elif kind in NUMPY_STEPS:
+            NUMPY_STEPS[kind](p, g, s, t)
         elif kind == "rmsprop":
             v = s.setdefault("v", np.zeros_like(p))
             v *= 0.99
@@ -127,6 +137,86 @@ def numpy_step(kind: str, params, grads, state, t: int) -> None:
             np.divide(m, tmp, out=tmp)
             tmp *= 0.001 / c1
             p -= tmp
+
+
+def _adagrad(p, g, s, t):
+    v = s.setdefault("sum", np.zeros_like(p))
+    v += g * g
+    tmp = np.sqrt(v)
+    tmp += 1e-10
+    np.divide(g, tmp, out=tmp)
+    tmp *= 0.01
+    p -= tmp
+
+
+def _adadelta(p, g, s, t):
+    v, d = s.setdefault("square_avg", np.zeros_like(p)), s.setdefault("acc_delta", np.zeros_like(p))
+    v *= 0.9
+    v += 0.1 * g * g
+    u = np.sqrt(d + 1e-6)
+    u /= np.sqrt(v + 1e-6)
+    u *= g
+    d *= 0.9
+    d += 0.1 * u * u
+    p -= u
+
+
+def _adamax(p, g, s, t):
+    m, n = s.setdefault("exp_avg", np.zeros_like(p)), s.setdefault("exp_inf", np.zeros_like(p))
+    m *= 0.9
+    m += 0.1 * g
+    n *= 0.999
+    np.maximum(n, np.abs(g) + 1e-8, out=n)
+    tmp = m / n
+    tmp *= 0.002 / (1 - 0.9 ** t)
+    p -= tmp
+
+
+def _radam(p, g, s, t):
+    m, v = s.setdefault("exp_avg", np.zeros_like(p)), s.setdefault("exp_avg_sq", np.zeros_like(p))
+    m *= 0.9
+    m += 0.1 * g
+    v *= 0.999
+    v += 0.001 * g * g
+    c1, c2 = 1 - 0.9 ** t, 1 - 0.999 ** t
+    rho_inf = 2 / 0.001 - 1
+    rho_t = rho_inf - 2 * t * 0.999 ** t / c2
+    if rho_t > 5:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        tmp = np.sqrt(v)
+        tmp += 1e-8
+        np.divide(m, tmp, out=tmp)
+        tmp *= 0.001 * rect * c2 ** 0.5 / c1
+        p -= tmp
+    else:
+        p -= 0.001 / c1 * m
+
+
+def _rprop(p, g, s, t):
+    prev, size = s.setdefault("prev", np.zeros_like(p)), s.setdefault("step_size", np.full_like(p, 0.01))
+    agreement = g * prev
+    size *= np.where(agreement > 0, np.float32(1.2), np.where(agreement < 0, np.float32(0.5), np.float32(1)))
+    np.clip(size, 1e-6, 50, out=size)
+    np.copyto(prev, np.where(agreement < 0, np.float32(0), g))
+    p -= np.sign(prev) * size
+
+
+def _lion(p, g, s, t):
+    m = s.setdefault("exp_avg", np.zeros_like(p))
+    p -= 1e-4 * np.sign(0.9 * m + 0.1 * g)
+    m *= 0.99
+    m += 0.01 * g
+
+
+def _signum(p, g, s, t):
+    m = s.setdefault("momentum_buffer", np.zeros_like(p))
+    m *= 0.9
+    m += 0.1 * g
+    p -= 0.01 * np.sign(m)
+
+
+NUMPY_STEPS = {"adagrad": _adagrad, "adadelta": _adadelta, "adamax": _adamax, "radam": _radam, "rprop": _rprop,
+               "lion": _lion, "signum": _signum}  # numpy_step's update per optimizer added in issue 11
 
 
 def stream(buffer: np.ndarray, pool: ThreadPoolExecutor, threads: int) -> Callable[[], None]:
@@ -179,7 +269,7 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
         numpy_step(kind, np_params, grads, np_state, counter[0])
     runs["numpy"] = numpy_run
 
-    if torch is not None:
+    if torch is not None and update.torch_name is not None:
         torch.set_num_threads(threads)
         for variant in ("foreach", "fused"):
             if variant == "fused" and not update.fused:

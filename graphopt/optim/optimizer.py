@@ -57,6 +57,7 @@ have them or not, so that an optimizer can be restored before or after its sched
 
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
 """State slots that are averages of squares: a loaded value must be >= 0."""
+SECOND_MOMENTS += ("sum", "acc_delta")  # Adagrad's sum of squares, Adadelta's average of squared updates
 
 
 class GroupLayout(NamedTuple):

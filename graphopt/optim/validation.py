@@ -54,3 +54,36 @@ def finite_state(where: str, slot: str, array: np.ndarray, nonnegative: bool) ->
     if nonnegative and (array < 0).any():
         raise ValueError(f"{where}: slot {slot!r} is an average of squares and must be >= 0, "
                          f"got {array[array < 0].flat[0]}")
+
+
+def pair(where: str, key: str, value: Any, names: str) -> tuple[float, float]:
+    """A pair of real numbers such as ``betas`` (``names`` says what it holds, for the message)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{where}: {key!r} must be a pair {names}, got {value!r}")
+    return as_float(where, f"{key}[0]", value[0]), as_float(where, f"{key}[1]", value[1])
+
+
+def betas(where: str, value: Any, key: str = "betas") -> None:
+    """``(beta1, beta2)``, each in [0, 1)."""
+    pair(where, key, value, "(beta1, beta2)")
+    for i, beta in enumerate(value):
+        in_unit_interval(where, f"{key}[{i}]", beta)
+
+
+def in_closed_unit_interval(where: str, key: str, value: Any) -> None:
+    """``0 <= value <= 1`` (Adadelta's ``rho``, which torch lets reach 1)."""
+    if not 0.0 <= as_float(where, key, value) <= 1.0:
+        raise ValueError(f"{where}: {key!r} must be in [0, 1], got {value!r}")
+
+
+def not_differentiable(kind: str, differentiable: bool) -> None:
+    """torch's ``differentiable=True``: graphopt's update graphs are not differentiated through."""
+    if differentiable:
+        raise NotImplementedError(f"{kind}: differentiable=True is not supported; graphopt's update "
+                                  "graphs are not differentiated through")
+
+
+def as_tuple(value: Any) -> Any:
+    """A constructor's pair setting (``betas``) as a tuple; anything not a list or tuple as it is,
+    for `pair` to refuse with the group's name."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value

@@ -22,6 +22,11 @@ def sqrt(x: Sym) -> Sym:
     return x.graph.unary("Sqrt", x)
 
 
+def sign(x: Sym) -> Sym:
+    """``-1``, ``0`` or ``1`` elementwise, as ``x`` is negative, zero or positive (``Sign``)."""
+    return x.graph.unary("Sign", x)
+
+
 def maximum(a: Any, b: Any) -> Sym:
     return _graph_of(a, b).elementwise("Max", a, b)
 

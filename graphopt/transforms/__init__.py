@@ -4,17 +4,25 @@ Each is a frozen dataclass with state ``slots`` (initialised by ``init``) and an
 ``apply`` that emits the update rule as symbolic ONNX ops; `chain` composes them.
 """
 
+from graphopt.transforms.adadelta import ScaleByAdadelta
+from graphopt.transforms.adagrad import ScaleByAdagrad
 from graphopt.transforms.adam import ScaleByAdam
+from graphopt.transforms.adamax import ScaleByAdamax
 from graphopt.transforms.base import Chain, Context, Transform, chain
 from graphopt.transforms.clip import ClipByNorm, ClipByValue
 from graphopt.transforms.learning_rate import ScaleByLearningRate, effective_lr, effective_weight_decay
+from graphopt.transforms.lion import ScaleByLion
 from graphopt.transforms.momentum import Momentum
+from graphopt.transforms.radam import ScaleByRAdam
 from graphopt.transforms.rmsprop import ScaleByRms
+from graphopt.transforms.rprop import RpropStep
 from graphopt.transforms.scale import Maximize, Scale
+from graphopt.transforms.signum import ScaleBySignum
 from graphopt.transforms.weight_decay import AddWeightDecay, DecoupledWeightDecay
 
 __all__ = [
     "AddWeightDecay", "Chain", "ClipByNorm", "ClipByValue", "Context", "DecoupledWeightDecay", "Maximize",
     "Momentum", "Scale", "ScaleByAdam", "ScaleByLearningRate", "ScaleByRms", "Transform", "chain",
     "effective_lr", "effective_weight_decay",
+    "RpropStep", "ScaleByAdadelta", "ScaleByAdagrad", "ScaleByAdamax", "ScaleByLion", "ScaleByRAdam", "ScaleBySignum",
 ]
