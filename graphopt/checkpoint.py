@@ -192,8 +192,8 @@ class _Encoder:
 
 def _kind_of(state_dict: Any) -> str | None:
     """'optimizer' or 'trainer' by the keys of ``state_dict`` (an optimizer's may name its
-    ``class``, a trainer's may add ``grad_scaler``), 'scheduler' for a dict with ``_last_lr`` (every lr scheduler's, graphopt's and
-    torch's), or None."""
+    ``class``, a trainer's may add ``grad_scaler``), 'scheduler' for a dict with ``_last_lr``
+    (every lr scheduler's, graphopt's and torch's), or None."""
     keys = set(state_dict) - {"class"} if isinstance(state_dict, Mapping) else None
     kind = next((kind for kind, expected in _KINDS.items() if keys is not None and expected <= keys <=
                  expected | _OPTIONAL[kind]), None)

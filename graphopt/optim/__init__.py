@@ -1,4 +1,5 @@
-"""Optimizers with torch.optim's interface, each a chain of update transforms."""
+"""Optimizers with torch.optim's interface, each a chain of update transforms; lr schedulers
+(`lr_scheduler`, torch's, in Python) and schedules compiled into the update graphs (`schedules`)."""
 
 from graphopt.optim import functional, lr_scheduler, schedules, swa_utils
 from graphopt.optim.adadelta import Adadelta
@@ -11,6 +12,10 @@ from graphopt.optim.radam import RAdam
 from graphopt.optim.rmsprop import RMSprop
 from graphopt.optim.rprop import Rprop
 from graphopt.optim.sgd import SGD
-from graphopt.optim import functional, lr_scheduler, schedules, swa_utils
-from graphopt.optim.adadelta import Adadelta
-from graphopt.optim.adagrad import Adagrad
+from graphopt.optim.signum import Signum
+from graphopt.transforms.averaging import EMA, SWA
+
+__all__ = [
+    "EMA", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Optimizer", "RAdam", "RMSprop", "Rprop",
+    "SGD", "Signum", "functional", "lr_scheduler", "required", "schedules", "swa_utils",
+]
