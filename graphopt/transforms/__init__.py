@@ -7,14 +7,22 @@ Each is a frozen dataclass with state ``slots`` (initialised by ``init``) and an
 from graphopt.transforms.adam import ScaleByAdam
 from graphopt.transforms.base import Chain, Context, Transform, chain
 from graphopt.transforms.clip import ClipByNorm, ClipByValue
+from graphopt.transforms.heavy_ball import HeavyBall
 from graphopt.transforms.learning_rate import ScaleByLearningRate, effective_lr, effective_weight_decay
 from graphopt.transforms.momentum import Momentum
+from graphopt.transforms.muon import MuonMomentum, ScaleByAdjustedLearningRate
+from graphopt.transforms.newton_schulz import Orthogonalize
 from graphopt.transforms.rmsprop import ScaleByRms
 from graphopt.transforms.scale import Maximize, Scale
+from graphopt.transforms.sparse_adam import ScaleBySparseAdam
+from graphopt.transforms.trust_ratio import ScaleByLarsTrustRatio, ScaleByTrustRatio
 from graphopt.transforms.weight_decay import AddWeightDecay, DecoupledWeightDecay
 
 __all__ = [
     "AddWeightDecay", "Chain", "ClipByNorm", "ClipByValue", "Context", "DecoupledWeightDecay", "Maximize",
     "Momentum", "Scale", "ScaleByAdam", "ScaleByLearningRate", "ScaleByRms", "Transform", "chain",
     "effective_lr", "effective_weight_decay",
+    # matrix and per-tensor-norm transforms
+    "HeavyBall", "MuonMomentum", "Orthogonalize", "ScaleByAdjustedLearningRate", "ScaleByLarsTrustRatio",
+    "ScaleBySparseAdam", "ScaleByTrustRatio",
 ]
