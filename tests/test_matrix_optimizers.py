@@ -135,7 +135,17 @@ def _settings(kind, config):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind, config", PAPER_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(PAPER_CASES)])
-def test_matches_paper_reference(kind, config, dtype):
+def test_matches_reference(kind, config, dtype):
+    _run_against_reference(kind, config, dtype)
+
+
+@pytest.mark.parametrize("kind, config", PAPER_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(PAPER_CASES)])
+def test_masked_graph_matches_reference(kind, config):
+    """Every step that skips a tensor through the group's masked graph (a ``has_grad`` input per tensor)."""
+    _run_against_reference(kind, config, np.float64, masked=True)
+
+
+def _run_against_reference(kind, config, dtype, masked=False):
     rng = np.random.default_rng(1)
     shapes = SHAPES[kind]
     init = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -143,6 +153,8 @@ def test_matches_paper_reference(kind, config, dtype):
     ours = [graphopt.Parameter(a.copy()) for a in init]
     extra = dict(lr_mult=2.0, decay_mult=0.5)
     opt = getattr(optim, kind)([{"params": ours[:2]}, {"params": ours[2:], **extra}], **config)
+    if masked:
+        opt._executor.patterns = 0  # noqa: SLF001 - every per-tensor step runs the masked graph
     settings = _settings(kind, config)
     groups = [dict(settings, params=[a.astype(np.float64) for a in init[:2]]),
               dict(settings, **extra, params=[a.astype(np.float64) for a in init[2:]])]
@@ -175,6 +187,9 @@ def test_matches_paper_reference(kind, config, dtype):
                     assert got == value, f"params[{k}] step count at step {step}"
                 else:
                     np.testing.assert_allclose(got, value, rtol=rtol, atol=atol, err_msg=f"{slot} at step {step}")
+    if masked:
+        assert any(graphs.masked is not None for structures in opt._executor._groups.values()  # noqa: SLF001
+                   for graphs in structures.values())
 
 
 # -- against torch.optim, over torch's own configuration sets -------------------------------------
