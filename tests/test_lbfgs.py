@@ -200,3 +200,11 @@ def test_load_state_dict_refuses_vectors_of_another_size():
 def _set_and_loss(p):
     p.grad = 2 * (p.data - 1)
     return float(np.sum((p.data - 1) ** 2))
+
+
+def test_a_trainer_refuses_it_clearly():
+    from tests.test_trainer import regression_model
+
+    trainer = graphopt.Trainer(regression_model(), loss="loss", optimizer=optim.LBFGS())
+    with pytest.raises(NotImplementedError, match="step\\(closure\\)"):
+        trainer.step({"x": np.ones((2, 3)), "t": np.ones((2, 2))})

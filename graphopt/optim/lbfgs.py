@@ -290,6 +290,11 @@ class LBFGS(Optimizer):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{where}: {key!r} must be an int >= 0, got {value!r}")
 
+    def _transform(self, group: Mapping[str, Any]):
+        raise NotImplementedError("LBFGS runs outside ONNX (it re-evaluates the closure between updates): it has no "
+                                  "transform chain, so it cannot be exported or used by a Trainer; call "
+                                  "step(closure) instead")
+
     def export(self, path: str | None = None):
         raise NotImplementedError("LBFGS runs outside ONNX (it re-evaluates the closure between updates); it has "
                                   "no update model to export")
