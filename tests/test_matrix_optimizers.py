@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 import graphopt
 from graphopt import optim
+from graphopt.symbolic import Graph, GraphBuildError, matmul, transpose
 from tests.reference import lr_of, preprocess, wd_of
 
 STEPS = 22
@@ -502,3 +504,33 @@ def test_trainer_step_equals_gradients_plus_optimizer_step(kind, kwargs, trainab
     assert set(trainer.parameters) == {p.name for p in trained}
     for name, p in trainer.parameters.items():
         np.testing.assert_allclose(p.data, mirror[name].data, rtol=1e-9, atol=1e-12)
+
+
+# -- the symbolic matrix ops the Newton-Schulz iterations are built from -------------------------------
+
+
+def test_matmul_and_transpose_compute_what_numpy_does():
+    g = Graph()
+    a, b = g.input("a", np.float64, (2, 3)), g.input("b", np.float64, (2, 4))
+    g.output("product", matmul(transpose(a), b))
+    g.output("gram", matmul(a, transpose(a)))
+    rng = np.random.default_rng(0)
+    av, bv = rng.standard_normal((2, 3)), rng.standard_normal((2, 4))
+    session = ort.InferenceSession(g.to_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    product, gram = session.run(["product", "gram"], {"a": av, "b": bv})
+    np.testing.assert_allclose(product, av.T @ bv, rtol=1e-14)
+    np.testing.assert_allclose(gram, av @ av.T, rtol=1e-14)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda x, y, v, h: matmul(x, x), r"MatMul: inner dimensions differ: \[2, 3\] @ \[2, 3\]"),
+    (lambda x, y, v, h: matmul(x, v), r"MatMul: operands must be 2-D"),
+    (lambda x, y, v, h: matmul(y, h), r"MatMul: operands have different dtypes"),
+    (lambda x, y, v, h: transpose(v), r"Transpose: operand must be a 2-D matrix"),
+], ids=["inner", "rank", "dtype", "transpose"])
+def test_matmul_and_transpose_refuse_bad_operands_naming_the_node(build, message):
+    g = Graph()
+    x, y = g.input("x", np.float32, (2, 3)), g.input("y", np.float32, (3, 2))
+    v, h = g.input("v", np.float32, (3,)), g.input("h", np.float64, (2, 2))
+    with pytest.raises(GraphBuildError, match=message):
+        build(x, y, v, h)
