@@ -6,16 +6,22 @@ from graphopt.optim.adadelta import Adadelta
 from graphopt.optim.adagrad import Adagrad
 from graphopt.optim.adam import Adam, AdamW
 from graphopt.optim.adamax import Adamax
+from graphopt.optim.lamb import LAMB
+from graphopt.optim.lars import LARS
+from graphopt.optim.lbfgs import LBFGS
 from graphopt.optim.lion import Lion
+from graphopt.optim.muon import Muon
 from graphopt.optim.optimizer import Optimizer, required
 from graphopt.optim.radam import RAdam
 from graphopt.optim.rmsprop import RMSprop
 from graphopt.optim.rprop import Rprop
 from graphopt.optim.sgd import SGD
 from graphopt.optim.signum import Signum
+from graphopt.optim.sparse_adam import SparseAdam
 from graphopt.transforms.averaging import EMA, SWA
 
 __all__ = [
-    "EMA", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Optimizer", "RAdam", "RMSprop", "Rprop",
-    "SGD", "Signum", "functional", "lr_scheduler", "required", "schedules", "swa_utils",
+    "EMA", "LAMB", "LARS", "LBFGS", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "Optimizer",
+    "RAdam", "RMSprop", "Rprop", "SGD", "Signum", "SparseAdam", "functional", "lr_scheduler", "required", "schedules",
+    "swa_utils",
 ]

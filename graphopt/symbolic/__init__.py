@@ -2,10 +2,11 @@
 
 from graphopt.symbolic.errors import GraphBuildError
 from graphopt.symbolic.graph import IR_VERSION, OPSET, Graph, broadcast_shapes
-from graphopt.symbolic.ops import cast, clip, isinf, maximum, minimum, sign, sqrt, sum_of_squares, where
+from graphopt.symbolic.ops import (cast, clip, isinf, matmul, maximum, minimum, sign, sqrt, sum_of_squares,
+                                  transpose, where)
 from graphopt.symbolic.value import Sym
 
 __all__ = [
     "Graph", "GraphBuildError", "IR_VERSION", "OPSET", "Sym", "broadcast_shapes", "cast", "clip",
-    "isinf", "maximum", "minimum", "sign", "sqrt", "sum_of_squares", "where",
+    "isinf", "matmul", "maximum", "minimum", "sign", "sqrt", "sum_of_squares", "transpose", "where",
 ]

@@ -69,3 +69,23 @@ def clip(x: Sym, low: Any, high: Any) -> Sym:
         if bound.shape != ():
             raise build_error("Clip", f"bound {name} must be a scalar, got shape {list(bound.shape)}")
     return graph.op("Clip", [x, low, high], dtype=dtype, shape=x.shape, weak=weak)
+
+
+def matmul(a: Sym, b: Sym) -> Sym:
+    """The matrix product ``a @ b`` of two 2-D tensors of one dtype (ONNX ``MatMul``)."""
+    graph = _graph_of(a, b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise build_error("MatMul", f"operands must be 2-D matrices, got {a!r} and {b!r}")
+    if a.dtype != b.dtype:
+        raise build_error("MatMul", f"operands have different dtypes ({a!r}, {b!r}); cast one explicitly")
+    if a.shape[1] is not None and b.shape[0] is not None and a.shape[1] != b.shape[0]:
+        raise build_error("MatMul", f"inner dimensions differ: {list(a.shape)} @ {list(b.shape)}")
+    target = graph._innermost("MatMul", [a, b])  # noqa: SLF001 - the node goes where its operands live
+    return target.op("MatMul", [a, b], dtype=a.dtype, shape=(a.shape[0], b.shape[1]))
+
+
+def transpose(x: Sym) -> Sym:
+    """The transpose of a 2-D tensor (ONNX ``Transpose`` with ``perm = [1, 0]``)."""
+    if x.ndim != 2:
+        raise build_error("Transpose", f"operand must be a 2-D matrix, got {x!r}")
+    return x.graph.op("Transpose", [x], dtype=x.dtype, shape=(x.shape[1], x.shape[0]), attributes={"perm": [1, 0]})

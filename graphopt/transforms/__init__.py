@@ -10,14 +10,19 @@ from graphopt.transforms.adam import ScaleByAdam
 from graphopt.transforms.adamax import ScaleByAdamax
 from graphopt.transforms.base import Chain, Context, Transform, chain
 from graphopt.transforms.clip import ClipByNorm, ClipByValue
+from graphopt.transforms.heavy_ball import HeavyBall
 from graphopt.transforms.learning_rate import ScaleByLearningRate, effective_lr, effective_weight_decay
 from graphopt.transforms.lion import ScaleByLion
 from graphopt.transforms.momentum import Momentum
 from graphopt.transforms.radam import ScaleByRAdam
+from graphopt.transforms.muon import MuonMomentum, ScaleByAdjustedLearningRate
+from graphopt.transforms.newton_schulz import Orthogonalize
 from graphopt.transforms.rmsprop import ScaleByRms
 from graphopt.transforms.rprop import RpropStep
 from graphopt.transforms.scale import Maximize, Scale
 from graphopt.transforms.signum import ScaleBySignum
+from graphopt.transforms.sparse_adam import ScaleBySparseAdam
+from graphopt.transforms.trust_ratio import ScaleByLarsTrustRatio, ScaleByTrustRatio
 from graphopt.transforms.weight_decay import AddWeightDecay, DecoupledWeightDecay
 
 __all__ = [
@@ -25,4 +30,6 @@ __all__ = [
     "Momentum", "Scale", "ScaleByAdam", "ScaleByLearningRate", "ScaleByRms", "Transform", "chain",
     "effective_lr", "effective_weight_decay",
     "RpropStep", "ScaleByAdadelta", "ScaleByAdagrad", "ScaleByAdamax", "ScaleByLion", "ScaleByRAdam", "ScaleBySignum",
+    "HeavyBall", "MuonMomentum", "Orthogonalize", "ScaleByAdjustedLearningRate", "ScaleByLarsTrustRatio",
+    "ScaleBySparseAdam", "ScaleByTrustRatio",
 ]
