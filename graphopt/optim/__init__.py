@@ -21,7 +21,7 @@ from graphopt.optim.sparse_adam import SparseAdam
 from graphopt.transforms.averaging import EMA, SWA
 
 __all__ = [
-    "EMA", "LAMB", "LARS", "LBFGS", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon", "Optimizer",
-    "RAdam", "RMSprop", "Rprop", "SGD", "Signum", "SparseAdam", "functional", "lr_scheduler", "required", "schedules",
-    "swa_utils",
+    "EMA", "LAMB", "LARS", "LBFGS", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon",
+    "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "Signum", "SparseAdam", "functional", "lr_scheduler", "required",
+    "schedules", "swa_utils",
 ]
