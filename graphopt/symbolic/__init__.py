@@ -2,10 +2,12 @@
 
 from graphopt.symbolic.errors import GraphBuildError
 from graphopt.symbolic.graph import IR_VERSION, OPSET, Graph, broadcast_shapes
-from graphopt.symbolic.ops import cast, clip, maximum, minimum, sqrt, sum_of_squares, where
+from graphopt.symbolic.ops import (cast, clip, matmul, maximum, mean_over, minimum, sqrt, sum_of_squares,
+                                   sum_of_squares_over, where)
 from graphopt.symbolic.value import Sym
 
 __all__ = [
     "Graph", "GraphBuildError", "IR_VERSION", "OPSET", "Sym", "broadcast_shapes", "cast", "clip",
     "maximum", "minimum", "sqrt", "sum_of_squares", "where",
+    "matmul", "mean_over", "sum_of_squares_over",
 ]
