@@ -10,6 +10,10 @@ shape of every array), and each array is a member ``arrayN`` named there. Versio
                    "param_groups": [{"lr": 0.001, ..., "params": [0, 1]}]},
      "parameters": {"W": "array2", ...}, "buffers": {...}}          # "trainer" only
 
+A per-tensor scalar slot (NAdam's ``mu_product``, ASGD's ``eta``: a float in ``state_dict()``) is
+stored like any slot, as a 0-d float64 array member, and read back as a 0-d array, which
+``load_state_dict`` accepts as well as a float.
+
 Saving writes a temporary file in the target's folder, flushes and fsyncs it, then renames it over
 the target, so a crash mid-save leaves the previous checkpoint whole. Loading reads nothing it has
 not bounded first: the metadata member's size is capped, every array member must be exactly as

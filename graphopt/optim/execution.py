@@ -341,12 +341,13 @@ class TensorBindings:
         self.scalar_outputs: list[tuple[list[float], int, np.ndarray]] = []  # (a slot's values, tensor, output)
         later = new_slots is not None
         new_slots = new_slots or NewSlots(None)
+        slots, scalar_slots, shaped = transform.all_slots(), transform.scalar_slots(), transform.has_shaped_slots()
         for k, ((flat, i), spec) in enumerate(zip(active, specs)):
             self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)
             self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
             if has_grad is not None:
                 self.feeds[names.has_grad(spec.name)] = np.array(has_grad[k])
-            for s, initial in transform.scalar_slots().items():
+            for s, initial in scalar_slots.items():
                 values, name = new_slots.scalars(flat, s, initial), names.state(spec.name, s)
                 self.feeds[name] = np.array(values[i], np.float64)
                 self.outputs[names.new(name)] = np.empty((), np.float64)
@@ -354,9 +355,10 @@ class TensorBindings:
                     self.scalar_outputs.append((values, i, self.outputs[names.new(name)]))
             slot = (lambda s, flat=flat: new_slots.buffer(flat, s)) if later else flat.slot
             pairs = [(spec.name, flat.view(flat.data, i))]
-            pairs += [(names.state(spec.name, s), flat.view(slot(s), i)) for s in transform.all_slots()]
-            pairs += [(names.state(spec.name, s), new_slots.shaped(flat, i, s, shape))
-                      for s, shape in transform.shaped_slots(spec.shape).items()]
+            pairs += [(names.state(spec.name, s), flat.view(slot(s), i)) for s in slots]
+            if shaped:
+                pairs += [(names.state(spec.name, s), new_slots.shaped(flat, i, s, shape))
+                          for s, shape in transform.shaped_slots(spec.shape).items()]
             for name, view in pairs:
                 self.feeds[name] = view
                 target = view if (name, names.new(name)) in safe else _scratch(view, name)
