@@ -14,11 +14,11 @@ whatever the pattern (at most ``_PATTERNS + 1`` per structure), while a stable p
 a frozen subset still updates only the tensors it must.
 
 A step plans every group before it touches any: planning compiles, validates and binds
-(anything that can raise), yet writes no parameter, state slot or step count and adds no
-slot (a slot a group's chain gains is allocated aside, `NewSlots`). Then ``prepare()``
-(which cannot fail) adds those slots and writes the bound scalar inputs, ``run()``
-updates in place and ``commit()`` advances the step counts and stores the new values of the
-per-tensor scalar slots (outputs of the run, like the step counts kept in `FlatGroup`). So a step that fails while
+(anything that can raise), yet writes no parameter, state slot or step count and adds no slot
+(a slot a group's chain gains is allocated aside, `NewSlots`). Then ``prepare()`` (which cannot
+fail) adds those slots and writes the bound scalar inputs, ``run()`` updates in place and
+``commit()`` advances the step counts and stores the new values of the per-tensor scalar slots
+(outputs of the run, like the step counts kept in `FlatGroup`). So a step that fails while
 planning any group leaves every group as it was.
 """
 

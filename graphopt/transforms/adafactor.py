@@ -48,8 +48,8 @@ class ScaleByAdafactor(Transform):
             root_n = math.sqrt(max(math.prod(g.shape), 1))
             alpha = maximum(eps2, sqrt(ctx.tensor_sum_of_squares(ctx.params[i])) / root_n) * minimum(lr, 1.0 / sqrt(t))
             if g.ndim >= 2:
-                row = self._lerp(ctx, i, "row_var", sum_of_squares_over(g, -1) * (1.0 / g.shape[-1]), w)
-                col = self._lerp(ctx, i, "col_var", sum_of_squares_over(g, -2) * (1.0 / g.shape[-2]), w)
+                row = self._lerp(ctx, i, "row_var", sum_of_squares_over(g, -1) * (1.0 / max(g.shape[-1], 1)), w)
+                col = self._lerp(ctx, i, "col_var", sum_of_squares_over(g, -2) * (1.0 / max(g.shape[-2], 1)), w)
                 variance = matmul(row, col) / maximum(mean_over(row, -2), eps1)
             else:
                 variance = self._lerp(ctx, i, "variance", g * g, w)
