@@ -16,6 +16,10 @@ A scheduler's state dict (`graphopt.optim.lr_scheduler`: plain numbers, strings,
 and string-keyed dicts of them; recognized by its ``_last_lr`` entry) is stored whole as JSON:
 ``{"format": ..., "version": 2, "kind": "scheduler", "arrays": {}, "scheduler": {...}}``.
 
+A per-tensor scalar slot (NAdam's ``mu_product``, ASGD's ``eta``: a float in ``state_dict()``) is
+stored like any slot, as a 0-d float64 array member, and read back as a 0-d array, which
+``load_state_dict`` accepts as well as a float.
+
 Saving writes a temporary file in the target's folder, flushes and fsyncs it, then renames it over
 the target, so a crash mid-save leaves the previous checkpoint whole. Loading reads nothing it has
 not bounded first: the metadata member's size is capped, every array member must be exactly as

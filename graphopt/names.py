@@ -5,7 +5,11 @@ For a parameter ``p`` of param group ``g``:
 =========================  ======================================================
 ``p``                      the parameter (input); ``p.new`` the updated one (output)
 ``p.grad``                 its gradient (input)
-``p.<slot>``               optimizer state, e.g. ``p.exp_avg`` (input); ``p.<slot>.new`` (output)
+``p.<slot>``               optimizer state, e.g. ``p.exp_avg`` (input), shaped like ``p`` or as its
+                           transform declares (``p.row_var``); ``p.<slot>.new`` (output)
+``p.<scalar slot>``        per-tensor scalar state, e.g. ``p.mu_product``, float64 scalar (input);
+                           ``p.<scalar slot>.new`` (output). In a chunked update, ``g.<scalar slot>``
+                           (and ``g.step``): one value for all of the group's tensors
 ``p.step``                 updates ``p`` had so far, float64 scalar (input); ``p.step.new`` (output)
 ``p.has_grad``             whether ``p`` is updated this step, bool scalar (input of masked update graphs)
 ``g.<hyper>``              a hyperparameter, float64 scalar (input), e.g. ``group0.lr``

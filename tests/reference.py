@@ -105,3 +105,56 @@ class ReferenceOptimizer:
             processed = preprocess([group_grads[i] for i in active], group)
             for i, g in zip(active, processed):
                 group["params"][i] = self.update(group["params"][i], g, states[i], group)
+
+
+def nadam(p, g, state, group):
+    t = state["step"] = state.get("step", 0) + 1
+    b1, b2 = group["betas"]
+    if group["decoupled_weight_decay"]:
+        p = p * (1 - lr_of(group) * wd_of(group))
+    else:
+        g = g + wd_of(group) * p
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
+    product = state["mu_product"] = state.get("mu_product", 1.0) * mu
+    m = state["exp_avg"] = b1 * state.get("exp_avg", 0 * p) + (1 - b1) * g
+    v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0 * p) + (1 - b2) * g * g
+    denom = np.sqrt(v / (1 - b2 ** t)) + group["eps"]
+    lr = lr_of(group)
+    return p - lr * (1 - mu) / (1 - product) * g / denom - lr * mu_next / (1 - product * mu_next) * m / denom
+
+
+def asgd(p, g, state, group):
+    t = state["step"] = state.get("step", 0) + 1
+    lr = lr_of(group)
+    g = g + wd_of(group) * p
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)  # before the first step: lr and 1
+    p = p * (1 - group["lambd"] * eta) - eta * g
+    state["ax"] = p.copy() if mu == 1 else state["ax"] + (p - state["ax"]) * mu
+    state["eta"] = lr / (1 + group["lambd"] * lr * t) ** group["alpha"]
+    state["mu"] = 1 / max(1, t - group["t0"])
+    return p
+
+
+def adafactor(p, g, state, group):
+    t = state["step"] = state.get("step", 0) + 1
+    eps1, eps2 = group["eps"]
+    eps1 = np.finfo(p.dtype).eps if eps1 is None else eps1
+    lr, n = lr_of(group), max(p.size, 1)
+    alpha = max(eps2, math.sqrt(float(np.sum(p * p)) / n)) * min(lr, 1 / math.sqrt(t))
+    p = p * (1 - lr * wd_of(group))
+    w = t ** group["beta2_decay"]
+    if g.ndim >= 2:
+        r = state.get("row_var", np.zeros(g.shape[:-1] + (1,)))
+        c = state.get("col_var", np.zeros(g.shape[:-2] + (1,) + g.shape[-1:]))
+        r = state["row_var"] = r + w * (np.mean(g * g, axis=-1, keepdims=True) - r)
+        c = state["col_var"] = c + w * (np.mean(g * g, axis=-2, keepdims=True) - c)
+        v = (r @ c) / np.maximum(np.mean(r, axis=-2, keepdims=True), eps1)
+    else:
+        v = state.get("variance", 0 * g)
+        v = state["variance"] = v + w * (g * g - v)
+    u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+    return p - alpha / max(1, math.sqrt(float(np.sum(u * u)) / n) / group["d"]) * u
+
+
+UPDATES.update({"NAdam": nadam, "ASGD": asgd, "Adafactor": adafactor})

@@ -3,14 +3,17 @@
 
 from graphopt.optim import functional, lr_scheduler, schedules, swa_utils
 from graphopt.optim.adadelta import Adadelta
+from graphopt.optim.adafactor import Adafactor
 from graphopt.optim.adagrad import Adagrad
 from graphopt.optim.adam import Adam, AdamW
 from graphopt.optim.adamax import Adamax
+from graphopt.optim.asgd import ASGD
 from graphopt.optim.lamb import LAMB
 from graphopt.optim.lars import LARS
 from graphopt.optim.lbfgs import LBFGS
 from graphopt.optim.lion import Lion
 from graphopt.optim.muon import Muon
+from graphopt.optim.nadam import NAdam
 from graphopt.optim.optimizer import Optimizer, required
 from graphopt.optim.radam import RAdam
 from graphopt.optim.rmsprop import RMSprop
@@ -21,7 +24,7 @@ from graphopt.optim.sparse_adam import SparseAdam
 from graphopt.transforms.averaging import EMA, SWA
 
 __all__ = [
-    "EMA", "LAMB", "LARS", "LBFGS", "SWA", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "Muon",
-    "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "Signum", "SparseAdam", "functional", "lr_scheduler", "required",
-    "schedules", "swa_utils",
+    "ASGD", "EMA", "LAMB", "LARS", "LBFGS", "SWA", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax",
+    "Lion", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "Signum", "SparseAdam", "functional",
+    "lr_scheduler", "required", "schedules", "swa_utils",
 ]

@@ -1,23 +1,24 @@
 """Running one param group's update: the chunked fast path, or a graph per tensor.
 
 A group takes the **chunked** path (`graphopt.update.chunked`) when every tensor of it has a
-gradient, all have taken the same number of steps and its chain needs no per-tensor
-values: one Scan over the rows of its flat buffers, split between threads, every
-output written in place where `graphopt.update.inplace` proves it safe. Otherwise it takes
-the **per-tensor** path: an update model of `graphopt.update` bound to views of the
-same flat buffers. Its graphs are cached per group *structure* (transform chain and
-every tensor's name, shape and dtype): the first `_PATTERNS` patterns of gradients a
-structure meets each get a graph over just the tensors that have gradients; every
-later pattern runs one *masked* graph over all the group's tensors, told by a bool
-input per tensor which ones to skip. So the number of compilations is bounded whatever
-the pattern (at most ``_PATTERNS + 1`` per structure), while a stable pattern such as a
-frozen subset still updates only the tensors it must.
+gradient, all have taken the same number of steps, all hold the same value of each per-tensor
+scalar slot (`Transform.scalar_slots`) and its chain needs no per-tensor values: one Scan over
+the rows of its flat buffers, split between threads, every output written in place where
+`graphopt.update.inplace` proves it safe. Otherwise it takes the **per-tensor** path: an update
+model of `graphopt.update` bound to views of the same flat buffers. Its graphs are cached per
+group *structure* (transform chain and every tensor's name, shape and dtype): the first
+`_PATTERNS` patterns of gradients a structure meets each get a graph over just the tensors that
+have gradients; every later pattern runs one *masked* graph over all the group's tensors, told
+by a bool input per tensor which ones to skip. So the number of compilations is bounded
+whatever the pattern (at most ``_PATTERNS + 1`` per structure), while a stable pattern such as
+a frozen subset still updates only the tensors it must.
 
 A step plans every group before it touches any: planning compiles, validates and binds
-(anything that can raise), yet writes no parameter, state slot or step count and adds no
-slot (a slot a group's chain gains is allocated aside, `NewSlots`). Then ``prepare()``
-(which cannot fail) adds those slots and writes the bound scalar inputs, ``run()``
-updates in place and ``commit()`` advances the step counts. So a step that fails while
+(anything that can raise), yet writes no parameter, state slot or step count and adds no slot
+(a slot a group's chain gains is allocated aside, `NewSlots`). Then ``prepare()`` (which cannot
+fail) adds those slots and writes the bound scalar inputs, ``run()`` updates in place and
+``commit()`` advances the step counts and stores the new values of the per-tensor scalar slots
+(outputs of the run, like the step counts kept in `FlatGroup`). So a step that fails while
 planning any group leaves every group as it was.
 """
 
@@ -77,7 +78,8 @@ class Executor:
         ``grads[f][i]`` is the gradient of tensor ``i`` of ``flats[f]`` (a view of the flat
         gradient buffer, or of the sum buffer when ``summing``), or None.
         """
-        if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1:
+        if all(g is not None for gs in grads for g in gs) and len({s for f in flats for s in f.steps}) == 1 \
+                and _uniform_scalars(flats, transform):
             compiled = [self._compiled_chunked(ChunkedSpec(group, transform, f.dtype, f.row)) for f in flats]
             if all(c is not None for c in compiled):
                 return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
@@ -141,7 +143,7 @@ class Executor:
 
     def _compile(self, spec: GroupSpec) -> tuple[Executable, set]:
         model = build_update([spec])
-        pairs = in_place_candidates(spec.params, spec.transform.all_slots())
+        pairs = in_place_candidates(spec.params, spec.transform)
         executable = self.runtime.compile(model, keep_optimized=True)
         return executable, proven_in_place(model, executable, pairs)
 
@@ -169,13 +171,43 @@ def _end(a: np.ndarray) -> int:
     return _start(a) + a.nbytes
 
 
+def _uniform_scalars(flats: list[FlatGroup], transform: Transform) -> bool:
+    """Whether every tensor of the group holds the same value of each scalar slot (or none yet)."""
+    for slot in transform.scalar_slots():
+        if len({v for f in flats for v in f.scalar_slots.get(slot, ())}) > 1:
+            return False
+    return True
+
+
 class NewSlots:
     """State slots a plan binds before they exist: allocated while planning, added to their flat
-    groups by `add` only once every group is planned, so a step that fails adds none."""
+    groups by `add` only once every group is planned, so a step that fails adds none. Scalar
+    slots start at their declared initial value, shaped ones as zeros."""
 
     def __init__(self, allocate):
         self._allocate = allocate  # (size, dtype) -> a zero buffer, as FlatGroup allocates its slots
         self._pending: dict[tuple[int, str], tuple[FlatGroup, str, Any]] = {}
+        self._scalars: dict[tuple[int, str], tuple[FlatGroup, str, list[float]]] = {}
+        self._shaped: dict[tuple[int, int, str], tuple[dict, str, np.ndarray]] = {}
+
+    def scalars(self, flat: FlatGroup, name: str, initial: float) -> list[float]:
+        """Scalar slot ``name``'s values, one per tensor: the group's, or new ones added by `add`."""
+        if name in flat.scalar_slots:
+            return flat.scalar_slots[name]
+        key = (id(flat), name)
+        if key not in self._scalars:
+            self._scalars[key] = (flat, name, [initial] * len(flat.params))
+        return self._scalars[key][2]
+
+    def shaped(self, flat: FlatGroup, i: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Tensor ``i``'s shaped slot ``name``: the group's, or a new zero array added by `add`."""
+        slots = flat.shaped_slots[i]
+        if name in slots:
+            return slots[name]
+        key = (id(flat), i, name)
+        if key not in self._shaped:
+            self._shaped[key] = (slots, name, np.zeros(shape, flat.dtype))
+        return self._shaped[key][2]
 
     def buffer(self, flat: FlatGroup, name: str):
         """Slot ``name``'s flat buffer: the group's, or a new zero one added by `add`."""
@@ -189,6 +221,10 @@ class NewSlots:
     def add(self) -> None:
         for flat, name, buffer in self._pending.values():
             flat.slots.setdefault(name, buffer)
+        for flat, name, values in self._scalars.values():
+            flat.scalar_slots.setdefault(name, values)
+        for slots, name, array in self._shaped.values():
+            slots.setdefault(name, array)
 
 
 class _Plan:
@@ -228,6 +264,7 @@ class _Bound(NamedTuple):
     runner: RowParallel
     copies: list  # (written, target) pairs for outputs that could not be bound in place
     reduction: tuple | None  # (reduce runner, per-range partial sums) for a group-wide sum
+    scalar_outputs: dict  # scalar slot -> its new value as each range wrote it (0-d arrays)
 
 
 class _ChunkedPlan(_Plan):
@@ -242,6 +279,11 @@ class _ChunkedPlan(_Plan):
         self.hypers = hypers
         self.new_slots = NewSlots(executor.runtime.zeros)
         slots = transform.all_slots()
+        self.scalar_values = {slot: self.new_slots.scalars(flats[0], slot, initial)[0]
+                              for slot, initial in transform.scalar_slots().items()}  # equal for all tensors
+        for flat in flats[1:]:
+            for slot, initial in transform.scalar_slots().items():
+                self.new_slots.scalars(flat, slot, initial)
         threads = executor.runtime.threads
         for flat, (update, reduce, safe) in zip(flats, compiled):
             grad_rows = flat.rows(flat.sums if summing else flat.grads)
@@ -251,12 +293,13 @@ class _ChunkedPlan(_Plan):
             key = (update, summing, slots)
             bound = flat.runners.get(key)
             if bound is None:  # cached by `prepare`, once every group is planned
-                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, threads)
+                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, threads,
+                                   [names.new(names.state(group, s)) for s in self.scalar_values])
             self.runs.append((flat, key, bound, reduce is not None))
 
     def _scalar_names(self, hypers: Mapping[str, float], reduces: bool) -> list[str]:
         return [*(names.hyper(self.group, k) for k in hypers), names.step(self.group),
-                *([self.total_name] if reduces else [])]
+                *(names.state(self.group, s) for s in self.scalar_values), *([self.total_name] if reduces else [])]
 
     def prepare(self) -> None:
         self.new_slots.add()
@@ -266,11 +309,13 @@ class _ChunkedPlan(_Plan):
             for name, value in self.hypers.items():
                 _scalar(scalars, names.hyper(self.group, name), value)
             _scalar(scalars, names.step(self.group), flat.steps[0])
+            for slot, value in self.scalar_values.items():
+                _scalar(scalars, names.state(self.group, slot), value)
             if reduces:
                 _scalar(scalars, self.total_name, 0.0)
 
     @staticmethod
-    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads):
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads, scalar_outputs):
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
@@ -278,12 +323,14 @@ class _ChunkedPlan(_Plan):
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
-        runner = RowParallel(update, rows, scalars, threads)
+        parts = len(RowParallel.ranges_for(next(iter(rows.values())).shape[0], threads))
+        results = {name: [np.zeros((), np.float64) for _ in range(parts)] for name in scalar_outputs}
+        runner = RowParallel(update, rows, scalars, threads, results=results)
         reducer, partials = None, None
         if reduce is not None:
             partials = [np.zeros((), np.float64) for _ in runner.ranges]
             reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
-        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None)
+        return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, results)
 
     def run(self) -> None:
         reductions = [bound.reduction for _, _, bound, _ in self.runs if bound.reduction is not None]
@@ -300,16 +347,21 @@ class _ChunkedPlan(_Plan):
                 np.copyto(target, source)
 
     def commit(self) -> None:
+        outputs = self.runs[0][2].scalar_outputs
         for flat in self.flats:
             flat.steps = [s + 1 for s in flat.steps]
+            for slot in self.scalar_values:  # every range computed the same value (outside the Scan)
+                flat.scalar_slots[slot] = [float(outputs[names.new(names.state(self.group, slot))][0])] \
+                    * len(flat.params)
 
 
 class TensorBindings:
     """Per-tensor I/O of an update (or training-step) graph, bound to views of flat buffers.
 
     For each tensor ``i`` of ``flats[f]`` in ``active``, named ``spec.name``: the parameter
-    and every state slot (written in place where ``safe`` allows, else through scratch
-    arrays copied back by `finish`), its step count, and the group's hyperparameters.
+    and every state slot of ``transform`` (written in place where ``safe`` allows, else through
+    scratch arrays copied back by `finish`; its scalar slots as fresh 0-d arrays, stored back by
+    `commit`), its step count, and the group's hyperparameters.
     Gradients are the caller's to add. With ``has_grad`` (a masked update graph), each
     tensor's ``has_grad`` input too, and `commit` advances only the tensors it marks.
     Given ``new_slots`` (a step's planning), missing slots are bound to buffers that
@@ -317,7 +369,7 @@ class TensorBindings:
     """
 
     def __init__(self, group: str, active: list[tuple[FlatGroup, int]], specs: tuple[ParamSpec, ...],
-                 slots: tuple[str, ...], hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None,
+                 transform: Transform, hypers: Mapping[str, float], safe: set, has_grad: list[bool] | None = None,
                  new_slots: NewSlots | None = None):
         self.active = active if has_grad is None else [a for a, on in zip(active, has_grad) if on]
         self.feeds: dict[str, Any] = {names.hyper(group, k): np.array(v, np.float64) for k, v in hypers.items()}
@@ -325,20 +377,35 @@ class TensorBindings:
         if CLOCK in hypers:  # a scheduled group's graph outputs its clock's next value (the facade counts it)
             self.outputs[names.new(names.hyper(group, CLOCK))] = np.empty((), np.float64)
         self.copies = []
+        self.scalar_outputs: list[tuple[list[float], int, np.ndarray]] = []  # (a slot's values, tensor, output)
+        later = new_slots is not None
+        new_slots = new_slots or NewSlots(None)
+        slots, scalar_slots, shaped = transform.all_slots(), transform.scalar_slots(), transform.has_shaped_slots()
         for k, ((flat, i), spec) in enumerate(zip(active, specs)):
             self.feeds[names.step(spec.name)] = np.array(flat.steps[i], np.float64)
             self.outputs[names.new(names.step(spec.name))] = np.empty((), np.float64)
             if has_grad is not None:
                 self.feeds[names.has_grad(spec.name)] = np.array(has_grad[k])
-            slot = flat.slot if new_slots is None else (lambda s, flat=flat: new_slots.buffer(flat, s))
+            for s, initial in scalar_slots.items():
+                values, name = new_slots.scalars(flat, s, initial), names.state(spec.name, s)
+                self.feeds[name] = np.array(values[i], np.float64)
+                self.outputs[names.new(name)] = np.empty((), np.float64)
+                if has_grad is None or has_grad[k]:
+                    self.scalar_outputs.append((values, i, self.outputs[names.new(name)]))
+            slot = (lambda s, flat=flat: new_slots.buffer(flat, s)) if later else flat.slot
             pairs = [(spec.name, flat.view(flat.data, i))]
             pairs += [(names.state(spec.name, s), flat.view(slot(s), i)) for s in slots]
+            if shaped:
+                pairs += [(names.state(spec.name, s), new_slots.shaped(flat, i, s, shape))
+                          for s, shape in transform.shaped_slots(spec.shape).items()]
             for name, view in pairs:
                 self.feeds[name] = view
                 target = view if (name, names.new(name)) in safe else _scratch(view, name)
                 self.outputs[names.new(name)] = target
                 if target is not view:
                     self.copies.append((target, view))
+        if not later:
+            new_slots.add()
 
     def finish(self) -> None:
         """After a successful run: copy back what was not written in place."""
@@ -348,12 +415,18 @@ class TensorBindings:
     def commit(self) -> None:
         for flat, i in self.active:
             flat.steps[i] += 1
+        for values, i, new in self.scalar_outputs:
+            values[i] = float(new)
 
 
-def in_place_candidates(specs: tuple[ParamSpec, ...], slots: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The (input, output) pairs of a per-tensor update that would share a buffer."""
+def in_place_candidates(specs: tuple[ParamSpec, ...], transform: Transform) -> list[tuple[str, str]]:
+    """The (input, output) pairs of a per-tensor update that would share a buffer (not the scalar slots,
+    fed as fresh 0-d arrays)."""
     pairs = [(p.name, names.new(p.name)) for p in specs]
-    return pairs + [(names.state(p.name, s), names.new(names.state(p.name, s))) for p in specs for s in slots]
+    for p in specs:
+        for s in (*transform.all_slots(), *transform.shaped_slots(p.shape)):
+            pairs.append((names.state(p.name, s), names.new(names.state(p.name, s))))
+    return pairs
 
 
 class _TensorPlan(_Plan):
@@ -376,13 +449,13 @@ class _TensorPlan(_Plan):
         self.executable, safe, masked = executor.for_pattern(GroupSpec(group, transform, specs), active)
         if masked:
             has_grad = [g is not None for g in given]
-            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe, has_grad,
+            self.bindings = TensorBindings(group, tensors, specs, transform, hypers, safe, has_grad,
                                            self.new_slots)
             given = [g if g is not None else f.view(f.grads, i) for (f, i), g in zip(tensors, given)]
         else:
             tensors, given = [tensors[k] for k in active], [given[k] for k in active]
             specs = tuple(specs[k] for k in active)
-            self.bindings = TensorBindings(group, tensors, specs, transform.all_slots(), hypers, safe,
+            self.bindings = TensorBindings(group, tensors, specs, transform, hypers, safe,
                                            new_slots=self.new_slots)
         for spec, grad in zip(specs, given):
             self.bindings.feeds[names.grad(spec.name)] = grad

@@ -10,6 +10,12 @@ Parameters, gradients and gradient sums are numpy arrays (the facade's); state s
 are allocated by the runtime: numpy arrays, or device `Buffer` s that stay on a GPU.
 Every slot buffer holds the state's true values between steps (the updates write moving
 averages literally, see `graphopt.update.chunked`), so reading state never changes a later step.
+
+Two kinds of state live beside the flat buffers, per tensor: ``scalar_slots[name][i]``, tensor
+``i``'s value of a per-tensor scalar (a Python float, as ``steps[i]`` is an int; NAdam's
+``mu_product``), and ``shaped_slots[i][name]``, a host array of whatever shape the transform
+declares for tensor ``i`` (Adafactor's ``row_var``). Groups whose chains have shaped slots run
+per tensor only, so those arrays are never viewed as rows.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class FlatGroup:
         self.slots: dict[str, Storage] = {}
         self._allocate = allocate
         self.steps = [0] * len(params)
+        self.scalar_slots: dict[str, list[float]] = {}  # per-tensor scalar state, by slot name
+        self.shaped_slots: list[dict[str, np.ndarray]] = [{} for _ in params]  # per tensor, by slot name
         self.scalars: dict[str, np.ndarray] = {}  # bound 0-d inputs of the chunked update, by name
         self.runners: dict[tuple, tuple] = {}  # the chunked update's bindings to these buffers
         for i, p in enumerate(params):

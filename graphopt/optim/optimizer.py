@@ -55,9 +55,13 @@ SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "max_momentum", "b
 """Group entries that lr schedulers add (`graphopt.optim.lr_scheduler`): a loaded state dict may
 have them or not, so that an optimizer can be restored before or after its scheduler is made."""
 
-SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "variance", "row_var", "col_var")
 """State slots that are averages of squares: a loaded value must be >= 0."""
 SECOND_MOMENTS += ("sum", "acc_delta")  # Adagrad's sum of squares, Adadelta's average of squared updates
+
+UNIT_SCALARS = ("mu_product", "mu")
+"""Per-tensor scalar slots that are products of factors in [0, 1] (NAdam's, ASGD's averaging
+weight): a loaded value must lie in [0, 1]."""
 
 
 class GroupLayout(NamedTuple):
@@ -364,8 +368,8 @@ class Optimizer:
         weight average's."""
         values = self.averaging.hypers() if self.averaging else {}
         for key, value in group.items():
-            if key in self._hyper_aliases:
-                values.update(zip(self._hyper_aliases[key], (float(v) for v in value)))
+            if key in self._hyper_aliases:  # an entry that is None (Adafactor's eps1) is left out
+                values.update((name, float(v)) for name, v in zip(self._hyper_aliases[key], value) if v is not None)
             elif key != "params" and not isinstance(value, (bool, np.bool_, str, type(None))):
                 values[key] = float(value)
         return values
@@ -378,7 +382,8 @@ class Optimizer:
         """Per-parameter state, as torch shows it: ``{'step': int, slot: array, ...}``.
 
         The arrays are views of the live state buffers (copies, for state kept on a
-        GPU); parameters that never took a step have no entry.
+        GPU); per-tensor scalar slots (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``, 0-d
+        tensors in torch) are Python floats. Parameters that never took a step have no entry.
         """
         result = {}
         for flats in self._flats:
@@ -386,14 +391,16 @@ class Optimizer:
                 slots = {name: flat.read_slot(name) for name in flat.slots}
                 for i, p in enumerate(flat.params):
                     if flat.steps[i]:
-                        result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in slots.items()}}
+                        result[p] = {"step": flat.steps[i], **{k: flat.view(b, i) for k, b in slots.items()},
+                                     **{k: values[i] for k, values in flat.scalar_slots.items()},
+                                     **flat.shaped_slots[i]}
         return result
 
     @serialized
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of state and settings made of numpy arrays and Python scalars only.
 
-        ``{'state': {index: {'step': int, slot: array}}, 'param_groups': [{..., 'params': [index]}],
+        ``{'state': {index: {'step': int, slot: array or float}}, 'param_groups': [{..., 'params': [index]}],
         'class': name}`` with parameters numbered in group order, as in torch; ``class`` (the
         optimizer's class name) lets `load_state_dict` refuse another optimizer's state.
         """
@@ -415,7 +422,9 @@ class Optimizer:
         optimizer's keys), another group layout, out-of-range settings, and state that would
         poison the run: a step that is not a whole number >= 0, a slot of the wrong shape or
         with a non-finite value, a negative second moment (``exp_avg_sq``, ``max_exp_avg_sq``,
-        ``square_avg``). Everything is checked before anything changes.
+        ``square_avg``, ``variance``, ``row_var``, ``col_var``), a per-tensor scalar that is not a
+        finite real number (a float or a 0-d array) or, for ``mu_product`` and ``mu``, not in
+        [0, 1]. Everything is checked before anything changes.
         """
         self._apply_loaded(*self._validated(state_dict))
 
@@ -447,12 +456,18 @@ class Optimizer:
     def _apply_loaded(self, groups: list[dict[str, Any]], states: dict[Parameter, tuple]) -> None:
         for group, loaded in zip(self.param_groups, groups):
             group.update(loaded)
-        for flats in self._flats:
+        for g, (group, flats) in enumerate(zip(self.param_groups, self._flats)):
+            transform = self._chain(group, g)
             for flat in flats:
-                loaded = [states.get(p, (0, {})) for p in flat.params]
-                flat.steps = [step for step, _ in loaded]
-                for name in set(flat.slots).union(*(slots for _, slots in loaded)):
-                    flat.write_slot(name, {i: slots[name] for i, (_, slots) in enumerate(loaded) if name in slots})
+                loaded = [states.get(p, (0, {}, {}, {})) for p in flat.params]
+                flat.steps = [step for step, *_ in loaded]
+                for name in set(flat.slots).union(*(slots for _, slots, _, _ in loaded)):
+                    flat.write_slot(name, {i: slots[name] for i, (_, slots, _, _) in enumerate(loaded)
+                                           if name in slots})
+                flat.scalar_slots = {name: [scalars.get(name, initial) for _, _, scalars, _ in loaded]
+                                     for name, initial in transform.scalar_slots().items()}
+                flat.shaped_slots = [{name: np.array(a, flat.dtype) for name, a in shaped.items()}
+                                     for _, _, _, shaped in loaded]
         self._summing = False
 
     def _loaded_group(self, g: int, saved: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -471,26 +486,33 @@ class Optimizer:
         return loaded
 
     def _loaded_state(self, i: int, saved: Mapping[str, Any], params: list[Parameter],
-                      groups: list[dict[str, Any]], kind: str) -> tuple[int, dict[str, np.ndarray]]:
+                      groups: list[dict[str, Any]], kind: str) -> tuple[int, dict, dict, dict]:
+        """``(step, flat slots, scalar slots, shaped slots)`` of parameter ``i``, checked."""
         if not 0 <= i < len(params):
             raise ValueError(f"{kind}.load_state_dict: state for parameter index {i}, but there are {len(params)}")
         p = params[i]
         where = f"{kind}.load_state_dict: state of {self._label(p)}"
         g = self._positions[p][0]
-        allowed = set(self._chain({**self.param_groups[g], **groups[g]}, g).all_slots())
+        transform = self._chain({**self.param_groups[g], **groups[g]}, g)
+        shapes = {**{slot: p.shape for slot in transform.all_slots()}, **transform.shaped_slots(p.shape)}
+        scalar_slots = transform.scalar_slots()
+        allowed = {*shapes, *scalar_slots}
         if not isinstance(saved, Mapping) or set(saved) - allowed - {"step"} or "step" not in saved:
             got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
             raise ValueError(f"{where}: expected 'step' and slots {sorted(allowed)}, got {got}; "
                              "is it another optimizer's state dict?")
-        slots = {}
+        slots, scalars, shaped = {}, {}, {}
         for slot in set(saved) - {"step"}:
+            if slot in scalar_slots:
+                scalars[slot] = validation.scalar_state(where, slot, saved[slot], unit=slot in UNIT_SCALARS)
+                continue
             array = np.asarray(saved[slot])
-            if array.shape != p.shape or array.dtype.kind != "f":
-                raise ValueError(f"{where}: slot {slot!r} must be a float array of shape {p.shape}, "
+            if array.shape != shapes[slot] or array.dtype.kind != "f":
+                raise ValueError(f"{where}: slot {slot!r} must be a float array of shape {shapes[slot]}, "
                                  f"got {array.dtype} {array.shape}")
             validation.finite_state(where, slot, array, nonnegative=slot in SECOND_MOMENTS)
-            slots[slot] = array
-        return validation.step_count(where, saved["step"]), slots
+            (slots if slot in transform.all_slots() else shaped)[slot] = array
+        return validation.step_count(where, saved["step"]), slots, scalars, shaped
 
     @serialized
     def averaged_weights(self) -> dict[Parameter, np.ndarray]:
@@ -515,7 +537,9 @@ class Optimizer:
         """The update model of all current param groups, as an ONNX model (saved if ``path``).
 
         Its inputs and outputs are named as `graphopt.names` describes; hyperparameters
-        are float64 scalar inputs. State starts at zeros and steps at 0.
+        are float64 scalar inputs. State starts at zeros and steps at 0, except the per-tensor
+        scalar slots, which start at their transform's initial values (``mu_product`` and ASGD's
+        ``mu`` at 1; ASGD's ``eta`` is ignored before the first step).
         """
         specs = []
         for g, group in enumerate(self.param_groups):

@@ -87,3 +87,15 @@ def as_tuple(value: Any) -> Any:
     """A constructor's pair setting (``betas``) as a tuple; anything not a list or tuple as it is,
     for `pair` to refuse with the group's name."""
     return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def scalar_state(where: str, slot: str, value: Any, unit: bool) -> float:
+    """A loaded per-tensor scalar slot: a finite real number (or 0-d array), in [0, 1] if ``unit``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{where}: slot {slot!r} must be a finite number (a float or a 0-d array), got {value!r}")
+    if unit and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: slot {slot!r} is a product of factors in [0, 1] and must be in [0, 1], "
+                         f"got {value!r}")
+    return float(value)

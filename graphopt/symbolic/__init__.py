@@ -2,11 +2,12 @@
 
 from graphopt.symbolic.errors import GraphBuildError
 from graphopt.symbolic.graph import IR_VERSION, OPSET, Graph, broadcast_shapes
-from graphopt.symbolic.ops import (cast, clip, isinf, matmul, maximum, minimum, sign, sqrt, sum_of_squares,
-                                  transpose, where)
+from graphopt.symbolic.ops import (cast, clip, isinf, matmul, maximum, mean_over, minimum, sign, sqrt, sum_of_squares,
+                                  sum_of_squares_over, transpose, where)
 from graphopt.symbolic.value import Sym
 
 __all__ = [
     "Graph", "GraphBuildError", "IR_VERSION", "OPSET", "Sym", "broadcast_shapes", "cast", "clip",
-    "isinf", "matmul", "maximum", "minimum", "sign", "sqrt", "sum_of_squares", "transpose", "where",
+    "isinf", "matmul", "maximum", "mean_over", "minimum", "sign", "sqrt", "sum_of_squares", "sum_of_squares_over",
+    "transpose", "where",
 ]

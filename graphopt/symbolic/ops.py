@@ -71,17 +71,36 @@ def clip(x: Sym, low: Any, high: Any) -> Sym:
     return graph.op("Clip", [x, low, high], dtype=dtype, shape=x.shape, weak=weak)
 
 
+def _reduce_over(op_type: str, x: Sym, axis: int) -> Sym:
+    """``op_type`` over one ``axis`` of ``x``, which is kept with size 1 (keepdims)."""
+    if not -x.ndim <= axis < x.ndim:
+        raise build_error(op_type, f"axis {axis} is out of range for {x!r}")
+    shape = list(x.shape)
+    shape[axis] = 1
+    axes = x.graph.constant(np.array([axis], np.int64), np.int64, weak=False)
+    return x.graph.op(op_type, [x, axes], dtype=x.dtype, shape=tuple(shape), attributes={"keepdims": 1})
+
+
+def sum_of_squares_over(x: Sym, axis: int) -> Sym:
+    """``sum(x ** 2)`` over one ``axis``, kept with size 1."""
+    return _reduce_over("ReduceSumSquare", x, axis)
+
+
+def mean_over(x: Sym, axis: int) -> Sym:
+    """The mean of ``x`` over one ``axis``, kept with size 1."""
+    return _reduce_over("ReduceMean", x, axis)
+
+
 def matmul(a: Sym, b: Sym) -> Sym:
-    """The matrix product ``a @ b`` of two 2-D tensors of one dtype (ONNX ``MatMul``)."""
+    """``a @ b`` for tensors of rank >= 2 and one dtype, batch dimensions broadcasting (numpy's matmul)."""
     graph = _graph_of(a, b)
-    if a.ndim != 2 or b.ndim != 2:
-        raise build_error("MatMul", f"operands must be 2-D matrices, got {a!r} and {b!r}")
-    if a.dtype != b.dtype:
-        raise build_error("MatMul", f"operands have different dtypes ({a!r}, {b!r}); cast one explicitly")
-    if a.shape[1] is not None and b.shape[0] is not None and a.shape[1] != b.shape[0]:
+    if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.weak or b.weak:
+        raise build_error("MatMul", f"expects two tensors of rank >= 2 and one dtype, got {a!r} and {b!r}")
+    if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
         raise build_error("MatMul", f"inner dimensions differ: {list(a.shape)} @ {list(b.shape)}")
+    batch = broadcast_shapes("MatMul", [a.shape[:-2], b.shape[:-2]])
     target = graph._innermost("MatMul", [a, b])  # noqa: SLF001 - the node goes where its operands live
-    return target.op("MatMul", [a, b], dtype=a.dtype, shape=(a.shape[0], b.shape[1]))
+    return target.op("MatMul", [a, b], dtype=a.dtype, shape=(*batch, a.shape[-2], b.shape[-1]))
 
 
 def transpose(x: Sym) -> Sym:

@@ -402,14 +402,14 @@ class Trainer:
 
 def _candidates(specs) -> set[tuple[str, str]]:
     """Every (input, output) pair of the step model that could share a buffer."""
-    return {pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform.all_slots())}
+    return {pair for spec in specs for pair in in_place_candidates(spec.params, spec.transform)}
 
 
 def _bindings(layouts, specs, safe: set, new_slots: NewSlots | None = None) -> list[TensorBindings]:
     """Every tensor of every group bound to the step model's I/O, the (input, output) pairs in
     ``safe`` written in place; given ``new_slots``, nothing is written before each `prepare`."""
     return [TensorBindings(layout.group, [(f, i) for f in layout.flats for i in range(len(f.params))],
-                           spec.params, spec.transform.all_slots(), layout.hypers, safe, new_slots=new_slots)
+                           spec.params, spec.transform, layout.hypers, safe, new_slots=new_slots)
             for layout, spec in zip(layouts, specs)]
 
 

@@ -8,12 +8,25 @@ is read through `Context.hyper`, which makes it a scalar graph input.
 ``apply(updates, ctx)`` receives one update `Sym` per tensor of a param group (the
 gradients, for the first transform) and returns the transformed updates. The last
 transform of an optimizer returns the step that is added to the parameters.
+
+State comes in three kinds, all read with `Context.state` and written with `Context.set_state`:
+
+* ``all_slots()``: tensors shaped like the parameter (``exp_avg``), kept in the param group's
+  flat buffers, so they run on the chunked path too;
+* ``scalar_slots()``: per-tensor scalars (NAdam's ``mu_product``, ASGD's ``eta``), name ->
+  initial value, float64 graph inputs like the step count. On the chunked path a group's
+  tensors share one value, which the facade allows only when every tensor's is equal;
+* ``shaped_slots(shape)``: tensors of any other shape, or that only some tensors have
+  (Adafactor's factored ``row_var`` / ``col_var``), name -> shape for a parameter of
+  ``shape``. The facade keeps them per tensor, outside the flat buffers, and a chain that
+  declares any runs per tensor only (`has_shaped_slots`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +49,18 @@ class Transform:
     def all_slots(self) -> tuple[str, ...]:
         return self.slots
 
+    def scalar_slots(self) -> Mapping[str, float]:
+        """Per-tensor scalar state: name -> its value before the tensor's first step."""
+        return MappingProxyType({})
+
+    def shaped_slots(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """State not kept in flat buffers, for a parameter of ``shape``: name -> its shape (zeros at first)."""
+        return {}
+
+    def has_shaped_slots(self) -> bool:
+        """Whether `shaped_slots` may declare any (then the chain cannot run chunked)."""
+        return type(self).shaped_slots is not Transform.shaped_slots
+
     def apply(self, updates: Updates, ctx: Context) -> Updates:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -50,10 +75,33 @@ class Chain(Transform):
         slots: list[str] = []
         for t in self.transforms:
             for slot in t.all_slots():
-                if slot in slots:
-                    raise ValueError(f"state slot {slot!r} is declared by two transforms of one chain")
+                self._check_new(slot, slots)
                 slots.append(slot)
         return tuple(slots)
+
+    def scalar_slots(self) -> Mapping[str, float]:
+        taken, scalars = list(self.all_slots()), {}
+        for t in self.transforms:
+            for slot, initial in t.scalar_slots().items():
+                self._check_new(slot, [*taken, *scalars])
+                scalars[slot] = float(initial)
+        return MappingProxyType(scalars)
+
+    def shaped_slots(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        taken, shaped = [*self.all_slots(), *self.scalar_slots()], {}
+        for t in self.transforms:
+            for slot, slot_shape in t.shaped_slots(shape).items():
+                self._check_new(slot, [*taken, *shaped])
+                shaped[slot] = tuple(slot_shape)
+        return shaped
+
+    def has_shaped_slots(self) -> bool:
+        return any(t.has_shaped_slots() for t in self.transforms)
+
+    @staticmethod
+    def _check_new(slot: str, declared: Sequence[str]) -> None:
+        if slot in declared or slot == "step":
+            raise ValueError(f"state slot {slot!r} is declared by two transforms of one chain (or is 'step')")
 
     def apply(self, updates: Updates, ctx: Context) -> Updates:
         for t in self.transforms:
@@ -70,11 +118,11 @@ class Context:
     """What a transform sees while one param group's update is emitted.
 
     ``params[i]`` is the value the final update is added to; decoupled weight decay
-    rewrites it. Hyperparameters, step counts and state slots are graph inputs,
-    created on first use and named ``<group>.<hyper>``, ``<param>.step`` and
-    ``<param>.<slot>``. ``masks[i]``, in a masked update (`graphopt.update.model`), is the
-    bool scalar saying whether tensor ``i`` has a gradient this step; group-wide sums
-    leave out the tensors that have none.
+    rewrites it. Hyperparameters and step counts are graph inputs, created on first use and
+    named ``<group>.<hyper>`` and ``<param>.step``; ``state[i]`` holds tensor ``i``'s state
+    inputs ``<param>.<slot>`` of every kind (a scalar slot's is a weak float64 scalar).
+    ``masks[i]``, in a masked update (`graphopt.update.model`), is the bool scalar saying
+    whether tensor ``i`` has a gradient this step; group-wide sums leave out the tensors that have none.
     """
 
     def __init__(self, graph: Graph, group: str, param_names: Sequence[str], params: Sequence[Sym],
@@ -150,6 +198,13 @@ class Context:
         return value
 
     def set_state(self, i: int, slot: str, value: Sym) -> None:
+        """Write state ``slot`` of tensor ``i``: a tensor of the slot's shape, or a scalar for a scalar slot
+        (kept as a weak float64 scalar)."""
         if slot not in self.state_in[i]:
             raise KeyError(f"state slot {slot!r} is not declared by any transform of group {self.group}")
+        old = self.state_in[i][slot]
+        if old.shape == () and old.weak:  # a scalar slot: float64, whatever it was computed from
+            if value.shape != ():
+                raise ValueError(f"scalar state slot {slot!r} of group {self.group} set to shape {list(value.shape)}")
+            value = cast(value, SCALAR_DTYPE, weak=True)
         self.state_out[i][slot] = value

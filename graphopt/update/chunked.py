@@ -16,10 +16,16 @@ the true value did not, and folding the scale in at a reader's whim changed late
 A group-wide reduction (the global norm of `ClipByNorm`) is computed by a separate
 *reduce* model over the same rows; its total is fed to the update model as the
 scalar input ``<group>.sum_of_squares``. A chain that needs per-tensor values
-(``ClipByNorm(per_tensor=True)``) raises `NotChunkable`.
+(``ClipByNorm(per_tensor=True)``) or has slots not shaped like the parameter
+(`Transform.shaped_slots`) raises `NotChunkable`.
+
+Per-tensor scalar state (`Transform.scalar_slots`) is one value for the whole group here, as
+the step count is: the scalar input ``<group>.<slot>`` and output ``<group>.<slot>.new``, both
+computed outside the Scan; the facade runs a group chunked only while every tensor's value of
+each such slot is the same.
 
 I/O: ``params``, ``grads`` and one input per state slot, each ``[rows, 1, K]``;
-outputs ``params.new`` and ``<slot>.new``; scalar inputs as in `graphopt.names` with
+outputs ``params.new`` and ``<slot>.new`` (and ``<group>.<scalar slot>.new``); scalar inputs as in `graphopt.names` with
 the group's step count ``<group>.step``; the reduce model outputs ``sum_of_squares``.
 """
 
@@ -95,6 +101,8 @@ def build_chunked(spec: ChunkedSpec) -> ChunkedModels:
         body.output(names.new(slot) + ".row", ctx.state_out[0][slot])
     for name, rows in zip([PARAMS, *slots], graph.scan(body, rows_in)):
         graph.output(names.new(name), rows)
+    for slot in spec.transform.scalar_slots():
+        graph.output(names.new(names.state(spec.group, slot)), ctx.state_out[0][slot])
     update = graph.to_model(doc_string=f"graphopt chunked update of {spec.group}")
     return ChunkedModels(update, _build_reduce(spec) if ctx.total is not None else None)
 
@@ -114,6 +122,8 @@ def _build_reduce(spec: ChunkedSpec) -> onnx.ModelProto:
 def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, Graph, list[Sym], Sym, _RowContext]:
     """The outer graph with ``[rows, 1, K]`` inputs, the Scan body, the row inputs, the body's
     gradient row, and a context over one row of the body."""
+    if spec.transform.has_shaped_slots():
+        raise NotChunkable("the chain has state slots not shaped like the parameter")
     graph = Graph("graphopt_chunked")
     slots = spec.transform.all_slots()
     row = (1, spec.chunk)
@@ -121,5 +131,8 @@ def _row_graph(spec: ChunkedSpec, reducing: bool) -> tuple[Graph, Graph, list[Sy
     body = graph.subgraph("row", fuse=True)
     param, grad, *slot_rows = [body.input(f"{name}.row", spec.dtype, row, written_in_place=name != GRADS)
                                for name in (PARAMS, GRADS, *slots)]
-    ctx = _RowContext(graph, spec.group, [spec.group], [param], [dict(zip(slots, slot_rows))], reducing=reducing)
+    state = dict(zip(slots, slot_rows))
+    for slot in spec.transform.scalar_slots():  # one value for the group (see the module docstring)
+        state[slot] = graph.input(names.state(spec.group, slot), np.float64, (), weak=True)
+    ctx = _RowContext(graph, spec.group, [spec.group], [param], [state], reducing=reducing)
     return graph, body, rows_in, grad, ctx

@@ -3,7 +3,9 @@
 Inputs and outputs follow `graphopt.names`. For every tensor the model computes
 ``u = transform(grad)`` and ``p.new = p' + u``, where ``p'`` is ``p`` after decoupled
 weight decay (or ``p`` itself). Only the hyperparameters and step counts that some
-transform reads become inputs; every state slot of the chain is an input and an output.
+transform reads become inputs; every state slot of the chain is an input and an output: those
+shaped like the parameter, the per-tensor scalars (float64, ``()``) and the slots of other
+shapes, each with the shape its transform declares for that tensor (`Transform.shaped_slots`).
 
 A *masked* group (``GroupSpec.masked``) has one more input per tensor, the 0-d bool
 ``p.has_grad``: where it is false the tensor is skipped as torch skips a tensor without
@@ -65,12 +67,11 @@ def build_update(groups: Sequence[GroupSpec], doc_string: str | None = None,
 
 def _emit_group(graph: Graph, group: GroupSpec, guarding: GuardEmitter | None) -> list[tuple]:
     """Emit ``group``'s update; its outputs as ``(name, mask, new value, old value)``."""
-    slots = group.transform.all_slots()
     params, grads, state, masks = [], [], [], []
     for spec in group.params:
         params.append(graph.input(spec.name, spec.dtype, spec.shape))
         grads.append(graph.input(names.grad(spec.name), spec.dtype, spec.shape))
-        state.append({slot: graph.input(names.state(spec.name, slot), spec.dtype, spec.shape) for slot in slots})
+        state.append(state_inputs(graph, group.transform, spec))
         masks.append(graph.input(names.has_grad(spec.name), np.bool_, ()) if group.masked else None)
     grads = [_kept(mask, g, 0.0) for mask, g in zip(masks, grads)]
     if guarding is not None:
@@ -83,7 +84,7 @@ def _emit_group(graph: Graph, group: GroupSpec, guarding: GuardEmitter | None) -
     outputs = []
     for i, (spec, mask) in enumerate(zip(group.params, masks)):
         outputs.append((names.new(spec.name), mask, ctx.params[i] + updates[i], params[i]))
-        for slot in slots:
+        for slot in state[i]:
             outputs.append((names.new(names.state(spec.name, slot)), mask, ctx.state_out[i][slot], state[i][slot]))
         if i in steps:
             outputs.append((names.new(names.step(spec.name)), mask, steps[i], ctx.previous_step(i)))
@@ -96,6 +97,16 @@ def _updated(mask: Sym | None, found: Sym | None) -> Sym | None:
         return mask
     finite = found.graph.op("Not", [found], dtype=np.dtype(bool), shape=())
     return finite if mask is None else found.graph.op("And", [mask, finite], dtype=np.dtype(bool), shape=())
+
+
+def state_inputs(graph: Graph, transform: Transform, spec: ParamSpec) -> dict[str, Sym]:
+    """The state inputs ``<param>.<slot>`` of one tensor: every slot of ``transform``, of each kind."""
+    state = {slot: graph.input(names.state(spec.name, slot), spec.dtype, spec.shape) for slot in transform.all_slots()}
+    for slot in transform.scalar_slots():
+        state[slot] = graph.input(names.state(spec.name, slot), np.float64, (), weak=True)
+    for slot, shape in transform.shaped_slots(spec.shape).items():
+        state[slot] = graph.input(names.state(spec.name, slot), spec.dtype, shape)
+    return state
 
 
 def _kept(mask: Sym | None, new: Sym, old: Sym | float) -> Sym:
