@@ -192,3 +192,76 @@ def test_stopping_a_schedule_keeps_the_last_lr_and_reads_lr_again():
 def test_bad_schedules_are_refused(make, error):
     with pytest.raises((ValueError, TypeError), match=error):
         make()
+
+
+# torch-style schedulers (graphopt.optim.lr_scheduler) compiled into the graph
+COMPILABLE = {
+    "step": lambda L, o: L.StepLR(o, 7, 0.5),
+    "multistep": lambda L, o: L.MultiStepLR(o, [30, 80, 80, 150], 0.5),
+    "constant": lambda L, o: L.ConstantLR(o, 0.5, total_iters=4),
+    "linear": lambda L, o: L.LinearLR(o, 0.25, 1.0, total_iters=10),
+    "exponential": lambda L, o: L.ExponentialLR(o, 0.98),
+    "polynomial": lambda L, o: L.PolynomialLR(o, 100, 2.0),
+    "cosine": lambda L, o: L.CosineAnnealingLR(o, 100, 0.001),
+    "warm_restarts": lambda L, o: L.CosineAnnealingWarmRestarts(o, 10, 2, 0.0005),
+    "one_cycle": lambda L, o: L.OneCycleLR(o, 0.5, STEPS, pct_start=0.25, cycle_momentum=False),
+    "cyclic": lambda L, o: L.CyclicLR(o, 0.01, 0.1, 20, 30, mode="triangular2", cycle_momentum=False),
+    "sequential": lambda L, o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 20), L.CosineAnnealingLR(o, 280)], [20]),
+    "chained": lambda L, o: L.ChainedScheduler([L.StepLR(o, 25, 0.5), L.ExponentialLR(o, 0.99)]),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILABLE))
+def test_compiled_python_schedulers_follow_torchs_lr_in_the_graph(case):
+    from graphopt.optim import lr_scheduler as ours
+
+    make = COMPILABLE[case]
+    params = [graphopt.Parameter(np.zeros(3)), graphopt.Parameter(np.zeros(2))]
+    opt = optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": 0.05}], lr=BASE)
+    scheduler = make(ours, opt)
+    for _ in range(3):  # stepped in Python first: the compiled clock starts where it stands
+        for p in params:
+            p.grad = np.ones(p.shape)
+        opt.step()
+        scheduler.step()
+    scheduler.compile()
+    used = [[], []]
+    for _ in range(STEPS - 3):
+        before = [p.data[0] for p in params]
+        for p in params:
+            p.grad = np.ones(p.shape)
+        opt.step()
+        for g, p in enumerate(params):
+            used[g].append(before[g] - p.data[0])
+    param = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    reference = torch.optim.SGD([{"params": param[:1]}, {"params": param[1:], "lr": 0.05}], lr=BASE)
+    theirs = make(lr_scheduler, reference)
+    expected = [[], []]
+    for step in range(STEPS):
+        if step >= 3:
+            for g, lr in enumerate(theirs.get_last_lr()):
+                expected[g].append(lr)
+        reference.step()
+        theirs.step()
+    for g in range(2):
+        np.testing.assert_allclose(used[g], expected[g], rtol=1e-9, atol=1e-12, err_msg=f"group {g}")
+    assert scheduler.get_last_lr() == [group["lr"] for group in opt.param_groups]
+    with pytest.raises(RuntimeError, match="compiled into the update graphs"):
+        scheduler.step()
+
+
+def test_schedulers_without_a_closed_form_refuse_to_compile_and_export_says_so():
+    from graphopt.optim import lr_scheduler as ours
+
+    p = graphopt.Parameter(np.zeros(2))
+    opt = optim.SGD([p], lr=0.1)
+    lam = ours.LambdaLR(opt, lambda e: 0.9 ** e)
+    with pytest.raises(ours.NoClosedForm, match="LambdaLR has no closed form"):
+        lam.compile()
+    assert "lr_clock" not in opt.param_groups[0]
+    with pytest.warns(UserWarning, match="LambdaLR sets the lr in Python; the exported model reads it from its "
+                                         "input group<g>.lr.*no closed form"):
+        opt.export()
+    cyclic = ours.CyclicLR(opt, 0.01, 0.1, 10)  # cycles SGD's momentum by default
+    with pytest.raises(ours.NoClosedForm, match="momentum cycling stays in Python"):
+        cyclic.compile()

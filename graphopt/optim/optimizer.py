@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import operator
 import threading
+import warnings
+import weakref
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
@@ -115,6 +117,7 @@ class Optimizer:
                             f"got {type(averaging).__name__}")
         self.averaging = averaging
         self._schedules: dict[int, Schedule] = {}  # group index -> its lr schedule (schedule_lr)
+        self._python_schedulers: weakref.WeakSet = weakref.WeakSet()  # lr_scheduler objects driving this one
         self.found_inf = False  # whether the last step was skipped for a non-finite gradient
         self.skipped_steps = 0
         if runtime is not None and providers is not None:
@@ -334,13 +337,15 @@ class Optimizer:
                      self.averaging.transform() if self.averaging else None)
 
     @serialized
-    def schedule_lr(self, schedule: Schedule | None, group: int | None = None) -> None:
+    def schedule_lr(self, schedule: Schedule | None, group: int | None = None, *, clock: int = 0,
+                    initial_lr: float | None = None) -> None:
         """Compute the lr of param group ``group`` (default: every group) inside the update graphs from
         now on, as ``schedule.lr(lr_clock, initial_lr)`` (`graphopt.optim.schedules`): ``initial_lr`` is
-        the group's lr now (or the ``initial_lr`` a scheduler set before), ``lr_clock`` counts the steps
-        taken since (one per ``step()``, skipped ones included). Both are group settings, so
-        ``state_dict`` saves them; ``group['lr']`` shows the lr the next step uses and is not read.
-        ``None`` stops scheduling (``lr`` keeps its last value)."""
+        the given one, else the ``initial_lr`` a scheduler set before, else the group's lr now;
+        ``lr_clock`` starts at ``clock`` and counts the steps taken (one per ``step()``, skipped ones
+        included). Both are group settings, so ``state_dict`` saves them; ``group['lr']`` shows the lr
+        the next step uses and is not read. ``None`` stops scheduling (``lr`` keeps its last value).
+        A torch-style scheduler with a closed form compiles itself this way: ``scheduler.compile()``."""
         indices = range(len(self.param_groups)) if group is None else [group]
         for g in indices:
             settings = self.param_groups[g]
@@ -351,10 +356,14 @@ class Optimizer:
             if not isinstance(schedule, Schedule):
                 raise TypeError(f"{type(self).__name__}.schedule_lr: expected a graphopt.optim.schedules.Schedule, "
                                 f"got {type(schedule).__name__}")
+            validation.step_count(f"{type(self).__name__}.schedule_lr: clock", clock)
+            if initial_lr is not None:
+                settings[INITIAL_LR] = validation.as_float(f"{type(self).__name__}.schedule_lr", "initial_lr",
+                                                           initial_lr)
             settings.setdefault(INITIAL_LR, settings["lr"])
-            settings[CLOCK] = 0
+            settings[CLOCK] = int(clock)
             self._schedules[g] = schedule
-            settings["lr"] = schedule.value(0, settings[INITIAL_LR])
+            settings["lr"] = schedule.value(settings[CLOCK], settings[INITIAL_LR])
 
     def _advance_schedules(self) -> None:
         """After a step: every scheduled group's clock + 1, and its ``lr`` the next step's."""
@@ -548,12 +557,23 @@ class Optimizer:
             if group["params"]:
                 params = tuple(ParamSpec(self._names[p], p.shape, p.dtype) for p in group["params"])
                 specs.append(GroupSpec(names.group(g), self._chain(group, g), params))
+        self._warn_python_schedulers("export")
         model = build_update(specs, doc_string=f"graphopt {type(self).__name__} update; "
                                                "I/O names: see graphopt.names",
                              guard=Guard() if self.skip_nonfinite else None)
         if path is not None:
             onnx.save(model, path)
         return model
+
+    def _warn_python_schedulers(self, where: str) -> None:
+        """Say that the lr of an exported model does not follow a scheduler that stays in Python."""
+        for scheduler in list(self._python_schedulers):
+            if not scheduler._compiled:  # noqa: SLF001
+                how = "compile it with scheduler.compile()" if scheduler.has_closed_form else \
+                    "it has no closed form, so feed the lr yourself"
+                warnings.warn(f"{type(self).__name__}.{where}: {type(scheduler).__name__} sets the lr in Python; "
+                              f"the exported model reads it from its input group<g>.lr and does not follow the "
+                              f"schedule ({how})", UserWarning, stacklevel=3)
 
     @property
     def sessions_built(self) -> int:

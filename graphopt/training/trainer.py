@@ -367,6 +367,8 @@ class Trainer:
             raise ValueError(f"Trainer.export: kind must be one of {KINDS}, got {kind!r}")
         if averaged and kind != "inference":
             raise ValueError(f"Trainer.export: averaged=True is for kind='inference', got kind={kind!r}")
+        if kind != "inference":
+            self.optimizer._warn_python_schedulers("export")  # noqa: SLF001
         if kind == "step":
             model = self._training_step()[2][0]
         else:

@@ -12,10 +12,13 @@ schedulers on one optimizer each rescale the current lr, so their effects multip
 where torch has one.
 
 Closed forms: a scheduler whose lr is a function of the epoch count alone (and of its
-constructor arguments) says so with ``has_closed_form`` and gives it as ``closed_form(epoch)``,
-the lr of every group at ``epoch``; ``multiplicative`` ones are ``base_lr * multiplier(epoch)``,
-so that a chain of them is the product of their multipliers. Schedulers without one
-(`LambdaLR`'s callables, `MultiplicativeLR`, `ReduceLROnPlateau`) raise `NoClosedForm`.
+constructor arguments) says so with ``has_closed_form`` and gives it as ``schedule(group)``, a
+`graphopt.optim.schedules.Schedule`; ``closed_form(epoch)`` evaluates it for every group, and
+``multiplicative`` ones are ``base_lr * multiplier(epoch)``, so that a chain of them is the
+product of their multipliers. `compile` puts the schedule into the optimizer's update graphs
+(`Optimizer.schedule_lr`), so that exported models follow it. Schedulers without one
+(`LambdaLR`'s callables, `MultiplicativeLR`, `ReduceLROnPlateau`, `SWALR`) raise `NoClosedForm`,
+and an optimizer's ``export`` warns that the exported model takes their lr as an input.
 
 ``state_dict()`` holds plain values only (numbers, strings, bools, None, lists and dicts of
 them, no callables), with torch's keys plus ``'class'``; `graphopt.checkpoint` saves it without
@@ -31,6 +34,10 @@ import math
 import numbers
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from graphopt.optim.schedules import Schedule
 
 EPOCH_DEPRECATION_WARNING = (
     "The epoch argument of scheduler.step(epoch) is deprecated, as in torch: call scheduler.step() "
@@ -67,8 +74,11 @@ class LRScheduler:
     has_closed_form = False
     multiplicative = False
 
+    _compiled = False
+
     def __init__(self, optimizer: Any, last_epoch: int = -1) -> None:
         self.optimizer = checked_optimizer(optimizer, type(self).__name__)
+        self.optimizer._python_schedulers.add(self)  # noqa: SLF001 - so that export can say it stays in Python
         self.last_epoch = checked_last_epoch(type(self).__name__, last_epoch)
         groups = self.optimizer.param_groups
         if last_epoch == -1:
@@ -113,6 +123,7 @@ class LRScheduler:
     def step(self, epoch: int | None = None) -> None:
         """Advance one epoch (or, deprecated, jump to ``epoch``) and write every group's lr."""
         with self.optimizer._lock:  # noqa: SLF001 - the optimizer's own lock: no step sees half the groups
+            self._refuse_if_compiled()
             if epoch is not None:
                 warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
             before = self.last_epoch, self._step_count
@@ -153,7 +164,9 @@ class LRScheduler:
         raise NotImplementedError
 
     def get_last_lr(self) -> list[float]:
-        """The lr of every group as the last step wrote it."""
+        """The lr of every group as the last step wrote it (compiled: as the optimizer's last step left it)."""
+        if self._compiled:
+            return [group["lr"] for group in self.optimizer.param_groups]
         return list(self._last_lr)
 
     def _current(self, key: str = "lr") -> list[Any]:
@@ -161,16 +174,49 @@ class LRScheduler:
 
     # -- closed form ---------------------------------------------------------------------------
 
+    def schedule(self, group: int = 0) -> Schedule:
+        """Group ``group``'s lr as a closed-form schedule of the epoch count: at epoch ``e`` it is
+        ``schedule(group).value(e, base_lrs[group])``."""
+        raise NoClosedForm(f"{type(self).__name__} has no closed form: its lr depends on more than the epoch count")
+
     def multiplier(self, epoch: float) -> float:
         """``lr / base_lr`` at ``epoch``, for the ``multiplicative`` schedulers."""
-        raise NoClosedForm(f"{type(self).__name__} is not a multiple of the base lr alone")
+        schedule = self.schedule(0)
+        if not schedule.multiplicative:
+            raise NoClosedForm(f"{type(self).__name__} is not a multiple of the base lr alone")
+        return float(schedule.factor(np.float64(epoch)))
 
     def closed_form(self, epoch: float) -> list[float]:
         """Every group's lr at ``epoch`` as a function of the epoch count and the constructor arguments."""
-        if self.multiplicative:
-            factor = self.multiplier(epoch)
-            return [base_lr * factor for base_lr in self.base_lrs]
-        raise NoClosedForm(f"{type(self).__name__} has no closed form: its lr depends on more than the epoch count")
+        schedules = [self.schedule(g) for g in range(len(self.optimizer.param_groups))]
+        return [schedule.value(epoch, base_lr) for schedule, base_lr in zip(schedules, self.base_lrs)]
+
+    def compile(self) -> None:
+        """Compute this schedule inside the optimizer's update graphs from now on, so that exported
+        update and training-step models follow it (`Optimizer.schedule_lr`, one schedule per group).
+
+        The graph's clock counts **optimizer steps** from ``last_epoch``: compile a scheduler that
+        is stepped once per optimizer step (per batch). After this, `step` raises (each optimizer
+        step advances the schedule) and `get_last_lr` reads the groups' lr. Raises `NoClosedForm`,
+        changing nothing, for a scheduler without a closed form or one that cycles momentum."""
+        with self.optimizer._lock:  # noqa: SLF001
+            self._refuse_if_compiled()
+            if getattr(self, "cycle_momentum", False):
+                raise NoClosedForm(f"{type(self).__name__}.compile: momentum cycling stays in Python; make the "
+                                   "scheduler with cycle_momentum=False to compile its lr")
+            schedules = [self.schedule(g) for g in range(len(self.optimizer.param_groups))]
+            for g, (schedule, base_lr) in enumerate(zip(schedules, self.base_lrs)):
+                self.optimizer.schedule_lr(schedule, g, clock=self._epochs(), initial_lr=base_lr)
+            self._compiled = True
+
+    def _epochs(self) -> int:
+        """The epochs stepped so far (where a compiled schedule's clock starts)."""
+        return self.last_epoch
+
+    def _refuse_if_compiled(self) -> None:
+        if self._compiled:
+            raise RuntimeError(f"{type(self).__name__} is compiled into the update graphs: every optimizer step "
+                               "advances it; remove the scheduler.step() calls")
 
     # -- state ----------------------------------------------------------------------------------
 

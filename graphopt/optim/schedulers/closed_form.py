@@ -1,5 +1,6 @@
 """The chainable closed-form schedulers: each step rescales the current lr, and the result is a
-function of the epoch count ``e`` alone (``multiplier``/``closed_form``).
+function of the epoch count ``e`` alone: `schedule` gives it as a `graphopt.optim.schedules`
+schedule, which ``closed_form`` and ``multiplier`` evaluate and `LRScheduler.compile` puts in the graph.
 
 ``step()`` rescales the current lr by the ratio of consecutive closed-form values, as torch's
 chainable form does, so that several schedulers on one optimizer multiply; ``step(epoch)``
@@ -9,10 +10,10 @@ chainable form does, so that several schedulers on one optimizer multiply; ``ste
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
+from graphopt.optim import schedules as S
 from graphopt.optim.schedulers.base import LRScheduler, nonnegative_int, positive_int, real
 
 
@@ -32,8 +33,8 @@ class StepLR(LRScheduler):
             return self._current()
         return [lr * self.gamma for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        return self.gamma ** (epoch // self.step_size)
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Step(self.step_size, self.gamma)
 
 
 class MultiStepLR(LRScheduler):
@@ -53,8 +54,8 @@ class MultiStepLR(LRScheduler):
             return self._current()
         return [lr * self.gamma ** self.milestones[self.last_epoch] for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        return self.gamma ** bisect_right(sorted(self.milestones.elements()), epoch)
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.MultiStep(tuple(self.milestones.elements()), self.gamma)
 
     def _saved(self, key: str) -> Any:
         if key == "milestones":  # a list (with repeats): a checkpoint's JSON has no integer keys
@@ -98,8 +99,8 @@ class ConstantLR(LRScheduler):
             return self._current()
         return [lr * (1.0 / self.factor) for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        return self.factor + (epoch >= self.total_iters) * (1 - self.factor)
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Factor(self.factor, self.total_iters)
 
 
 class LinearLR(LRScheduler):
@@ -127,9 +128,8 @@ class LinearLR(LRScheduler):
         ratio = 1.0 + change / (self.total_iters * self.start_factor + (self.last_epoch - 1) * change)
         return [lr * ratio for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        done = min(self.total_iters, epoch)
-        return self.start_factor + (self.end_factor - self.start_factor) * done / self.total_iters
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Linear(self.start_factor, self.end_factor, self.total_iters)
 
 
 class ExponentialLR(LRScheduler):
@@ -147,8 +147,8 @@ class ExponentialLR(LRScheduler):
             return self._current()
         return [lr * self.gamma for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        return self.gamma ** epoch
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Exponential(self.gamma)
 
 
 class PolynomialLR(LRScheduler):
@@ -169,8 +169,8 @@ class PolynomialLR(LRScheduler):
         ratio = ((1.0 - e / total) / (1.0 - (e - 1) / total)) ** self.power
         return [lr * ratio for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        return (1.0 - min(self.total_iters, epoch) / self.total_iters) ** self.power
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Polynomial(self.total_iters, self.power)
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -206,11 +206,5 @@ class CosineAnnealingLR(LRScheduler):
         ratio = (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T))
         return [ratio * (lr - eta) + eta for lr in self._current()]
 
-    def multiplier(self, epoch: float) -> float:
-        if self.eta_min != 0:
-            return super().multiplier(epoch)
-        return (1 + math.cos(math.pi * epoch / self.T_max)) / 2
-
-    def closed_form(self, epoch: float) -> list[float]:
-        cosine = (1 + math.cos(math.pi * epoch / self.T_max)) / 2
-        return [self.eta_min + (base_lr - self.eta_min) * cosine for base_lr in self.base_lrs]
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Cosine(self.T_max, self.eta_min)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from typing import Any, Sequence
 
+from graphopt.optim import schedules as S
 from graphopt.optim.schedulers.base import LRScheduler, NoClosedForm, checked_optimizer, nonnegative_int
 
 
@@ -32,6 +32,18 @@ class _Composite(LRScheduler):
     """Saves and loads its members' state dicts under ``_schedulers``."""
 
     _schedulers: list[LRScheduler]
+
+    def compile(self) -> None:
+        """As `LRScheduler.compile`; the members count as compiled too (their steps are the graph's)."""
+        super().compile()
+        for scheduler in self._schedulers:
+            scheduler._compiled = True  # noqa: SLF001
+
+    def _epochs(self) -> int:
+        return self.last_epoch if hasattr(self, "last_epoch") else self._schedulers[0].last_epoch
+
+    def _register(self) -> None:
+        self.optimizer._python_schedulers.add(self)  # noqa: SLF001 - so that export can say it stays in Python
 
     @property
     def base_lrs(self) -> list[float]:  # type: ignore[override]
@@ -75,11 +87,13 @@ class ChainedScheduler(_Composite):
             optimizer = getattr(schedulers[0], "optimizer", None)
         self.optimizer = checked_optimizer(optimizer, "ChainedScheduler")
         self._schedulers = _members("ChainedScheduler", schedulers, self.optimizer)
+        self._register()
         self._last_lr = self._current()
 
     def step(self) -> None:  # type: ignore[override]
         """Step every member, in order."""
         with self.optimizer._lock:  # noqa: SLF001
+            self._refuse_if_compiled()
             for scheduler in self._schedulers:
                 scheduler.step()
             self._last_lr = self._current()
@@ -90,15 +104,11 @@ class ChainedScheduler(_Composite):
 
     has_closed_form = multiplicative
 
-    def multiplier(self, epoch: float) -> float:
+    def schedule(self, group: int = 0) -> S.Schedule:
         if not self.multiplicative:
             raise NoClosedForm(f"ChainedScheduler: members {self._not_multiplicative()} are not multiples of the "
                                "base lr, so the chain has no closed form")
-        return math.prod(s.multiplier(epoch) for s in self._schedulers)
-
-    def closed_form(self, epoch: float) -> list[float]:
-        factor = self.multiplier(epoch)
-        return [base_lr * factor for base_lr in self.base_lrs]
+        return S.Chained([s.schedule(group) for s in self._schedulers])
 
     def _not_multiplicative(self) -> list[str]:
         return [type(s).__name__ for s in self._schedulers if not s.multiplicative]
@@ -122,6 +132,7 @@ class SequentialLR(_Composite):
         kind = "SequentialLR"
         self.optimizer = checked_optimizer(optimizer, kind)
         self._schedulers = _members(kind, schedulers, self.optimizer)
+        self._register()
         for i, scheduler in enumerate(self._schedulers):
             if isinstance(scheduler, _Composite):
                 raise ValueError(f"{kind}: schedulers[{i}] is a {type(scheduler).__name__}; composite schedulers "
@@ -147,6 +158,7 @@ class SequentialLR(_Composite):
     def step(self) -> None:  # type: ignore[override]
         """Step the scheduler of the current segment; restart the next one at its milestone."""
         with self.optimizer._lock:  # noqa: SLF001
+            self._refuse_if_compiled()
             self.last_epoch += 1
             i = bisect_right(self._milestones, self.last_epoch)
             scheduler = self._schedulers[i]
@@ -160,10 +172,8 @@ class SequentialLR(_Composite):
     def has_closed_form(self) -> bool:  # type: ignore[override]
         return all(s.has_closed_form for s in self._schedulers)
 
-    def closed_form(self, epoch: float) -> list[float]:
-        i = bisect_right(self._milestones, epoch)
-        start = self._milestones[i - 1] if i > 0 else 0
-        return self._schedulers[i].closed_form(epoch - start)
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.Sequential([s.schedule(group) for s in self._schedulers], self._milestones)
 
     def _checked(self, state_dict: Any) -> dict[str, Any]:
         values = super()._checked(state_dict)

@@ -12,8 +12,10 @@ import math
 import types
 from typing import Any, Callable, Sequence
 
+from graphopt.optim import schedules as S
 from graphopt.optim.schedulers.base import (
     LRScheduler,
+    NoClosedForm,
     checked_optimizer,
     one_of,
     per_group,
@@ -112,6 +114,12 @@ class CyclicLR(LRScheduler):
         x = 1.0 + epoch / self.total_size - cycle
         height = x / self.step_ratio if x <= self.step_ratio else (x - 1) / (self.step_ratio - 1)
         return height, self.scale_fn(cycle if self.scale_mode == "cycle" else epoch)
+
+    def schedule(self, group: int = 0) -> S.Schedule:
+        if self._scale_fn_custom is not None:
+            raise NoClosedForm("CyclicLR: a custom scale_fn is a Python function; only the built-in modes compile")
+        up = self.step_ratio * self.total_size
+        return S.Cyclic(self.base_lrs[group], self.max_lrs[group], up, self.total_size - up, self.mode, self.gamma)
 
     def closed_form(self, epoch: float) -> list[float]:
         height, scale = self._position(epoch)
@@ -228,6 +236,13 @@ class OneCycleLR(LRScheduler):
             start = end
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def schedule(self, group: int = 0) -> S.Schedule:
+        g = self.optimizer.param_groups[group]
+        return S.OneCycle(g["max_lr"], self.total_steps, anneal_strategy=self._anneal_func_type,
+                          three_phase=len(self._schedule_phases) == 3,
+                          ends=tuple(float(p["end_step"]) for p in self._schedule_phases),
+                          lrs=(g["initial_lr"], g["max_lr"], g["min_lr"]))
+
     def closed_form(self, epoch: float) -> list[float]:
         """Every group's lr at ``epoch`` (from the group's initial_lr, max_lr and min_lr, set at construction)."""
         phase, pct = self._phase(epoch)
@@ -307,6 +322,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def step(self, epoch: float | None = None) -> None:
         """One epoch on, or to ``epoch`` (a number >= 0, fractions allowed)."""
         with self.optimizer._lock:  # noqa: SLF001
+            self._refuse_if_compiled()
             if epoch is None and self.last_epoch < 0:
                 epoch = 0
             if epoch is None:
@@ -338,10 +354,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def _restart(self, n: int) -> float:
         return self.T_0 * (self.T_mult ** n - 1) / (self.T_mult - 1)
 
-    def closed_form(self, epoch: float) -> list[float]:
-        t_cur, t_i = self._position(epoch)
-        cosine = 1 + math.cos(math.pi * t_cur / t_i)
-        return [self.eta_min + (base_lr - self.eta_min) * cosine / 2 for base_lr in self.base_lrs]
+    def schedule(self, group: int = 0) -> S.Schedule:
+        return S.CosineWarmRestarts(self.T_0, self.T_mult, self.eta_min)
 
     def _checked(self, state_dict: Any) -> dict[str, Any]:
         values = super()._checked(state_dict)

@@ -40,6 +40,7 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"{kind}: factor must be < 1.0, got {factor!r}")
         self.factor = factor
         self.optimizer = checked_optimizer(optimizer, kind)
+        self.optimizer._python_schedulers.add(self)  # noqa: SLF001 - so that export can say it stays in Python
         self.min_lrs = per_group(kind, "min_lr", min_lr, self.optimizer)
         self.default_min_lr = None if isinstance(min_lr, (list, tuple)) else min_lr
         self.patience = nonnegative_int(kind, "patience", patience)

@@ -52,7 +52,7 @@ class SWALR(LRScheduler):
             lrs.append(swa_lr * now + start * (1 - now))
         return lrs
 
-    def closed_form(self, epoch: float) -> list[float]:
+    def schedule(self, group: int = 0):
         raise NoClosedForm("SWALR has no closed form: it anneals from whatever lr the group had when it took over")
 
     def _checked(self, state_dict: Any) -> dict[str, Any]:
