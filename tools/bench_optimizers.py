@@ -38,6 +38,20 @@ ENTRIES = [
     Entry("RMSprop", dict(lr=0.01), "RMSprop"),
     Entry("Adam", dict(lr=1e-3), "Adam"),
     Entry("AdamW", dict(lr=1e-3), "AdamW"),
+    Entry("Adagrad", dict(lr=1e-2), "Adagrad"),
+    Entry("Adadelta", dict(lr=1.0), "Adadelta"),
+    Entry("Adamax", dict(lr=2e-3), "Adamax"),
+    Entry("NAdam", dict(lr=2e-3), "NAdam"),
+    Entry("RAdam", dict(lr=1e-3), "RAdam"),
+    Entry("Rprop", dict(lr=1e-2), "Rprop"),
+    Entry("ASGD", dict(lr=1e-2), "ASGD"),
+    Entry("SparseAdam", dict(lr=1e-3), None),  # torch's takes sparse gradients only
+    Entry("Lion", dict(lr=1e-4)),
+    Entry("Signum", dict(lr=1e-2)),
+    Entry("Adafactor", dict(lr=1e-2), "Adafactor", path="per-tensor"),
+    Entry("Muon", dict(lr=1e-3), "Muon", foreach=False, path="per-tensor"),
+    Entry("LAMB", dict(lr=1e-3), path="per-tensor"),
+    Entry("LARS", dict(lr=1e-2, momentum=0.9), path="per-tensor"),
 ]
 
 
