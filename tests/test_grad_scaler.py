@@ -82,7 +82,7 @@ def test_trainer_with_a_grad_scaler_matches_torch_amp_grad_scaler():
 def test_a_skipped_step_changes_no_parameter_state_or_step_count():
     module = _module()
     model = graphopt.from_torch(module, torch.zeros(6, 3), input_names=["x"], output_names=["y"])
-    trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.1, momentum=0.9, skip_nonfinite=True))
+    trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.1, momentum=0.9), skip_nonfinite=True)
     (x, y), (bad, _) = _batches(2, bad=(1,))
     trainer.step({"x": x}, labels=y)
     before = trainer.state_dict()

@@ -33,6 +33,7 @@ from graphopt.update.inplace import implicit_inputs, proven_in_place
 from graphopt.training.losses import Loss
 from graphopt.optim.execution import NewSlots, TensorBindings, in_place_candidates
 from graphopt.optim.optimizer import Optimizer
+from graphopt.optim import validation
 from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter
 from graphopt.preparation import (
@@ -93,11 +94,12 @@ class Trainer:
         base_dir: for a ``ModelProto`` whose external data was not loaded, the folder it is read
             from; a model given by path reads it from the file's folder (`preparation.loaded`;
             never from the working directory).
+        skip_nonfinite: sets the optimizer's ``skip_nonfinite`` (default: leave it as built).
         grad_scaler: a `graphopt.training.GradScaler`: dynamic loss scaling as torch.amp's, done
-            inside the training step. With it, or with an optimizer built with
-            ``skip_nonfinite=True``, a step whose gradients hold a NaN or inf is skipped inside the
-            graph (parameters, optimizer state and step counts unchanged; the running statistics
-            of that forward pass are kept, as in torch); ``found_inf`` and ``skipped_steps`` report it.
+            inside the training step. With it, or with ``skip_nonfinite``, a step whose gradients
+            hold a NaN or inf is skipped inside the graph (parameters, optimizer state and step
+            counts unchanged; the running statistics of that forward pass are kept, as in torch);
+            ``found_inf`` and ``skipped_steps`` report it.
             After `accumulate`, the summed scaled gradients go through the scaler's eager
             ``step`` and ``update`` instead (torch's sequence for accumulated AMP steps).
 
@@ -110,7 +112,7 @@ class Trainer:
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
-                 grad_scaler: GradScaler | None = None):
+                 grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -147,6 +149,9 @@ class Trainer:
             raise TypeError(f"Trainer: grad_scaler must be a graphopt.training.GradScaler, got "
                             f"{type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
+        if skip_nonfinite is not None:
+            validation.boolean("Trainer", "skip_nonfinite", skip_nonfinite)
+            optimizer.skip_nonfinite = bool(skip_nonfinite)
         self._compiled: dict[tuple, tuple[onnx.ModelProto, Executable, set]] = {}
         self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
