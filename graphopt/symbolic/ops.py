@@ -94,8 +94,10 @@ def mean_over(x: Sym, axis: int) -> Sym:
 def matmul(a: Sym, b: Sym) -> Sym:
     """``a @ b`` for tensors of rank >= 2 and one dtype, batch dimensions broadcasting (numpy's matmul)."""
     graph = _graph_of(a, b)
-    if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.weak or b.weak:
-        raise build_error("MatMul", f"expects two tensors of rank >= 2 and one dtype, got {a!r} and {b!r}")
+    if a.ndim < 2 or b.ndim < 2:
+        raise build_error("MatMul", f"operands must be 2-D matrices or stacks of them (rank >= 2), got {a!r} and {b!r}")
+    if a.dtype != b.dtype or a.weak or b.weak:
+        raise build_error("MatMul", f"operands have different dtypes ({a!r}, {b!r}); cast one explicitly")
     if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
         raise build_error("MatMul", f"inner dimensions differ: {list(a.shape)} @ {list(b.shape)}")
     batch = broadcast_shapes("MatMul", [a.shape[:-2], b.shape[:-2]])
