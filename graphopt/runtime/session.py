@@ -54,12 +54,15 @@ class Runtime:
     ``chunk_size`` is the row length. ``device_buffers`` keeps optimizer state in
     buffers ONNX Runtime allocates on the provider's device (default: on a GPU), so
     it stays there between steps; on the host it exercises the same code path.
+    ``fused`` runs each chunked update as one generated C++ kernel (`graphopt.fused`): None (the
+    default) where a C++ compiler is found, on the CPU, unless the environment sets
+    ``GRAPHOPT_FUSED=0``; False never; True as None but says why when it cannot.
     ``sessions_built`` counts sessions created, so callers can check that changing a
     hyperparameter reused the compiled update.
     """
 
     def __init__(self, providers: str | Sequence[Any] | None = None, *, threads: int | None = None,
-                 chunk_size: int = DEFAULT_CHUNK, device_buffers: bool | None = None):
+                 chunk_size: int = DEFAULT_CHUNK, device_buffers: bool | None = None, fused: bool | None = None):
         self.providers = resolve_providers(providers)
         self.device: Device = device_of(self.providers)
         self.device_buffers = not self.device.is_host if device_buffers is None else bool(device_buffers)
@@ -69,21 +72,27 @@ class Runtime:
         if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
             raise ValueError(f"Runtime: chunk_size must be a positive multiple of 16, got {chunk_size!r}")
         self.chunk_size = chunk_size
+        if fused not in (None, True, False):
+            raise ValueError(f"Runtime: fused must be True, False or None, got {fused!r}")
+        self.fused = fused
         self.sessions_built = 0
 
-    def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False) -> Executable:
+    def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False,
+                libraries: Sequence[str] = ()) -> Executable:
         """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
-        is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`)."""
+        is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`).
+        ``libraries`` are custom-op libraries the model's nodes need (graphopt's fused kernels)."""
         serialized = model.SerializeToString()
         session = optimized = None
         if keep_optimized:
             try:
-                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads)
+                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads, libraries)
             except Exception:  # noqa: BLE001 - a provider that cannot save its graph: then nothing is proven
                 pass
         if session is None:
-            session = ort.InferenceSession(serialized, self._options(intra_op_threads), providers=self.providers)
+            session = ort.InferenceSession(serialized, self._options(intra_op_threads, libraries),
+                                           providers=self.providers)
         wanted = provider_name(self.providers[0])
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
             raise RuntimeError(f"providers: {wanted} could not be initialised (no usable GPU?); "
@@ -91,15 +100,17 @@ class Runtime:
         self.sessions_built += 1
         return Executable(session, optimized)
 
-    def _options(self, intra_op_threads: int) -> ort.SessionOptions:
+    def _options(self, intra_op_threads: int, libraries: Sequence[str] = ()) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
+        for library in libraries:
+            options.register_custom_ops_library(library)
         return options
 
-    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int):
+    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int, libraries: Sequence[str]):
         """A session and the optimized graph it saved (large initializers left in a side file)."""
-        options = self._options(intra_op_threads)
+        options = self._options(intra_op_threads, libraries)
         with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
             options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
