@@ -54,11 +54,7 @@ class Adam(Optimizer):
         validate_gradient_settings(group, where)
         for key in ("lr", "eps", "weight_decay"):
             validation.nonnegative(where, key, group[key])
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{where}: 'betas' must be a pair (beta1, beta2), got {betas!r}")
-        for i, beta in enumerate(betas):
-            validation.in_unit_interval(where, f"betas[{i}]", beta)
+        validation.betas(where, group["betas"])
         validation.boolean(where, "amsgrad", group["amsgrad"])
 
     def _transform(self, group: Mapping[str, Any]) -> Transform:

@@ -43,9 +43,7 @@ class ASGD(Optimizer):
                  maximize: bool = False, differentiable: bool = False, capturable: bool = False, *,
                  scale: float = 1, clip_norm: float = 0, clip_value: float = 0, clip_per_tensor: bool = False,
                  **options: Any):
-        if differentiable:
-            raise NotImplementedError("ASGD: differentiable=True is not supported; graphopt's update "
-                                      "graphs are not differentiated through")
+        validation.not_differentiable("ASGD", differentiable)
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize,
                         scale=scale, clip_norm=clip_norm, clip_value=clip_value, clip_per_tensor=clip_per_tensor)
         super().__init__(params, defaults, **options)

@@ -49,9 +49,7 @@ class NAdam(Optimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, scale: float = 1, clip_norm: float = 0, clip_value: float = 0,
                  clip_per_tensor: bool = False, **options: Any):
-        if differentiable:
-            raise NotImplementedError("NAdam: differentiable=True is not supported; graphopt's update "
-                                      "graphs are not differentiated through")
+        validation.not_differentiable("NAdam", differentiable)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, scale=scale, clip_norm=clip_norm, clip_value=clip_value,
@@ -62,11 +60,7 @@ class NAdam(Optimizer):
         validate_gradient_settings(group, where)
         for key in ("lr", "eps", "weight_decay", "momentum_decay"):
             validation.nonnegative(where, key, group[key])
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{where}: 'betas' must be a pair (beta1, beta2), got {betas!r}")
-        for i, beta in enumerate(betas):
-            validation.in_unit_interval(where, f"betas[{i}]", beta)
+        validation.betas(where, group["betas"])
         validation.boolean(where, "decoupled_weight_decay", group["decoupled_weight_decay"])
 
     def _transform(self, group: Mapping[str, Any]) -> Transform:

@@ -58,9 +58,7 @@ class SGD(Optimizer):
                  clip_norm: float = 0, maximize: bool = False, *, clip_value: float = 0,
                  clip_per_tensor: bool = False, foreach: bool | None = None, differentiable: bool = False,
                  **options: Any):
-        if differentiable:
-            raise NotImplementedError("SGD: differentiable=True is not supported; graphopt's update "
-                                      "graphs are not differentiated through")
+        validation.not_differentiable("SGD", differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, scale=scale, clip_norm=clip_norm, maximize=maximize,
                         clip_value=clip_value, clip_per_tensor=clip_per_tensor)

@@ -56,11 +56,7 @@ class SparseAdam(Optimizer):
         for key in ("lr", "eps"):
             if validation.as_float(where, key, group[key]) <= 0:
                 raise ValueError(f"{where}: {key!r} must be > 0, got {group[key]!r}")
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"{where}: 'betas' must be a pair (beta1, beta2), got {betas!r}")
-        for i, beta in enumerate(betas):
-            validation.in_unit_interval(where, f"betas[{i}]", beta)
+        validation.betas(where, group["betas"])
 
     def _transform(self, group: Mapping[str, Any]) -> Transform:
         return chain(*gradient_transforms(group), ScaleBySparseAdam(), ScaleByLearningRate())
