@@ -1,0 +1,56 @@
+"""A compiled fused kernel: the library, its op, and session options that load it into ONNX Runtime."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from graphopt.native import cache
+from graphopt.native.availability import disabled_reason
+from graphopt.native.build import build_library
+from graphopt.native.errors import FusedBuildError, UnsafeCacheError
+
+DOMAIN = "ai.graphopt.fused"
+"""The ONNX domain of every fused op (a model using one imports it at version 1)."""
+
+_OP_NAME = re.compile(r'^\s*#\s*define\s+GRAPHOPT_OP_NAME\s+"([A-Za-z_][A-Za-z0-9_]*)"', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A custom-op library holding one op, ``domain``/``op_name``, built from a kernel fragment."""
+
+    library_path: Path
+    op_name: str
+    domain: str = DOMAIN
+
+    def session_options(self, options: ort.SessionOptions | None = None) -> ort.SessionOptions:
+        """``options`` (default: new ones) with this kernel's library registered, after checking it again."""
+        why = cache.problem(self.library_path)
+        if why is not None:
+            raise UnsafeCacheError(f"not loading the fused kernel {self.library_path}: {why}")
+        options = options if options is not None else ort.SessionOptions()
+        try:
+            options.register_custom_ops_library(str(self.library_path))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FusedBuildError(f"onnxruntime {ort.__version__} could not load the fused kernel "
+                                  f"{self.library_path}: {exc}") from exc
+        return options
+
+
+def compile_kernel(fragment: str) -> Kernel:
+    """Build (or find in the cache) the custom-op library for a kernel fragment (see FUSED_CONTRACT.md).
+
+    Raises `FusedBuildError` when fused kernels are disabled or the fragment does not compile (the message
+    carries the compiler's), `UnsafeCacheError` when the cache folder is not safe to load from.
+    """
+    disabled = disabled_reason()
+    if disabled:
+        raise FusedBuildError(f"fused kernels are disabled: {disabled}")
+    match = _OP_NAME.search(fragment)
+    if match is None:
+        raise FusedBuildError('the kernel fragment defines no GRAPHOPT_OP_NAME (#define GRAPHOPT_OP_NAME "Fused_...")')
+    return Kernel(build_library(fragment), match.group(1))
