@@ -248,6 +248,14 @@ def test_library_without_its_record_is_rebuilt(tmp_path, monkeypatch):
     assert build.compiler_runs == runs + 1
 
 
+@needs_compiler
+def test_one_fused_kernel_per_session_options():
+    """onnxruntime takes a custom domain from one library per session: a second kernel is refused up front."""
+    options = native.compile_kernel(AXPY).session_options()
+    with pytest.raises(native.FusedBuildError, match="each fused kernel needs its own session"):
+        native.compile_kernel(SUM_OF_SQUARES).session_options(options)
+
+
 def test_group_writable_cache_folder_is_refused(tmp_path, monkeypatch):
     folder = tmp_path / "kernels"
     folder.mkdir()
@@ -315,7 +323,7 @@ def test_fallback_warning_is_given_once_per_reason(monkeypatch):
 
 
 def test_requested_api_version_is_in_the_installed_onnxruntime():
-    """The library requests C API 16 (onnxruntime 1.16): the installed onnxruntime must be at least that."""
-    assert native.ORT_API_VERSION == 16
+    """The library requests C API 17 (onnxruntime 1.17): the installed onnxruntime must be at least that."""
+    assert native.ORT_API_VERSION == 17
     major, minor = (int(part) for part in ort.__version__.split(".")[:2])
-    assert (major, minor) >= (1, 16)
+    assert (major, minor) >= (1, 17)

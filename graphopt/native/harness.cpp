@@ -136,7 +136,7 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
 }
 
 void* create_kernel_v1(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo*) {
-  return new (std::nothrow) Kernel{api};  // never called: ONNX Runtime uses CreateKernelV2 for version 16
+  return new (std::nothrow) Kernel{api};  // never called: onnxruntime >= 1.17 uses CreateKernelV2
 }
 
 OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {
@@ -148,7 +148,7 @@ OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {
   }
 }
 
-void kernel_compute_v1(void*, OrtKernelContext*) {}  // never called: ONNX Runtime uses KernelComputeV2
+void kernel_compute_v1(void*, OrtKernelContext*) {}  // never called: onnxruntime >= 1.17 uses KernelComputeV2
 
 void kernel_destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
@@ -189,6 +189,9 @@ const OrtCustomOp the_op = {
     one,
     create_kernel,
     kernel_compute,
+    nullptr,  // InferOutputShapeFn: none, ONNX Runtime's type inference from the declared types suffices
+    nullptr,  // GetStartVersion: since version 1 of the domain
+    nullptr,  // GetEndVersion: no end
 };
 
 }  // namespace
@@ -203,7 +206,7 @@ GRAPHOPT_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const O
     if (!oldest) return nullptr;  // cannot even report the error; nothing is registered
     char message[256];
     snprintf(message, sizeof message,
-             "graphopt fused op %s needs onnxruntime >= 1.16 (C API version %d); this onnxruntime is %s",
+             "graphopt fused op %s needs onnxruntime >= 1.17 (C API version %d); this onnxruntime is %s",
              GRAPHOPT_OP_NAME, GRAPHOPT_ORT_API_VERSION, base->GetVersionString());
     return oldest->CreateStatus(ORT_FAIL, message);
   }

@@ -16,6 +16,9 @@ from graphopt.native.errors import FusedBuildError, UnsafeCacheError
 DOMAIN = "ai.graphopt.fused"
 """The ONNX domain of every fused op (a model using one imports it at version 1)."""
 
+LOADED_KEY = "graphopt.fused_kernel"
+"""Session config entry naming the fused-kernel library some session options already load."""
+
 _OP_NAME = re.compile(r'^\s*#\s*define\s+GRAPHOPT_OP_NAME\s+"([A-Za-z_][A-Za-z0-9_]*)"', re.MULTILINE)
 
 
@@ -28,16 +31,26 @@ class Kernel:
     domain: str = DOMAIN
 
     def session_options(self, options: ort.SessionOptions | None = None) -> ort.SessionOptions:
-        """``options`` (default: new ones) with this kernel's library registered, after checking it again."""
+        """``options`` (default: new ones) with this kernel's library registered, after checking it again.
+
+        One session loads one fused kernel: onnxruntime accepts a custom domain from one library per session
+        ("Domain already set in registry"), and every kernel's op is in domain ``ai.graphopt.fused``.
+        """
+        options = options if options is not None else ort.SessionOptions()
+        loaded = _loaded(options)
+        if loaded:
+            raise FusedBuildError(f"these session options already load the fused kernel {loaded}; onnxruntime takes "
+                                  f"domain {self.domain} from one library per session, so each fused kernel needs "
+                                  "its own session")
         why = cache.problem(self.library_path)
         if why is not None:
             raise UnsafeCacheError(f"not loading the fused kernel {self.library_path}: {why}")
-        options = options if options is not None else ort.SessionOptions()
         try:
             options.register_custom_ops_library(str(self.library_path))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise FusedBuildError(f"onnxruntime {ort.__version__} could not load the fused kernel "
                                   f"{self.library_path}: {exc}") from exc
+        options.add_session_config_entry(LOADED_KEY, str(self.library_path))
         return options
 
 
@@ -54,3 +67,10 @@ def compile_kernel(fragment: str) -> Kernel:
     if match is None:
         raise FusedBuildError('the kernel fragment defines no GRAPHOPT_OP_NAME (#define GRAPHOPT_OP_NAME "Fused_...")')
     return Kernel(build_library(fragment), match.group(1))
+
+
+def _loaded(options: ort.SessionOptions) -> str | None:
+    try:
+        return options.get_session_config_entry(LOADED_KEY) or None
+    except RuntimeError:  # onnxruntime: "SessionOptions does not have configuration with key"
+        return None

@@ -5,19 +5,22 @@
 // the OrtApi table of version N is a prefix of the table of every later version, and OrtApiBase::GetApi(N)
 // returns it for every N from 1 up to the runtime's own ORT_API_VERSION.
 //
-// Version requested: 16 (onnxruntime 1.16, September 2023). Every OrtApi entry used below is in the version-1
+// Version requested: 17 (onnxruntime 1.17, February 2024). Every OrtApi entry used below is in the version-1
 // table (onnxruntime 1.0; ONNX Runtime asserts offsetof(OrtApi, ReleaseCustomOpDomain) == 101 slots as "the
-// size of version 1"), but OrtCustomOp::KernelComputeV2, the compute callback that returns an OrtStatus, arrived
-// with version 16. Without it a kernel can only report an error by throwing a C++ exception across the C
-// boundary, which the harness never does. So the library loads into onnxruntime >= 1.16, and RegisterCustomOps
-// returns a clear error status on an older one.
+// size of version 1"). What needs more is OrtCustomOp::KernelComputeV2, the compute callback that returns an
+// OrtStatus: without it a kernel can only report an error by throwing a C++ exception across the C boundary,
+// which the harness never does. The header declares it from version 16, but onnxruntime 1.16.3 still calls the
+// version-1 KernelCompute for an op of version 16 (measured: the op's outputs were never produced), and
+// onnxruntime 1.17.3 calls KernelComputeV2 (measured, as do 1.31 and 1.32). So the op is of version 17 and the
+// library loads into onnxruntime >= 1.17; on an older one RegisterCustomOps returns a clear error status
+// (measured with 1.15.1 and 1.16.3).
 
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define GRAPHOPT_ORT_API_VERSION 16
+#define GRAPHOPT_ORT_API_VERSION 17
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,6 +62,7 @@ typedef struct OrtSessionOptions OrtSessionOptions;
 typedef struct OrtCustomOpDomain OrtCustomOpDomain;
 typedef struct OrtKernelInfo OrtKernelInfo;
 typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtShapeInferContext OrtShapeInferContext;
 typedef struct OrtApi OrtApi;
 typedef struct OrtCustomOp OrtCustomOp;
 
@@ -107,9 +111,9 @@ struct OrtApi {
 
 #undef GRAPHOPT_ORT_SLOTS
 
-// The custom operator, laid out as of version 16: ONNX Runtime reads the members after KernelDestroy only
-// when `version` is high enough (characteristics >= 8, memory type > 12, variadic >= 14, V2 callbacks >= 16),
-// and nothing after KernelComputeV2 for version 16.
+// The custom operator, laid out as of version 17: ONNX Runtime reads the members after KernelDestroy only
+// when `version` is high enough (characteristics >= 8, memory type > 12, variadic >= 14, V2 callbacks >= 16,
+// shape inference and op versions >= 17; null pointers there mean "none"), and nothing after GetEndVersion.
 struct OrtCustomOp {
   uint32_t version;  // the API version the op was written against: GRAPHOPT_ORT_API_VERSION
   void* (*CreateKernel)(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info);  // API 1
@@ -131,6 +135,9 @@ struct OrtCustomOp {
   OrtStatus* (*CreateKernelV2)(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                void** kernel);                                                           // API 16
   OrtStatus* (*KernelComputeV2)(void* op_kernel, OrtKernelContext* context);                             // API 16
+  OrtStatus* (*InferOutputShapeFn)(const OrtCustomOp* op, OrtShapeInferContext* context);                // API 17
+  int (*GetStartVersion)(const OrtCustomOp* op);                                                         // API 17
+  int (*GetEndVersion)(const OrtCustomOp* op);                                                           // API 17
 };
 
 #ifdef __cplusplus
@@ -143,5 +150,6 @@ static_assert(offsetof(OrtApi, GetTensorShapeElementCount) == 64 * sizeof(void*)
 static_assert(offsetof(OrtApi, KernelContext_GetInputCount) == 88 * sizeof(void*), "OrtApi layout");
 static_assert(offsetof(OrtApi, ReleaseTensorTypeAndShapeInfo) == 99 * sizeof(void*), "OrtApi layout");
 static_assert(offsetof(OrtApi, ReleaseCustomOpDomain) == 101 * sizeof(void*), "OrtApi layout: end of version 1");
-static_assert(offsetof(OrtCustomOp, KernelComputeV2) == 18 * sizeof(void*), "OrtCustomOp layout of version 16");
+static_assert(offsetof(OrtCustomOp, KernelComputeV2) == 18 * sizeof(void*), "OrtCustomOp layout");
+static_assert(sizeof(OrtCustomOp) == 22 * sizeof(void*), "OrtCustomOp layout of version 17");
 #endif
