@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -166,6 +167,34 @@ def test_outputs_bound_onto_inputs_are_updated_in_place(dtype):
 
 
 @needs_compiler
+def test_threads_update_row_ranges_of_one_buffer_in_place():
+    """As the executor runs it: one session, each thread one range of rows, each run bound to views of the buffers."""
+    kernel = native.compile_kernel(MOMENTUM.format(T="float", code=1))
+    elementwise = [tensor(name, np.float32, [None]) for name in ("p", "m", "g")]
+    scalars = [tensor("lr", np.float32, []), tensor("beta", np.float32, [])]
+    outputs = [tensor("p_out", np.float32, [None]), tensor("m_out", np.float32, [None])]
+    run = session(kernel, one_node_model(kernel, elementwise + scalars, outputs))
+    rng = np.random.default_rng(3)
+    p, m, g = (rng.standard_normal(4000).astype(np.float32) for _ in range(3))
+    lr, beta = np.array(0.01, np.float32), np.array(0.5, np.float32)
+    m_expected = beta * m + g
+    p_expected = p - lr * m_expected
+
+    def update(rows):
+        binding = run.io_binding()
+        for name, array in {"p": p[rows], "m": m[rows], "g": g[rows], "lr": lr, "beta": beta}.items():
+            binding.bind_input(name, "cpu", 0, np.float32, array.shape, array.ctypes.data)
+        binding.bind_output("p_out", "cpu", 0, np.float32, p[rows].shape, p[rows].ctypes.data)
+        binding.bind_output("m_out", "cpu", 0, np.float32, m[rows].shape, m[rows].ctypes.data)
+        run.run_with_iobinding(binding)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(update, [slice(start, start + 1000) for start in range(0, 4000, 1000)]))
+    np.testing.assert_array_equal(m, m_expected)
+    np.testing.assert_array_equal(p, p_expected)
+
+
+@needs_compiler
 def test_reduction_writes_the_sum_into_a_0d_double():
     kernel = native.compile_kernel(SUM_OF_SQUARES)
     model = one_node_model(kernel, [tensor("x", np.float32, [None])], [tensor("total", TensorProto.DOUBLE, [])])
@@ -212,8 +241,9 @@ def test_new_cache_folder_and_library_are_private(tmp_path, monkeypatch):
     assert folder.stat().st_mode & 0o777 == 0o700
     assert kernel.library_path.parent == folder.resolve()
     assert kernel.library_path.stat().st_mode & 0o077 == 0
-    assert sorted(path.name for path in folder.iterdir()) == [kernel.library_path.name,
-                                                              kernel.library_path.name + ".sha256"]
+    names = {kernel.library_path.name, kernel.library_path.name + ".sha256", cache.LOCK_NAME}
+    assert {path.name for path in folder.iterdir()} == names
+    assert all(path.stat().st_mode & 0o077 == 0 for path in folder.iterdir())
 
 
 @needs_compiler
@@ -235,6 +265,16 @@ def test_tampered_library_is_not_loaded_and_is_rebuilt(tmp_path, monkeypatch):
     (z,) = axpy_session(rebuilt).run(None, {"x": np.ones(3, np.float32), "y": np.full(3, 2, np.float32),
                                             "s": np.array(0.5, np.float32)})
     np.testing.assert_array_equal(z, np.full(3, 2, np.float32))
+
+
+@needs_compiler
+def test_concurrent_first_builds_compile_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHOPT_CACHE", str(tmp_path))
+    runs = build.compiler_runs
+    with ThreadPoolExecutor(3) as pool:
+        kernels = list(pool.map(lambda _: native.compile_kernel(AXPY), range(3)))
+    assert build.compiler_runs == runs + 1
+    assert len(set(kernels)) == 1
 
 
 @needs_compiler

@@ -59,16 +59,20 @@ def build_library(fragment: str) -> Path:
     folder = cache.trusted_folder()
     source = translation_unit(fragment)
     library = folder / f"{cache_key(source, compiler)}.so"
-    why = cache.problem(library)
-    if why is None:
+    if cache.problem(library) is None:
         return library
-    if why != cache.MISSING:
-        warnings.warn(f"graphopt: not loading the cached fused kernel {library}: {why}; rebuilding it", stacklevel=3)
-    with cache.temporary_file(folder, ".so") as (built, handle):
-        handle.close()
-        _compile(compiler, source, built)
-        cache.publish(built, library)
-    why = cache.problem(library)
+    with cache.build_lock(folder):  # one build at a time, so no two builders interleave a library and its record
+        why = cache.problem(library)
+        if why is None:
+            return library  # another thread or process built it meanwhile
+        if why != cache.MISSING:
+            warnings.warn(f"graphopt: not loading the cached fused kernel {library}: {why}; rebuilding it",
+                          stacklevel=3)
+        with cache.temporary_file(folder, ".so") as (built, handle):
+            handle.close()
+            _compile(compiler, source, built)
+            cache.publish(built, library)
+        why = cache.problem(library)
     if why is not None:
         raise FusedBuildError(f"the fused kernel just built at {library} does not verify: {why}")
     return library

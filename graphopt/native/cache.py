@@ -5,7 +5,8 @@ Layout: one folder, ``$GRAPHOPT_CACHE``, else ``$XDG_CACHE_HOME/graphopt/kernels
 
 * ``<key>.so``: the library, mode 0700;
 * ``<key>.so.sha256``: ``<sha256 of the library's bytes>  <key>.so``, the ``sha256sum`` format, recorded when the
-  library was built.
+  library was built;
+* ``.build.lock``: locked (``flock``) while a library is built, so concurrent builders never interleave.
 
 Both are written atomically: to a temporary file in the same folder, then renamed over the final name, the
 library first. Loading a library runs its code, so before one is used:
@@ -22,16 +23,22 @@ Only the current user can write into such a folder, so nothing can change betwee
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 from graphopt.native.errors import UnsafeCacheError
 
 MISSING = "missing"
 """What `problem` says of a library that was never built."""
+
+LOCK_NAME = ".build.lock"
+_thread_lock = threading.Lock()
 
 
 def folder_path() -> Path:
@@ -88,6 +95,18 @@ def publish(built: Path, library: Path) -> None:
         handle.write(f"{digest}  {library.name}\n".encode("ascii"))
         handle.close()
         os.replace(record_temp, _record_path(library))
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path):
+    """Held while a library is built and published: by one thread of this process, and one process (``flock``)."""
+    with _thread_lock:
+        descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the flock
 
 
 class temporary_file:
