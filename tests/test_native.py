@@ -39,6 +39,7 @@ static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, v
   const float* y = static_cast<const float*>(in[1]);
   const float s = *static_cast<const float*>(in[2]);
   float* z = static_cast<float*>(out[0]);
+  GRAPHOPT_VECTORIZE
   for (int64_t i = begin; i < end; ++i) z[i] = x[i] + s * y[i];
 }
 """
@@ -59,6 +60,7 @@ static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, v
   const {T} beta = *static_cast<const {T}*>(in[4]);
   {T}* p_out = static_cast<{T}*>(out[0]);
   {T}* m_out = static_cast<{T}*>(out[1]);
+  GRAPHOPT_VECTORIZE
   for (int64_t i = begin; i < end; ++i) {{
     const {T} m_new = beta * m[i] + g[i];
     const {T} p_new = p[i] - lr * m_new;
@@ -344,7 +346,7 @@ def test_syntax_error_raises_with_the_compilers_message():
                                                                          "z[i] = x[i] + s * y[i]")
     with pytest.raises(native.FusedBuildError, match="rejected the fused kernel") as raised:
         native.compile_kernel(broken)
-    assert "fragment:13" in raised.value.compiler_output
+    assert "fragment:14" in raised.value.compiler_output
     assert "expected ';'" in str(raised.value)
 
 
