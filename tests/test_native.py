@@ -137,6 +137,8 @@ def test_axpy_matches_numpy_exactly():
     (z,) = axpy_session(kernel).run(None, {"x": x, "y": y, "s": s})
     assert z.shape == (10, 100) and z.dtype == np.float32
     np.testing.assert_array_equal(z, x + s * y)
+    (empty,) = axpy_session(kernel, shape=[None]).run(None, {"x": x[:0, 0], "y": y[:0, 0], "s": s})
+    assert empty.shape == (0,)
 
 
 @needs_compiler
@@ -324,6 +326,12 @@ def test_graphopt_fused_0_disables_fused_kernels(monkeypatch):
     assert "GRAPHOPT_FUSED=0" in status.reason
     with pytest.raises(native.FusedBuildError, match="GRAPHOPT_FUSED=0"):
         native.compile_kernel(AXPY)
+
+
+def test_old_onnxruntime_makes_fused_kernels_unavailable(monkeypatch):
+    monkeypatch.setattr(availability.ort, "__version__", "1.16.3")
+    status = native.available()
+    assert not status and "onnxruntime 1.16.3 is older than 1.17" in status.reason
 
 
 def test_missing_compiler_makes_fused_kernels_unavailable(monkeypatch):

@@ -14,10 +14,10 @@ fragment), `compiler` (which compiler, which flags), `cache` (the per-user folde
 (compiling once per source), `kernel` (`Kernel`, `compile_kernel`), `availability`.
 """
 
-from graphopt.native.availability import Availability, available, disabled_reason, warn_fallback
+from graphopt.native.availability import Availability, available, unsupported_reason, warn_fallback
 from graphopt.native.build import ORT_API_VERSION
 from graphopt.native.errors import FusedBuildError, UnsafeCacheError
 from graphopt.native.kernel import DOMAIN, Kernel, compile_kernel
 
 __all__ = ["Availability", "DOMAIN", "FusedBuildError", "Kernel", "ORT_API_VERSION", "UnsafeCacheError",
-           "available", "compile_kernel", "disabled_reason", "warn_fallback"]
+           "available", "compile_kernel", "unsupported_reason", "warn_fallback"]

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
+import onnxruntime as ort
+
+from graphopt.native import cache
+from graphopt.native.build import ORT_API_VERSION
+from graphopt.native.compiler import Compiler, find_compiler
 from graphopt.native.errors import FusedBuildError
+
+OFF = ("0", "false", "no", "off")
+MIN_ONNXRUNTIME = (1, 17)
 
 PROBE = """\
 #define GRAPHOPT_OP_NAME "Fused_probe"
@@ -34,31 +43,37 @@ class Availability:
         return self.ok
 
 
-def disabled_reason() -> str | None:
-    """Why the environment turns fused kernels off (``GRAPHOPT_FUSED=0``), or None."""
-    if os.environ.get("GRAPHOPT_FUSED", "").strip() == "0":
-        return "GRAPHOPT_FUSED=0 is set in the environment"
+def unsupported_reason() -> str | None:
+    """Why fused kernels are off before anything is built, or None: ``GRAPHOPT_FUSED=0`` in the environment
+    (also ``false``, ``no``, ``off``), a system other than POSIX, or an onnxruntime older than 1.17."""
+    value = os.environ.get("GRAPHOPT_FUSED", "").strip()
+    if value.lower() in OFF:
+        return f"GRAPHOPT_FUSED={value} is set in the environment"
+    if os.name != "posix":
+        return f"fused kernels are built only on POSIX systems (Linux, macOS), not on {os.name!r}"
+    version = re.match(r"(\d+)\.(\d+)", ort.__version__)
+    if version is None or tuple(int(part) for part in version.groups()) < MIN_ONNXRUNTIME:
+        return (f"onnxruntime {ort.__version__} is older than 1.17, the first whose custom ops can return errors "
+                f"(C API {ORT_API_VERSION})")
     return None
 
 
 def available() -> Availability:
-    """Whether fused kernels can be used: not disabled, a C++ compiler works, the cache folder is safe, and a
-    probe kernel builds and registers in this onnxruntime."""
-    disabled = disabled_reason()
-    if disabled:
-        return Availability(False, disabled)
-    from graphopt.native import cache, compiler  # here, not at import: kernel.py imports this module
-
+    """Whether fused kernels can be used: not turned off (`unsupported_reason`), a C++ compiler works, the cache
+    folder is safe, and a probe kernel builds and registers in this onnxruntime (once per compiler and folder)."""
+    unsupported = unsupported_reason()
+    if unsupported:
+        return Availability(False, unsupported)
     try:
-        found = compiler.find_compiler()
-        return _probe(found, str(cache.folder_path()), os.environ.get("CXX", ""))
+        found = find_compiler()
     except FusedBuildError as exc:
         return Availability(False, str(exc))
+    return _probe(found, str(cache.folder_path()))
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(found, folder: str, cxx: str) -> Availability:
-    from graphopt.native.kernel import compile_kernel
+def _probe(found: Compiler, folder: str) -> Availability:
+    from graphopt.native.kernel import compile_kernel  # here: kernel.py imports this module
 
     try:
         compile_kernel(PROBE).session_options()

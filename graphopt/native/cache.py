@@ -24,7 +24,6 @@ Only the current user can write into such a folder, so nothing can change betwee
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import stat
@@ -100,6 +99,8 @@ def publish(built: Path, library: Path) -> None:
 @contextlib.contextmanager
 def build_lock(folder: Path):
     """Held while a library is built and published: by one thread of this process, and one process (``flock``)."""
+    import fcntl  # POSIX only, like the rest of the native layer (`availability.unsupported_reason`)
+
     with _thread_lock:
         descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:

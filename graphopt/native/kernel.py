@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from graphopt.native import cache
-from graphopt.native.availability import disabled_reason
+from graphopt.native.availability import unsupported_reason
 from graphopt.native.build import build_library
 from graphopt.native.errors import FusedBuildError, UnsafeCacheError
 
@@ -57,12 +57,12 @@ class Kernel:
 def compile_kernel(fragment: str) -> Kernel:
     """Build (or find in the cache) the custom-op library for a kernel fragment (see FUSED_CONTRACT.md).
 
-    Raises `FusedBuildError` when fused kernels are disabled or the fragment does not compile (the message
-    carries the compiler's), `UnsafeCacheError` when the cache folder is not safe to load from.
+    Raises `FusedBuildError` when fused kernels are off (`unsupported_reason`) or the fragment does not compile
+    (the message carries the compiler's), `UnsafeCacheError` when the cache folder is not safe to load from.
     """
-    disabled = disabled_reason()
-    if disabled:
-        raise FusedBuildError(f"fused kernels are disabled: {disabled}")
+    unsupported = unsupported_reason()
+    if unsupported:
+        raise FusedBuildError(f"fused kernels are off: {unsupported}")
     match = _OP_NAME.search(fragment)
     if match is None:
         raise FusedBuildError('the kernel fragment defines no GRAPHOPT_OP_NAME (#define GRAPHOPT_OP_NAME "Fused_...")')
