@@ -58,10 +58,10 @@ def trusted_folder() -> Path:
         raise UnsafeCacheError(f"cannot create the fused-kernel cache folder {folder}: {exc}") from exc
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeCacheError(f"the fused-kernel cache {folder} is not a directory")
-    problem = _ownership_problem(info)
-    if problem:
+    unsafe = _ownership_problem(info)
+    if unsafe:
         raise UnsafeCacheError(
-            f"refusing the fused-kernel cache folder {folder}: it {problem}; libraries in it could have been written "
+            f"refusing the fused-kernel cache folder {folder}: it {unsafe}; libraries in it could have been written "
             "by another user. Use a folder only you can write (chmod 700), or set GRAPHOPT_CACHE to one")
     return folder.resolve()
 
