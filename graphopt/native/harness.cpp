@@ -1,0 +1,219 @@
+// The harness that turns a kernel fragment into an ONNX Runtime custom-op library (see FUSED_CONTRACT.md).
+//
+// graphopt/native/build.py compiles one translation unit: a prelude of standard headers, the fragment (which
+// defines GRAPHOPT_OP_NAME, graphopt_num_inputs/outputs, graphopt_input/output_types,
+// graphopt_elementwise_inputs and graphopt_kernel, or GRAPHOPT_REDUCTION and graphopt_reduce), then this file.
+// The library exports one symbol, RegisterCustomOps, which registers the one op GRAPHOPT_OP_NAME in domain
+// "ai.graphopt.fused". Every failure is returned as an OrtStatus: no C++ exception crosses the C boundary.
+
+#include <stdio.h>
+
+#include <new>
+
+#include "ort_api.h"
+
+#define GRAPHOPT_DOMAIN "ai.graphopt.fused"
+#define GRAPHOPT_EXPORT extern "C" __attribute__((visibility("default")))
+
+static_assert(graphopt_num_inputs >= 1 && graphopt_num_outputs >= 1, "a fused op has inputs and outputs");
+static_assert(graphopt_elementwise_inputs >= 1 && graphopt_elementwise_inputs <= graphopt_num_inputs,
+              "input 0 is the elementwise tensor whose shape the outputs take");
+static_assert(sizeof(graphopt_input_types) / sizeof(int) == graphopt_num_inputs, "one type per input");
+static_assert(sizeof(graphopt_output_types) / sizeof(int) == graphopt_num_outputs, "one type per output");
+#ifdef GRAPHOPT_REDUCTION
+static_assert(graphopt_num_outputs == 1, "a reduction has one output, a 0-d double");
+#endif
+
+namespace {
+
+const int kMaxRank = 64;
+
+struct Kernel {
+  const OrtApi* api;
+};
+
+// An error status whose message names the op, formatted like printf.
+template <typename... Args>
+OrtStatus* error(const OrtApi* api, OrtErrorCode code, const char* format, Args... args) {
+  char message[512];
+  int used = snprintf(message, sizeof message, "graphopt fused op %s (domain %s): ", GRAPHOPT_OP_NAME,
+                      GRAPHOPT_DOMAIN);
+  if (used > 0 && used < (int)sizeof message) snprintf(message + used, sizeof message - used, format, args...);
+  return api->CreateStatus(code, message);
+}
+
+// Element type, element count and shape of a tensor value (the shape only when `dims` is given).
+OrtStatus* describe(const OrtApi* api, const OrtValue* value, ONNXTensorElementDataType* type, size_t* count,
+                    int64_t* dims, size_t* rank) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  OrtStatus* status = api->GetTensorTypeAndShape(value, &info);
+  if (!status) status = api->GetTensorElementType(info, type);
+  if (!status) status = api->GetTensorShapeElementCount(info, count);
+  if (!status && dims) status = api->GetDimensionsCount(info, rank);
+  if (!status && dims && *rank > (size_t)kMaxRank) {
+    status = error(api, ORT_INVALID_ARGUMENT, "input 0 has rank %zu; at most %d is supported", *rank, kMaxRank);
+  }
+  if (!status && dims) status = api->GetDimensions(info, dims, *rank);
+  if (info) api->ReleaseTensorTypeAndShapeInfo(info);
+  return status;
+}
+
+// Reads the inputs' data pointers after checking their types, that every elementwise input has the element
+// count n of input 0, and that every scalar input holds one element.
+OrtStatus* gather_inputs(const OrtApi* api, OrtKernelContext* context, const void** in, int64_t* n, int64_t* dims,
+                         size_t* rank) {
+  for (int k = 0; k < graphopt_num_inputs; ++k) {
+    const OrtValue* value = nullptr;
+    OrtStatus* status = api->KernelContext_GetInput(context, (size_t)k, &value);
+    if (status) return status;
+    if (!value) return error(api, ORT_INVALID_ARGUMENT, "input %d is missing", k);
+    ONNXTensorElementDataType type;
+    size_t count = 0;
+    status = describe(api, value, &type, &count, k == 0 ? dims : nullptr, rank);
+    if (status) return status;
+    if ((int)type != graphopt_input_types[k]) {
+      return error(api, ORT_INVALID_ARGUMENT, "input %d has element type %d, expected %d (ONNX TensorProto codes)",
+                   k, (int)type, graphopt_input_types[k]);
+    }
+    if (k == 0) {
+      *n = (int64_t)count;
+    } else if (k < graphopt_elementwise_inputs && (int64_t)count != *n) {
+      return error(api, ORT_INVALID_ARGUMENT,
+                   "elementwise input %d has %zu elements but input 0 has %lld; all %d elementwise inputs of a fused "
+                   "update must have the same number of elements",
+                   k, count, (long long)*n, graphopt_elementwise_inputs);
+    } else if (k >= graphopt_elementwise_inputs && count != 1) {
+      return error(api, ORT_INVALID_ARGUMENT, "scalar input %d has %zu elements, expected 1", k, count);
+    }
+    void* data = nullptr;
+    status = api->GetTensorMutableData(const_cast<OrtValue*>(value), &data);
+    if (status) return status;
+    in[k] = data;
+  }
+  return nullptr;
+}
+
+// The output's data pointer: the buffer IOBinding provided when there is one (so an output bound onto an input
+// is updated in place), else one ONNX Runtime allocates.
+OrtStatus* output_data(const OrtApi* api, OrtKernelContext* context, int k, const int64_t* dims, size_t rank,
+                       void** data) {
+  OrtValue* value = nullptr;
+  OrtStatus* status = api->KernelContext_GetOutput(context, (size_t)k, dims, rank, &value);
+  if (status) return status;
+  if (!value) return error(api, ORT_FAIL, "onnxruntime gave no buffer for output %d", k);
+  return api->GetTensorMutableData(value, data);
+}
+
+OrtStatus* compute(const OrtApi* api, OrtKernelContext* context) {
+  const void* in[graphopt_num_inputs];
+  void* out[graphopt_num_outputs];
+  int64_t n = 0;
+  int64_t dims[kMaxRank];
+  size_t rank = 0;
+  OrtStatus* status = gather_inputs(api, context, in, &n, dims, &rank);
+  if (status) return status;
+#ifdef GRAPHOPT_REDUCTION
+  status = output_data(api, context, 0, dims, 0, &out[0]);  // a 0-d output
+  if (status) return status;
+  *static_cast<double*>(out[0]) = graphopt_reduce(0, n, in);
+#else
+  for (int k = 0; k < graphopt_num_outputs; ++k) {
+    status = output_data(api, context, k, dims, rank, &out[k]);
+    if (status) return status;
+  }
+  graphopt_kernel(0, n, in, out);
+#endif
+  return nullptr;
+}
+
+// ---- the OrtCustomOp callbacks ----
+
+OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo*, void** kernel) {
+  Kernel* made = new (std::nothrow) Kernel{api};
+  if (!made) return api->CreateStatus(ORT_FAIL, "graphopt fused op: out of memory creating the kernel");
+  *kernel = made;
+  return nullptr;
+}
+
+void* create_kernel_v1(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo*) {
+  return new (std::nothrow) Kernel{api};  // never called: onnxruntime >= 1.17 uses CreateKernelV2
+}
+
+OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {
+  const OrtApi* api = static_cast<Kernel*>(kernel)->api;
+  try {
+    return compute(api, context);
+  } catch (...) {
+    return error(api, ORT_RUNTIME_EXCEPTION, "unexpected C++ exception in the kernel");
+  }
+}
+
+void kernel_compute_v1(void*, OrtKernelContext*) {}  // never called: onnxruntime >= 1.17 uses KernelComputeV2
+
+void kernel_destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+
+const char* op_name(const OrtCustomOp*) { return GRAPHOPT_OP_NAME; }
+const char* op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+size_t input_count(const OrtCustomOp*) { return graphopt_num_inputs; }
+size_t output_count(const OrtCustomOp*) { return graphopt_num_outputs; }
+
+ONNXTensorElementDataType input_type(const OrtCustomOp*, size_t index) {
+  return (ONNXTensorElementDataType)graphopt_input_types[index];
+}
+
+ONNXTensorElementDataType output_type(const OrtCustomOp*, size_t index) {
+  return (ONNXTensorElementDataType)graphopt_output_types[index];
+}
+
+OrtCustomOpInputOutputCharacteristic required(const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; }
+OrtMemType default_memory(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int one(const OrtCustomOp*) { return 1; }
+
+const OrtCustomOp the_op = {
+    GRAPHOPT_ORT_API_VERSION,
+    create_kernel_v1,
+    op_name,
+    op_provider,
+    input_type,
+    input_count,
+    output_type,
+    output_count,
+    kernel_compute_v1,
+    kernel_destroy,
+    required,
+    required,
+    default_memory,
+    one,
+    one,
+    one,
+    one,
+    create_kernel,
+    kernel_compute,
+    nullptr,  // InferOutputShapeFn: none, ONNX Runtime's type inference from the declared types suffices
+    nullptr,  // GetStartVersion: since version 1 of the domain
+    nullptr,  // GetEndVersion: no end
+};
+
+}  // namespace
+
+// Called by ONNX Runtime when a session options object registers this library. The domain is never released:
+// ONNX Runtime requires it to outlive every session created from those options, which the library cannot
+// know, and it is a few hundred bytes per registration.
+GRAPHOPT_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(GRAPHOPT_ORT_API_VERSION);
+  if (!api) {
+    const OrtApi* oldest = base->GetApi(1);
+    if (!oldest) return nullptr;  // cannot even report the error; nothing is registered
+    char message[256];
+    snprintf(message, sizeof message,
+             "graphopt fused op %s needs onnxruntime >= 1.17 (C API version %d); this onnxruntime is %s",
+             GRAPHOPT_OP_NAME, GRAPHOPT_ORT_API_VERSION, base->GetVersionString());
+    return oldest->CreateStatus(ORT_FAIL, message);
+  }
+  OrtCustomOpDomain* domain = nullptr;
+  OrtStatus* status = api->CreateCustomOpDomain(GRAPHOPT_DOMAIN, &domain);
+  if (!status) status = api->CustomOpDomain_Add(domain, &the_op);
+  if (!status) status = api->AddCustomOpDomain(options, domain);
+  if (status && domain) api->ReleaseCustomOpDomain(domain);
+  return status;
+}
