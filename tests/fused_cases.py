@@ -9,7 +9,7 @@ from graphopt.optim import schedules as S
 GRADIENT_OPTIONS = [
     dict(),
     dict(scale=2.0, clip_norm=1.5, maximize=True),
-    dict(clip_value=0.4),
+    dict(clip_value=0.4, clip_norm=0.8),
 ]
 
 SETTINGS = {

@@ -19,8 +19,9 @@ import pytest
 
 COMPILER = shutil.which("g++") or shutil.which("c++")
 needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) on this machine")
-FLAGS = ["-std=c++17", "-O2", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC", "-Wall", "-Wextra",
-         "-Werror"]
+FLAGS = ("-O2", "-fno-math-errno", "-ffp-contract=off")
+NATIVE_FLAGS = ("-O3", "-march=native", "-fno-math-errno")  # the native harness's, contraction left on
+COMMON = ["-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"]
 
 WRAPPER = """
 extern "C" {
@@ -50,17 +51,18 @@ void graphopt_test_kernel(int64_t begin, int64_t end, const void* const* in, voi
 
 DTYPES = {1: np.float32, 11: np.float64, 9: np.bool_, 7: np.int64}
 _BUILD = Path(tempfile.mkdtemp(prefix="graphopt_fused_test_"))
-_LOADED: dict[str, "Kernel"] = {}
+_LOADED: dict[tuple, "Kernel"] = {}
 
 
 class Kernel:
     """A compiled fragment: its declared signature, and `run` / `reduce` on numpy arrays."""
 
-    def __init__(self, fragment: str):
-        key = hashlib.sha256(fragment.encode()).hexdigest()[:20]
+    def __init__(self, fragment: str, flags: tuple[str, ...] = FLAGS):
+        key = hashlib.sha256((fragment + " ".join(flags)).encode()).hexdigest()[:20]
         source, library = _BUILD / f"{key}.cpp", _BUILD / f"{key}.so"
         source.write_text(fragment + WRAPPER)
-        result = subprocess.run([COMPILER, *FLAGS, str(source), "-o", str(library)], capture_output=True, text=True)
+        result = subprocess.run([COMPILER, *COMMON, *flags, str(source), "-o", str(library)], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise AssertionError(f"the fragment does not compile:\n{result.stderr}\n{fragment}")
         self.lib = ctypes.CDLL(str(library))
@@ -96,7 +98,8 @@ class Kernel:
                                              self._pointers(inputs, self.input_types))
 
 
-def compiled(fragment: str) -> Kernel:
-    if fragment not in _LOADED:
-        _LOADED[fragment] = Kernel(fragment)
-    return _LOADED[fragment]
+def compiled(fragment: str, flags: tuple[str, ...] = FLAGS) -> Kernel:
+    """The fragment compiled with ``flags`` (once per fragment and flags)."""
+    if (fragment, flags) not in _LOADED:
+        _LOADED[fragment, flags] = Kernel(fragment, flags)
+    return _LOADED[fragment, flags]

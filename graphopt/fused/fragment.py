@@ -6,6 +6,10 @@ fragment (``GRAPHOPT_REDUCTION``) defines ``graphopt_reduce``: per row of ``K`` 
 chunked model's rows; ranges start on a row), the squares are summed in the tensors' type, the
 row's statements run on that sum, and the row results are added up in double.
 
+Both are compiled without floating-point contraction whatever the flags (``GRAPHOPT_STRICT_FP``, GCC's
+``optimize("fp-contract=off")``; clang's ``#pragma clang fp contract(off)``), so ``a * b + c`` rounds the
+product as ONNX Runtime does.
+
 ``GRAPHOPT_OP_NAME`` is ``Fused_`` and the first 16 hex digits of the SHA-256 of the rest of the text.
 """
 
@@ -20,7 +24,19 @@ from graphopt.fused.body import ELEMENT, ROW, UNIFORM, Body
 from graphopt.fused.cpp import cpp_type, literal
 from graphopt.fused.ops import HELPERS
 
-PRELUDE = "#include <cmath>\n#include <cstdint>\n#include <limits>\n\n"
+PRELUDE = """\
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+// No a * b + c contracted to an FMA, whatever the compiler's flags: ONNX Runtime rounds the product.
+#if defined(__GNUC__) && !defined(__clang__)
+#define GRAPHOPT_STRICT_FP __attribute__((optimize("fp-contract=off")))
+#else
+#define GRAPHOPT_STRICT_FP
+#endif
+
+"""
 
 
 def render(body: Body, *, reduction: bool) -> tuple[str, str]:
@@ -44,9 +60,11 @@ def render(body: Body, *, reduction: bool) -> tuple[str, str]:
 
 def _function(body: Body, reduction: bool) -> list[str]:
     if reduction:
-        head = ["static double graphopt_reduce(int64_t begin, int64_t end, const void* const* in) {"]
+        head = ["GRAPHOPT_STRICT_FP static double graphopt_reduce(int64_t begin, int64_t end, const void* const* in) {"]
     else:
-        head = ["static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, void* const* out) {"]
+        head = ["GRAPHOPT_STRICT_FP static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, "
+                "void* const* out) {"]
+    head += ["#if defined(__clang__)", "#pragma clang fp contract(off)", "#endif"]
     lines = head + _reads(body, reduction)
     lines += [f"  {s}" for s in body.statements[UNIFORM]]
     return lines + (_reduce_loop(body) if reduction else _element_loop(body)) + ["}"]

@@ -14,8 +14,12 @@ Sqrt Abs Neg Floor     ``std::sqrt`` (correctly rounded, as ORT's), ``std::fabs`
 Ceil Reciprocal        ``std::ceil``, ``1 / a``
 Sign                   ``1`` / ``-1`` for positive / negative, ``+0`` for either zero, NaN for NaN
 Clip                   ``t = x < lo ? lo : x; hi < t ? hi : t``: NaN ``x`` stays NaN, a NaN bound is
-                       ignored, an absent bound is no bound
-Where                  ``c ? a : b``
+                       ignored, an absent bound is the type's ``lowest()`` / ``max()`` (as ORT's: so
+                       ``-inf`` clips to ``lowest()``)
+Where                  ``c ? a : b``, except that a zero ``a`` gives ``+0``: ORT selects ``a`` or 0 and
+                       ``b`` or 0 and keeps the first selection unless it is zero, so ``-0`` from
+                       ``a`` becomes ``+0``; with a scalar ``c``, an element-wise ``a`` and a scalar
+                       ``b`` the roles swap (``-0`` from ``b`` becomes ``+0``)
 IsInf IsNaN            ``detect_positive`` / ``detect_negative`` honoured
 Less Greater Equal     IEEE comparisons (false with a NaN operand), bool results
 LessOrEqual ...        ``GreaterOrEqual`` too
@@ -23,10 +27,12 @@ And Or Xor Not         on bools
 Cast                   ``static_cast`` between float, double, bool, int64 (float -> bool: NaN is
                        true, as ORT's ``static_cast``)
 Gemm                   on ``[1, 1]`` ``A`` and ``[1, K]`` (or, with ``transB``, ``[K, 1]``) ``B``:
-                       ``p = a * b`` (double: ``p + 0.0`` after, as MLAS accumulates from ``+0``, so
-                       ``-0`` products give ``+0``); ``fma(alpha, p, beta * c)`` with ``alpha``,
-                       ``beta`` the float32 attributes (``p + c`` when both are 1, ``beta * c``
-                       left out when ``beta`` is 0, as ORT skips ``C``)
+                       ``p = a * b``, then ``p + 0.0`` (MLAS accumulates from ``+0``, so a ``-0``
+                       product gives ``+0``) except for float with ``alpha = beta = 1``, a ``C`` and
+                       neither operand transposed;
+                       ``y = fma(alpha, p, beta * c)`` with ``alpha``, ``beta`` the float32
+                       attributes (``p + c`` when ``alpha`` is 1; ``alpha * p`` without ``C`` or when
+                       ``beta`` is 0, as ORT skips ``C`` then)
 Pow                    ORT's: a scalar exponent of 2 or 3 is ``x * x`` / ``x * x * x``, any
                        other ``std::pow`` in the tensor type
 Identity               ``a``
@@ -48,20 +54,23 @@ from graphopt.fused.errors import NotFusable
 BOOL = TensorProto.BOOL
 
 HELPERS = """\
-template <typename T> static inline T graphopt_max(T a, T b) {
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_max(T a, T b) {
   return std::isnan(a) ? a : std::isnan(b) ? b : (a > b ? a : b);
 }
-template <typename T> static inline T graphopt_min(T a, T b) {
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_min(T a, T b) {
   return std::isnan(a) ? a : std::isnan(b) ? b : (a < b ? a : b);
 }
-template <typename T> static inline T graphopt_sign(T x) {
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_sign(T x) {
   return x > T(0) ? T(1) : x < T(0) ? T(-1) : x == T(0) ? T(0) : x;
 }
-template <typename T> static inline T graphopt_clip(T x, T lo, T hi) {
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_clip(T x, T lo, T hi) {
   const T t = x < lo ? lo : x;
   return hi < t ? hi : t;
 }
-template <typename T> static inline T graphopt_pow(T x, T y) {
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_where(bool c, T x, T y) {
+  return c ? (x == T(0) ? T(0) : x) : y;
+}
+template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_pow(T x, T y) {
   return y == T(2) ? x * x : y == T(3) ? x * x * x : static_cast<T>(std::pow(x, y));
 }
 """
@@ -178,8 +187,8 @@ def _clip(node, operands):
     elem_type = _same_type(node, operands)
     ctype = cpp_type(elem_type, describe(node))
     low, high = (list(operands[1:]) + [None, None])[:2]
-    low_expr = low.expr if low is not None else f"(-std::numeric_limits<{ctype}>::infinity())"
-    high_expr = high.expr if high is not None else f"std::numeric_limits<{ctype}>::infinity()"
+    low_expr = low.expr if low is not None else f"std::numeric_limits<{ctype}>::lowest()"
+    high_expr = high.expr if high is not None else f"std::numeric_limits<{ctype}>::max()"
     return f"graphopt_clip<{ctype}>({operands[0].expr}, {low_expr}, {high_expr})", elem_type
 
 
@@ -189,7 +198,13 @@ def _where(node, operands):
     if operands[0].elem_type != BOOL:
         raise NotFusable(f"{describe(node)}: the condition must be bool")
     elem_type = _same_type(node, operands[1:], floats_only=False)
-    return f"({operands[0].expr} ? {operands[1].expr} : {operands[2].expr})", elem_type
+    c, a, b = operands
+    if elem_type == BOOL:
+        return f"({c.expr} ? {a.expr} : {b.expr})", elem_type
+    ctype = cpp_type(elem_type, describe(node))
+    if c.size == 1 and a.size != 1 and b.size == 1:  # ORT merges b's selection first here
+        return f"graphopt_where<{ctype}>(!{c.expr}, {b.expr}, {a.expr})", elem_type
+    return f"graphopt_where<{ctype}>({c.expr}, {a.expr}, {b.expr})", elem_type
 
 
 @translation("IsInf")
@@ -256,17 +271,18 @@ def _gemm(node, operands):
         raise NotFusable(f"{describe(node)}: fused kernels take Gemm with a [1, 1] A operand only")
     alpha = float(np.float32(_attr(node, "alpha", 1.0)))
     beta = float(np.float32(_attr(node, "beta", 1.0)))
-    product = f"({a.expr} * {b.expr})"
-    if elem_type == TensorProto.DOUBLE:
-        product = f"({product} + {literal(0.0, elem_type)})"  # MLAS's accumulator starts at +0
-    if len(operands) == 2 or beta == 0.0:
-        addend = None
-    else:
+    addend = None
+    if len(operands) == 3 and beta != 0.0:  # ORT skips C when beta is 0
         addend = operands[2].expr if beta == 1.0 else f"({literal(beta, elem_type)} * {operands[2].expr})"
+    product = f"({a.expr} * {b.expr})"
+    transposed = _attr(node, "transA", 0) or _attr(node, "transB", 0)
+    if elem_type == TensorProto.DOUBLE or transposed or not (alpha == 1.0 and beta == 1.0 and addend is not None):
+        product = f"({product} + {literal(0.0, elem_type)})"  # MLAS's accumulator starts at +0 here
+    if addend is None:
+        return (product if alpha == 1.0 else f"({literal(alpha, elem_type)} * {product})"), elem_type
     if alpha == 1.0:
-        return (product if addend is None else f"({product} + {addend})"), elem_type
-    zero = literal(0.0, elem_type)
-    return f"std::fma({literal(alpha, elem_type)}, {product}, {addend if addend is not None else zero})", elem_type
+        return f"({product} + {addend})", elem_type
+    return f"std::fma({literal(alpha, elem_type)}, {product}, {addend})", elem_type
 
 
 @translation("Pow")
