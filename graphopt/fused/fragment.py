@@ -1,0 +1,129 @@
+"""The kernel fragment of a translated body: C++17 text per /work/FUSED_CONTRACT.md.
+
+An element-wise fragment defines ``graphopt_kernel``: per element, every input is loaded, the body's
+statements run on locals, then every output is stored, so an output may alias an input. A reduction
+fragment (``GRAPHOPT_REDUCTION``) defines ``graphopt_reduce``: per row of ``K`` elements (the
+chunked model's rows; ranges start on a row), the squares are summed in the tensors' type, the
+row's statements run on that sum, and the row results are added up in double.
+
+Both are compiled without floating-point contraction whatever the flags (``GRAPHOPT_STRICT_FP``, GCC's
+``optimize("fp-contract=off")``; clang's ``#pragma clang fp contract(off)``), so ``a * b + c`` rounds the
+product as ONNX Runtime does.
+
+``GRAPHOPT_OP_NAME`` is ``Fused_`` and the first 16 hex digits of the SHA-256 of the rest of the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from onnx import TensorProto
+
+from graphopt.fused.body import ELEMENT, ROW, UNIFORM, Body
+from graphopt.fused.cpp import cpp_type, literal
+from graphopt.fused.ops import HELPERS
+
+PRELUDE = """\
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+// No a * b + c contracted to an FMA, whatever the compiler's flags: ONNX Runtime rounds the product.
+#if defined(__GNUC__) && !defined(__clang__)
+#define GRAPHOPT_STRICT_FP __attribute__((optimize("fp-contract=off")))
+#else
+#define GRAPHOPT_STRICT_FP
+#endif
+
+"""
+
+
+def render(body: Body, *, reduction: bool) -> tuple[str, str]:
+    """``(fragment text, op name)`` of ``body``."""
+    inputs = [t for _, t in body.elementwise] + [t for _, t in body.scalars]
+    outputs = [TensorProto.DOUBLE] if reduction else [t for _, t, _ in body.outputs]
+    lines = [
+        f"static const int graphopt_num_inputs = {len(inputs)};",
+        f"static const int graphopt_num_outputs = {len(outputs)};",
+        f"static const int graphopt_input_types[] = {{{', '.join(map(str, inputs))}}};",
+        f"static const int graphopt_output_types[] = {{{', '.join(map(str, outputs))}}};",
+        f"static const int graphopt_elementwise_inputs = {len(body.elementwise)};",
+        "",
+    ]
+    if reduction:
+        lines.insert(0, "#define GRAPHOPT_REDUCTION 1")
+    rest = PRELUDE + "\n".join(lines) + "\n" + HELPERS + "\n" + "\n".join(_function(body, reduction)) + "\n"
+    name = "Fused_" + hashlib.sha256(rest.encode()).hexdigest()[:16]
+    return f'#define GRAPHOPT_OP_NAME "{name}"\n' + rest, name
+
+
+def _function(body: Body, reduction: bool) -> list[str]:
+    if reduction:
+        head = ["GRAPHOPT_STRICT_FP static double graphopt_reduce(int64_t begin, int64_t end, const void* const* in) {"]
+    else:
+        head = ["GRAPHOPT_STRICT_FP static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, "
+                "void* const* out) {"]
+    head += ["#if defined(__clang__)", "#pragma clang fp contract(off)", "#endif"]
+    lines = head + _reads(body, reduction)
+    lines += [f"  {s}" for s in body.statements[UNIFORM]]
+    return lines + (_reduce_loop(body) if reduction else _element_loop(body)) + ["}"]
+
+
+def _used(body: Body) -> set[int]:
+    """The element-wise inputs some statement or output reads (the others are not loaded)."""
+    text = " ".join([*body.statements[ELEMENT], *body.statements[ROW], *(local for _, _, local in body.outputs),
+                     body.reduction.operand if body.reduction else ""])
+    return {int(k) for k in re.findall(r"\bx(\d+)\b", text)}
+
+
+def _reads(body: Body, reduction: bool) -> list[str]:
+    lines = []
+    used = _used(body)
+    for k, (_, elem_type) in enumerate(body.elementwise):
+        if k not in used:
+            continue
+        ctype = cpp_type(elem_type, "input")
+        lines.append(f"  const {ctype}* const in{k} = static_cast<const {ctype}*>(in[{k}]);")
+    offset = len(body.elementwise)
+    for j, (_, elem_type) in enumerate(body.scalars):
+        ctype = cpp_type(elem_type, "input")
+        lines.append(f"  const {ctype} s{j} = *static_cast<const {ctype}*>(in[{offset + j}]);")
+    if not reduction:
+        for k, (_, elem_type, _) in enumerate(body.outputs):
+            ctype = cpp_type(elem_type, "output")
+            lines.append(f"  {ctype}* const out{k} = static_cast<{ctype}*>(out[{k}]);")
+    return lines
+
+
+def _loads(body: Body, indent: str) -> list[str]:
+    used = _used(body)
+    return [f"{indent}const {cpp_type(t, 'input')} x{k} = in{k}[i];" for k, (_, t) in enumerate(body.elementwise)
+            if k in used]
+
+
+def _element_loop(body: Body) -> list[str]:
+    lines = ["  for (int64_t i = begin; i < end; ++i) {"] + _loads(body, "    ")
+    lines += [f"    {s}" for s in body.statements[ELEMENT]]
+    lines += [f"    out{k}[i] = {local};" for k, (_, _, local) in enumerate(body.outputs)]
+    return lines + ["  }"]
+
+
+def _reduce_loop(body: Body) -> list[str]:
+    reduction = body.reduction
+    ctype = cpp_type(reduction.elem_type, "ReduceSumSquare")
+    (_, _, result) = body.outputs[0]
+    k = body.row_length
+    lines = [
+        "  double graphopt_total = 0.0;",
+        f"  for (int64_t row = begin; row < end; row += {k}) {{",
+        f"    const int64_t row_end = end - row < {k} ? end : row + {k};",
+        f"    {ctype} graphopt_sum = {literal(0.0, reduction.elem_type)};",
+        "    for (int64_t i = row; i < row_end; ++i) {",
+    ]
+    lines += _loads(body, "      ") + [f"      {s}" for s in body.statements[ELEMENT]]
+    lines += [f"      graphopt_sum += {reduction.operand} * {reduction.operand};", "    }"]
+    lines += [f"    const {ctype} {reduction.local} = graphopt_sum;"]
+    lines += [f"    {s}" for s in body.statements[ROW]]
+    lines += [f"    graphopt_total += static_cast<double>({result});", "  }", "  return graphopt_total;"]
+    return lines
