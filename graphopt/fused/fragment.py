@@ -36,6 +36,12 @@ PRELUDE = """\
 #define GRAPHOPT_STRICT_FP
 #endif
 
+// Iterations are independent and an output may alias an input only at the same index: let the
+// compiler vectorize without a run-time alias check (graphopt.native's prelude defines it).
+#ifndef GRAPHOPT_VECTORIZE
+#define GRAPHOPT_VECTORIZE
+#endif
+
 """
 
 
@@ -103,7 +109,7 @@ def _loads(body: Body, indent: str) -> list[str]:
 
 
 def _element_loop(body: Body) -> list[str]:
-    lines = ["  for (int64_t i = begin; i < end; ++i) {"] + _loads(body, "    ")
+    lines = ["  GRAPHOPT_VECTORIZE", "  for (int64_t i = begin; i < end; ++i) {"] + _loads(body, "    ")
     lines += [f"    {s}" for s in body.statements[ELEMENT]]
     lines += [f"    out{k}[i] = {local};" for k, (_, _, local) in enumerate(body.outputs)]
     return lines + ["  }"]

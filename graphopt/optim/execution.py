@@ -30,10 +30,12 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from graphopt import names
+from graphopt.fused.runtime import fused_update
 from graphopt.update.chunked import (
     GRADS,
     PARAMS,
     SUM_OF_SQUARES,
+    ChunkedModels,
     ChunkedSpec,
     NotChunkable,
     build_chunked,
@@ -103,12 +105,20 @@ class Executor:
             except NotChunkable:
                 self._chunked[spec] = None
             else:
-                update = self.runtime.compile(models.update, intra_op_threads=1, keep_optimized=True)
-                reduce = None if models.reduce is None else self.runtime.compile(models.reduce, intra_op_threads=1)
-                pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
-                safe = proven_in_place(models.update, update, pairs)
-                self._chunked[spec] = (update, reduce, safe)
+                self._chunked[spec] = self._compile_chunked(spec, models)
         return self._chunked[spec]
+
+    def _compile_chunked(self, spec: ChunkedSpec, models: ChunkedModels) -> tuple:
+        """``(update, reduce, in-place pairs)``: the fused kernels where `fused_update` gives them, else
+        the standard operators."""
+        fused = fused_update(self.runtime, models)
+        update_model, update_kernel, reduce_model, reduce_kernel = \
+            (models.update, None, models.reduce, None) if fused is None else fused
+        update = self.runtime.compile(update_model, intra_op_threads=1, keep_optimized=True, kernel=update_kernel)
+        reduce = None if reduce_model is None else self.runtime.compile(reduce_model, intra_op_threads=1,
+                                                                          kernel=reduce_kernel)
+        pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
+        return update, reduce, proven_in_place(update_model, update, pairs)
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
         """The compiled update of exactly ``spec`` (the functional forms' cache)."""

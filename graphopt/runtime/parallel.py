@@ -63,10 +63,17 @@ class RowParallel:
     def _bind(self, rows, scalars, results, k: int, span: slice) -> ort.IOBinding:
         binding = self.executable.session.io_binding()
         for name in self.executable.input_names:
-            bind_input(binding, name, rows[name][span] if name in rows else scalars[name])
+            bind_input(binding, name, self._range(rows, name, span) if name in rows else scalars[name])
         for name in self.executable.output_names:
-            bind_output(binding, name, results[name][k] if name in results else rows[name][span])
+            bind_output(binding, name, results[name][k] if name in results else self._range(rows, name, span))
         return binding
+
+    def _range(self, rows, name: str, span: slice):
+        """Rows ``span`` of buffer ``name``, flattened where the model takes it as one dimension (a fused
+        kernel's ``[n]`` buffers; the standard update's are ``[rows, 1, K]``)."""
+        view = rows[name][span]
+        arg = self.executable.inputs.get(name) or self.executable.outputs.get(name)
+        return view.reshape(-1) if arg is not None and len(arg.shape) == 1 else view
 
     def run(self) -> None:
         """Run every range, the last one on the calling thread; re-raise the first error."""

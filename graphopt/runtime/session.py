@@ -28,6 +28,7 @@ class Executable:
         self.session = session
         self.optimized = optimized
         self.inputs = {i.name: i for i in session.get_inputs()}  # name -> onnxruntime NodeArg (type, shape)
+        self.outputs = {o.name: o for o in session.get_outputs()}
         self.input_names = tuple(self.inputs)
         self.output_names = tuple(o.name for o in session.get_outputs())
 
@@ -78,20 +79,20 @@ class Runtime:
         self.sessions_built = 0
 
     def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False,
-                libraries: Sequence[str] = ()) -> Executable:
+                kernel: Any = None) -> Executable:
         """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
         is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`).
-        ``libraries`` are custom-op libraries the model's nodes need (graphopt's fused kernels)."""
+        ``kernel`` (a `graphopt.native.Kernel`) is the fused kernel the model's custom node needs."""
         serialized = model.SerializeToString()
         session = optimized = None
         if keep_optimized:
             try:
-                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads, libraries)
+                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads, kernel)
             except Exception:  # noqa: BLE001 - a provider that cannot save its graph: then nothing is proven
                 pass
         if session is None:
-            session = ort.InferenceSession(serialized, self._options(intra_op_threads, libraries),
+            session = ort.InferenceSession(serialized, self._options(intra_op_threads, kernel),
                                            providers=self.providers)
         wanted = provider_name(self.providers[0])
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
@@ -100,17 +101,15 @@ class Runtime:
         self.sessions_built += 1
         return Executable(session, optimized)
 
-    def _options(self, intra_op_threads: int, libraries: Sequence[str] = ()) -> ort.SessionOptions:
+    def _options(self, intra_op_threads: int, kernel: Any = None) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
-        for library in libraries:
-            options.register_custom_ops_library(library)
-        return options
+        return options if kernel is None else kernel.session_options(options)
 
-    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int, libraries: Sequence[str]):
+    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int, kernel: Any):
         """A session and the optimized graph it saved (large initializers left in a side file)."""
-        options = self._options(intra_op_threads, libraries)
+        options = self._options(intra_op_threads, kernel)
         with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
             options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")

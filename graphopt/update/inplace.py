@@ -22,7 +22,9 @@ built: its optimizers rewrite graphs (a ``Transpose`` pair cancels, ``Transpose`
 the update may then read the parameter itself, after the update wrote it.
 `proven_in_place` therefore checks both graphs: the model, and the optimized graph
 the session saved (`graphopt.runtime.Executable.optimized`). A writer of another
-domain (an ONNX Runtime fusion) is never taken to be elementwise.
+domain (an ONNX Runtime fusion) is never taken to be elementwise, except graphopt's fused
+kernels (domain ``ai.graphopt.fused``), which by construction read every input of element ``i``
+before writing any output of element ``i`` (`graphopt.fused`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ ELEMENTWISE = frozenset({
     "Pow", "Reciprocal", "Relu", "Sigmoid", "Sign", "Sqrt", "Sub", "Sum", "Tanh", "Where",
 })
 VIEW_LIKE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+FUSED_DOMAIN = "ai.graphopt.fused"  # graphopt.fused's kernels: elementwise by construction
 
 
 def in_place_pairs(graph: onnx.GraphProto, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -154,6 +157,8 @@ def implicit_inputs(node: onnx.NodeProto) -> set[str]:
 def _writes_elementwise(writer: onnx.NodeProto, aliases: set[str], output_name: str) -> bool:
     """Whether ``writer`` reads ``aliases`` only where writing ``output_name`` over them is safe."""
     positions = [k for k, name in enumerate(writer.input) if name in aliases]
+    if writer.domain == FUSED_DOMAIN:  # graphopt's own kernels read all of element i before writing element i
+        return True
     if writer.domain not in ("", "ai.onnx"):
         return False
     if writer.op_type == "Gemm":
