@@ -14,6 +14,7 @@ import pytest
 import graphopt
 from graphopt import names, optim
 from graphopt.checkpoint import load_state_dict, save_state_dict
+from graphopt.runtime import Runtime
 from graphopt.training import GradScaler, losses
 
 torch = pytest.importorskip("torch")
@@ -37,9 +38,9 @@ def _batches(n=14, bad=(4, 5, 9)):
     return batches
 
 
-def _trainer(module, **kwargs):
+def _trainer(module, fused=None, **kwargs):
     model = graphopt.from_torch(module, torch.zeros(6, 3), input_names=["x"], output_names=["y"])
-    return graphopt.Trainer(model, losses.mse("y"), optim.Adam(lr=0.01), **kwargs)
+    return graphopt.Trainer(model, losses.mse("y"), optim.Adam(lr=0.01, runtime=Runtime(fused=fused)), **kwargs)
 
 
 def _torch_run(module, batches):
@@ -57,9 +58,10 @@ def _torch_run(module, batches):
     return opt, scaler, scales, losses_
 
 
-def test_trainer_with_a_grad_scaler_matches_torch_amp_grad_scaler():
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-where-built", "in-the-step-graph"])
+def test_trainer_with_a_grad_scaler_matches_torch_amp_grad_scaler(fused):
     module = _module()
-    trainer = _trainer(module, grad_scaler=GradScaler(**SCALER))
+    trainer = _trainer(module, fused, grad_scaler=GradScaler(**SCALER))
     batches = _batches()
     opt, scaler, scales, torch_losses = _torch_run(module, batches)
     ours = []
@@ -79,10 +81,12 @@ def test_trainer_with_a_grad_scaler_matches_torch_amp_grad_scaler():
     assert trainer.state_dict()["grad_scaler"] == {**expected, "scale": float(expected["scale"])}
 
 
-def test_a_skipped_step_changes_no_parameter_state_or_step_count():
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-where-built", "in-the-step-graph"])
+def test_a_skipped_step_changes_no_parameter_state_or_step_count(fused):
     module = _module()
     model = graphopt.from_torch(module, torch.zeros(6, 3), input_names=["x"], output_names=["y"])
-    trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.1, momentum=0.9), skip_nonfinite=True)
+    trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.1, momentum=0.9, runtime=Runtime(fused=fused)),
+                               skip_nonfinite=True)
     (x, y), (bad, _) = _batches(2, bad=(1,))
     trainer.step({"x": x}, labels=y)
     before = trainer.state_dict()

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt import optim
+from graphopt.runtime import Runtime
 
 
 def regression_model(dtype=np.float64, seed=0) -> onnx.ModelProto:
@@ -38,26 +39,31 @@ def numpy_gradients(params, x, t):
     return {"W1": x.T @ dh, "b1": dh.sum(0), "W2": h.T @ dy}, float(np.mean(d * d))
 
 
+@pytest.mark.parametrize("fused", [None, False], ids=["fused-where-built", "one-graph"])
 @pytest.mark.parametrize("kind, kwargs", [("Adam", dict(lr=0.01, weight_decay=0.1)),
                                           ("SGD", dict(lr=0.1, momentum=0.9)),
                                           ("RMSprop", dict(lr=0.01, centered=True))])
-def test_trainer_step_equals_gradients_plus_optimizer_step(kind, kwargs):
+def test_trainer_step_equals_gradients_plus_optimizer_step(kind, kwargs, fused):
     model = regression_model()
-    trainer = graphopt.Trainer(model, loss="loss", optimizer=getattr(optim, kind)(**kwargs))
+    trainer = graphopt.Trainer(model, loss="loss",
+                               optimizer=getattr(optim, kind)(**kwargs, runtime=Runtime(fused=fused)))
     params = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     mirror = {n: graphopt.Parameter(v, name=n) for n, v in params.items()}
     reference = getattr(optim, kind)(list(mirror.values()), **kwargs)  # the facade, fed hand-made gradients
     rng = np.random.default_rng(1)
+    built = []
     for _ in range(5):
         x, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
         grads, expected_loss = numpy_gradients({n: p.data for n, p in mirror.items()}, x, t)
         assert trainer.step({"x": x, "t": t}) == pytest.approx(expected_loss, rel=1e-10)
+        built.append(trainer.optimizer.sessions_built)
         for name, p in mirror.items():
             p.grad = grads[name]
         reference.step()
     for name, p in trainer.parameters.items():
         np.testing.assert_allclose(p.data, mirror[name].data, rtol=1e-9, atol=1e-12)
-    assert trainer.optimizer.sessions_built == 1
+    # one graph (forward, backward, update), or the gradients then the fused update: built once
+    assert set(built) == {2 if trainer.fused_update else 1}
 
 
 def test_training_reduces_the_loss_and_lr_changes_do_not_recompile():
@@ -66,10 +72,11 @@ def test_training_reduces_the_loss_and_lr_changes_do_not_recompile():
     x = rng.standard_normal((32, 3)).astype(np.float32)
     t = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1).astype(np.float32)
     losses = [trainer.step({"x": x, "t": t}) for _ in range(60)]
+    built = trainer.optimizer.sessions_built
     trainer.optimizer.param_groups[0]["lr"] = 0.01
     losses += [trainer.step({"x": x, "t": t}) for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0]
-    assert trainer.optimizer.sessions_built == 1
+    assert trainer.optimizer.sessions_built == built == (2 if trainer.fused_update else 1)
     predicted = trainer.evaluate({"x": x, "t": t})
     assert predicted["loss"] == pytest.approx(float(np.mean((predicted["y"] - t) ** 2)), rel=1e-5)
 

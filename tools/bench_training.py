@@ -44,15 +44,21 @@ def mlp_model(dims: list[int], rng: np.random.Generator) -> onnx.ModelProto:
 
 def mlp_iteration_peers(dims: list[int], batch: int, threads: int) -> dict[str, Callable[[], None]]:
     """One Adam training iteration (forward, cross-entropy, backward, update) of the same MLP,
-    same weights, same batch: graphopt's Trainer and, when torch is importable, PyTorch eager mode
+    same weights, same batch: graphopt's Trainer (with its fused update where kernels are built here:
+    the gradients, then the fused kernel; and ``graphopt-one-call``, forward, backward and a
+    standard-operator update in one graph) and, when torch is importable, PyTorch eager mode
     with torch's default (for-loop) Adam and with its fused Adam."""
     rng = np.random.default_rng(0)
     model = mlp_model(dims, rng)
     x = rng.standard_normal((batch, dims[0])).astype(np.float32)
     y = rng.integers(0, dims[-1], batch).astype(np.int64)
-    trainer = graphopt.Trainer(model, losses.cross_entropy("logits"),
-                               optim.Adam(lr=1e-3, runtime=Runtime(threads=threads)))
-    runs = {"graphopt": lambda: trainer.step({"x": x}, labels=y)}
+    runs = {}
+    for name, fused in (("graphopt", None), ("graphopt-one-call", False)):  # fused update (where built), or not
+        trainer = graphopt.Trainer(model, losses.cross_entropy("logits"),
+                                   optim.Adam(lr=1e-3, runtime=Runtime(threads=threads, fused=fused)))
+        runs[name] = lambda trainer=trainer: trainer.step({"x": x}, labels=y)
+    if not runs["graphopt"].__defaults__[0].fused_update:
+        del runs["graphopt-one-call"]  # the same path twice
     if torch is None:
         return runs
     torch.set_num_threads(threads)

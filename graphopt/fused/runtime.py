@@ -30,14 +30,20 @@ class FusedUpdate(NamedTuple):
     reduce_kernel: native.Kernel | None
 
 
+def runs_fused(runtime) -> bool:
+    """Whether ``runtime``'s chunked updates are to run fused (before any is fused: the update may still
+    turn out `NotFusable`, and then runs on standard operators)."""
+    if runtime.fused is False or not runtime.device.is_host or runtime.device_buffers:
+        return False  # the kernels run on host memory that numpy owns
+    status = native.available()
+    if not status and runtime.fused:
+        native.warn_fallback(status.reason)
+    return bool(status)
+
+
 def fused_update(runtime, models: ChunkedModels) -> FusedUpdate | None:
     """``models`` fused and their kernels built, or None to run them as they are (see the module docstring)."""
-    if runtime.fused is False or not runtime.device.is_host or runtime.device_buffers:
-        return None  # the kernels run on host memory that numpy owns
-    status = native.available()
-    if not status:
-        if runtime.fused:
-            native.warn_fallback(status.reason)
+    if not runs_fused(runtime):
         return None
     try:
         fused = fuse(models)

@@ -49,6 +49,7 @@ from graphopt.preparation import (
     weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
+from graphopt.fused.runtime import runs_fused
 from graphopt.training.grad_scaler import GradScaler
 from graphopt.training.info import with_training_info
 from graphopt.training.step import build_gradients, build_training_step, trainable_as_inputs
@@ -156,6 +157,7 @@ class Trainer:
         self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
         self._accumulating = False
+        self._fused: bool | None = None  # decided at the first step (fused_update)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
@@ -177,9 +179,11 @@ class Trainer:
         """Forward, backward and update on one batch; the loss before the update.
 
         After `accumulate` calls, the update uses the sum of their gradients and this
-        batch's (two ONNX Runtime calls: the gradients, then the optimizer's step).
+        batch's (two ONNX Runtime calls: the gradients, then the optimizer's step). So does a
+        step whose update runs fused (`fused_update`): the gradients are written straight into
+        the optimizer's flat buffers, then its fused kernels update them in place.
         """
-        if self._accumulating:
+        if self._accumulating or self.fused_update:
             loss = self.accumulate(inputs, labels)
             if self._scaling():
                 self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
@@ -258,16 +262,30 @@ class Trainer:
         if scaling:
             all_feeds[SCALE] = self.grad_scaler.feeds()[SCALE]
         _check_complete(gradients, all_feeds, "accumulate")
-        values = dict(zip(gradients.output_names, gradients.session.run(None, all_feeds)))
+        summing = self._accumulating
+        loss = np.empty((), _output_dtype(gradients, self.loss))
+        outputs = {self.loss: loss, **{names.new(name): np.empty_like(v) for name, v in self.buffers.items()}}
+        for name, p in self.parameters.items():  # the first batch's gradients go straight into the flat buffers
+            storage = p._grad_storage  # noqa: SLF001
+            outputs[names.grad(name)] = np.empty_like(storage) if summing and p.grad is not None else storage
+        gradients.run(all_feeds, outputs)
         for name, p in self.parameters.items():
-            grad = values[names.grad(name)]
-            if p.grad is None or not self._accumulating:
-                p.grad = grad
+            if outputs[names.grad(name)] is p._grad_storage:  # noqa: SLF001
+                p.grad = p._grad_storage  # noqa: SLF001 - already there: the setter copies nothing
             else:
-                p.grad += grad
-        self._commit_buffers({names.new(name): values[names.new(name)] for name in self.buffers})
+                p.grad += outputs[names.grad(name)]
+        self._commit_buffers(outputs)
         self._accumulating = True
-        return float(values[self.loss])
+        return float(loss)
+
+    @property
+    def fused_update(self) -> bool:
+        """Whether `step` runs the gradients and then the optimizer's fused update kernels (two
+        ONNX Runtime calls) instead of one training-step graph with a standard-operator update:
+        when the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`)."""
+        if self._fused is None:
+            self._fused = runs_fused(self.optimizer._runtime)  # noqa: SLF001
+        return self._fused
 
     def _feeds(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> dict[str, np.ndarray]:
         if labels is None:
