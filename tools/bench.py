@@ -19,6 +19,8 @@ rounds with their min-max. Peers:
 * ``numpy``: the same update written with in-place numpy ufuncs;
 * ``graphopt-1-tensor`` (in configurations of several tensors): graphopt over the same
   N parameters as one tensor, for the cost of many tensors measured within one run;
+* ``graphopt-standard`` (where graphopt's fused kernels are built, and so ``graphopt`` runs them):
+  the same update on standard ONNX operators (``Runtime(fused=False)``);
 * ``torch-foreach`` / ``torch-fused``: torch.optim's implementations, when torch is
   importable (RMSprop, Adadelta, Adamax, RAdam and Rprop have no fused version; Lion and
   Signum are not in torch.optim).
@@ -60,6 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import graphopt  # noqa: E402
 from graphopt import optim  # noqa: E402
+from graphopt.fused.runtime import runs_fused  # noqa: E402
 from graphopt.runtime import Runtime  # noqa: E402
 from tools.bench_training import mlp_iteration_peers, resnet50_build_time  # noqa: E402
 
@@ -249,9 +252,10 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
     grads = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
     runs: dict[str, Callable[[], None]] = {}
 
-    def graphopt_step(sizes: list[int], grads: list[np.ndarray], chunk: int | None) -> Callable[[], None]:
+    def graphopt_step(sizes: list[int], grads: list[np.ndarray], chunk: int | None,
+                      fused: bool | None = None) -> Callable[[], None]:
         params = [graphopt.Parameter(np.zeros(s, np.float32)) for s in sizes]
-        runtime = Runtime(threads=threads) if chunk is None else Runtime(threads=threads, chunk_size=chunk)
+        runtime = Runtime(threads=threads, fused=fused, **({} if chunk is None else {"chunk_size": chunk}))
         opt = update.graphopt(params, runtime=runtime, **update.kwargs)
         for p, g in zip(params, grads):
             p.grad = g  # copied into the optimizer's gradient buffer once
@@ -261,6 +265,8 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
         runs["graphopt" if k == 0 else f"graphopt-K{chunk}"] = graphopt_step(sizes, grads, chunk)
     if tensors > 1:  # the same parameters as one tensor, so that the two compare within one run
         runs["graphopt-1-tensor"] = graphopt_step([n], [np.concatenate(grads)], chunks[0])
+    if runs_fused(Runtime()):  # graphopt above runs its fused kernels: the standard operators too
+        runs["graphopt-standard"] = graphopt_step(sizes, grads, chunks[0], fused=False)
 
     np_params, np_state, counter = [np.zeros(s, np.float32) for s in sizes], [{} for _ in sizes], [0]
 
@@ -372,6 +378,23 @@ def first_build_time(threads: int) -> float:
                                          cwd=root))
 
 
+def fused_build_times(threads: int) -> dict[str, float]:
+    """Seconds to an Adam optimizer's first step in a fresh process whose fused kernel is built into an
+    empty cache folder, then in another fresh process that finds it there (start-up not counted)."""
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import time, numpy as np, graphopt; from graphopt.runtime import Runtime; "
+            "p = graphopt.Parameter(np.zeros(1 << 20, np.float32)); p.grad = np.ones(1 << 20, np.float32); "
+            f"start = time.perf_counter(); graphopt.optim.Adam([p], runtime=Runtime(threads={threads})).step(); "
+            "print(time.perf_counter() - start)")
+    with tempfile.TemporaryDirectory(prefix="graphopt-bench-cache-") as cache:
+        env = dict(os.environ, PYTHONPATH=root, GRAPHOPT_CACHE=cache)
+        first, cached = (float(subprocess.check_output([sys.executable, "-c", code], env=env, cwd=root))
+                         for _ in range(2))
+    return {"first_step_empty_cache_s": first, "first_step_cached_s": cached}
+
+
 def parse_size(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(text[-1], 1)
@@ -451,6 +474,9 @@ def main(argv=None) -> dict:
         progress("build and compile for 1000 tensors")
         results["build_1000_tensors"] = build_time(1000, args.threads)  # sessions exist already: warm
         results["build_1000_tensors_first_in_process"] = first_build_time(args.threads)
+        if runs_fused(Runtime()):
+            progress("fused kernel: first step with an empty cache, then cached")
+            results["fused_build"] = fused_build_times(args.threads)
     if not args.no_memory and "steps" in sections:
         n = max(s for s in sizes if s <= 16 * 2 ** 20) if min(sizes) <= 16 * 2 ** 20 else min(sizes)
         results["extra_bytes_per_param"] = {}
@@ -521,6 +547,10 @@ def report(results: dict) -> str:
                       f"later {b['later_step_s']:.4f} s); "
                       "in a fresh process (ONNX Runtime start-up included) "
                       f"{results['build_1000_tensors_first_in_process']:.3f} s"]
+    if "fused_build" in results:
+        f = results["fused_build"]
+        lines.append(f"Adam's first step in a fresh process, fused kernel built into an empty cache: "
+                     f"{f['first_step_empty_cache_s']:.2f} s; found in the cache: {f['first_step_cached_s']:.2f} s")
     for name, extra in results.get("extra_bytes_per_param", {}).items():
         lines.append(f"{name}: resident memory beyond params, grads and state: {extra:.2f} bytes per parameter")
     if "training_iteration" in results:
