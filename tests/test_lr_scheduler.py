@@ -570,7 +570,7 @@ def test_scheduler_drives_a_trainers_optimizer(T, tmp_path):
         return trainer, lrs
 
     trainer, lrs = run()
-    assert trainer.optimizer.sessions_built == 1
+    assert trainer.optimizer.sessions_built == (2 if trainer.fused_update else 1)  # lr changes never recompile
     # the same schedule as torch's on a torch Adam
     reference = torch_optimizer(T, "Adam", lrs=(0.01,))
     with warnings.catch_warnings():

@@ -184,7 +184,7 @@ class Trainer:
         the optimizer's flat buffers, then its fused kernels update them in place.
         """
         if self._accumulating or self.fused_update:
-            loss = self.accumulate(inputs, labels)
+            loss = self._gradients_into_buffers(inputs, labels, "step")
             if self._scaling():
                 self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
                 self.grad_scaler.update()
@@ -250,18 +250,24 @@ class Trainer:
         """Forward and backward on one batch, adding the gradients into each parameter's
         ``.grad`` (the facade's ``sum_grad`` semantics: a sum, not a mean); no update.
         The next `step` applies the sum. Returns the batch's loss."""
+        return self._gradients_into_buffers(inputs, labels, "accumulate")
+
+    def _gradients_into_buffers(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None,
+                                method: str) -> float:
+        """Forward and backward; the gradients written into (or, after an earlier batch, added to) the
+        optimizer's flat gradient buffers. ``method`` names the caller in errors."""
         scaling = self._scaling()
         if self._gradients is None or self._gradients[0] != scaling:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers),
                                     loss_scale=scaling)
             self._gradients = (scaling, self.optimizer._runtime.compile(model))
         gradients = self._gradients[1]
-        feeds = _checked(gradients, self._feeds(inputs, labels), "accumulate", self._batch_inputs)
-        self._check_labels(feeds, "accumulate")
+        feeds = _checked(gradients, self._feeds(inputs, labels), method, self._batch_inputs)
+        self._check_labels(feeds, method)
         all_feeds = {**feeds, **self._current_weights()}
         if scaling:
             all_feeds[SCALE] = self.grad_scaler.feeds()[SCALE]
-        _check_complete(gradients, all_feeds, "accumulate")
+        _check_complete(gradients, all_feeds, method)
         summing = self._accumulating
         loss = np.empty((), _output_dtype(gradients, self.loss))
         outputs = {self.loss: loss, **{names.new(name): np.empty_like(v) for name, v in self.buffers.items()}}
@@ -284,6 +290,7 @@ class Trainer:
         ONNX Runtime calls) instead of one training-step graph with a standard-operator update:
         when the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`)."""
         if self._fused is None:
+            self.optimizer._layouts()  # noqa: SLF001 - an optimizer without update graphs (LBFGS) refuses here
             self._fused = runs_fused(self.optimizer._runtime)  # noqa: SLF001
         return self._fused
 
