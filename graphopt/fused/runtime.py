@@ -4,13 +4,13 @@
 `fused_update` gives the fused models with their kernels, or None -- the standard path -- when the
 runtime says ``fused=False``, runs on a GPU or keeps state in device buffers, fused kernels are off
 or cannot be built here (`graphopt.native.available`), the update has a node with no translation (`NotFusable`) or its
-kernel does not build (`FusedBuildError`). Each reason is warned about once per process (with
-``fused=None`` the ones that only say fusion is unavailable here stay silent unless it was asked
-for with ``fused=True``).
+kernel does not build (`FusedBuildError`). Each reason is said once per process (a RuntimeWarning),
+except ``GRAPHOPT_FUSED=0`` with the default ``fused=None``: the user turned kernels off.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import onnx
@@ -18,6 +18,7 @@ import onnx
 from graphopt import native
 from graphopt.fused.errors import NotFusable
 from graphopt.fused.model import fuse
+from graphopt.native.availability import OFF
 from graphopt.update.chunked import ChunkedModels
 
 
@@ -36,9 +37,14 @@ def runs_fused(runtime) -> bool:
     if runtime.fused is False or not runtime.device.is_host or runtime.device_buffers:
         return False  # the kernels run on host memory that numpy owns
     status = native.available()
-    if not status and runtime.fused:
+    if not status and (runtime.fused or not _turned_off()):
         native.warn_fallback(status.reason)
     return bool(status)
+
+
+def _turned_off() -> bool:
+    """Whether the user turned fused kernels off in the environment (then falling back goes unsaid)."""
+    return os.environ.get("GRAPHOPT_FUSED", "").strip().lower() in OFF
 
 
 def fused_update(runtime, models: ChunkedModels) -> FusedUpdate | None:
