@@ -25,7 +25,7 @@ from graphopt.symbolic import clip, minimum, sign
 from graphopt.transforms import ScaleByLearningRate, Transform, chain
 from graphopt.update.chunked import GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked
 from tests.fused_cases import NOT_CHUNKABLE, cases
-from tests.fused_harness import FLAGS, NATIVE_FLAGS, compiled, needs_compiler
+from tests.fused_harness import FLAGS, NATIVE_FLAGS, compiled, gcc_vectorizes, needs_compiler
 
 pytestmark = needs_compiler
 
@@ -457,3 +457,17 @@ def test_hand_made_bodies_equal_ort(name, dtype):
                                            "y": y.reshape(ROWS, 1, K), **scalars})
             ours = _run_fused(fused, {"x": x, "y": y}, scalars)["out"]
             _assert_identical(ours, theirs.reshape(-1), f"{name} with s={s}, c={c}")
+
+
+VECTOR_CASES = [c for c in CASES if "clip_value" in c[2] or c[3] is not None or c[4] is not None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=[c[0] for c in VECTOR_CASES])
+def test_gcc_vectorizes_the_element_loop(case, dtype):
+    """The point of the fused kernel is one fast pass: at -O3 -march=native, GCC must vectorize it
+    (selects written one after another, builtins for math, ``ivdep``)."""
+    vectorized = gcc_vectorizes(fuse(_models(case, dtype)[2]).update.fragment)
+    if vectorized is None:
+        pytest.skip("the compiler is not GCC; its vectorization report is not read")
+    assert vectorized

@@ -40,6 +40,7 @@ class Body:
     statements: dict[str, list[str]] = field(default_factory=lambda: {UNIFORM: [], ELEMENT: [], ROW: []})
     reduction: Reduction | None = None
     row_length: int = 0
+    switches: list[str] = field(default_factory=list)  # uniform bool locals that choose a Where's operand
 
 
 class _Values:
@@ -125,6 +126,9 @@ def _statement(node: onnx.NodeProto, n: int, values: _Values, body: Body, reduct
         raise NotFusable(f"{describe(node)} mixes elementwise values with a row's reduction")
     kind = ROW if ROW in kinds else ELEMENT if ELEMENT in kinds else UNIFORM
     expr, elem_type = translate(node, operands)
+    if node.op_type == "Where" and kind == ELEMENT and operands[0].size == 1 and operands[0].expr.isidentifier() \
+            and operands[0].expr not in body.switches:
+        body.switches.append(operands[0].expr)
     local = f"v{n}"
     body.statements[kind].append(f"const {cpp_type(elem_type, describe(node))} {local} = {expr};")
     size = values.row_length if kind == ELEMENT else 1

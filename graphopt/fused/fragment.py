@@ -8,7 +8,9 @@ row's statements run on that sum, and the row results are added up in double.
 
 Both are compiled without floating-point contraction whatever the flags (``GRAPHOPT_STRICT_FP``, GCC's
 ``optimize("fp-contract=off")``; clang's ``#pragma clang fp contract(off)``), so ``a * b + c`` rounds the
-product as ONNX Runtime does.
+product as ONNX Runtime does. The element loop is marked free of dependences between iterations
+(``#pragma GCC ivdep``: an output aliases an input exactly or not at all), and GCC may assume no
+floating-point traps (``no-trapping-math``, which changes no result), so it vectorizes, selects included.
 
 ``GRAPHOPT_OP_NAME`` is ``Fused_`` and the first 16 hex digits of the SHA-256 of the rest of the text.
 """
@@ -16,6 +18,7 @@ product as ONNX Runtime does.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 
 from onnx import TensorProto
@@ -30,8 +33,9 @@ PRELUDE = """\
 #include <limits>
 
 // No a * b + c contracted to an FMA, whatever the compiler's flags: ONNX Runtime rounds the product.
+// (no-trapping-math and no-math-errno change no value; they let GCC vectorize selects and sqrt.)
 #if defined(__GNUC__) && !defined(__clang__)
-#define GRAPHOPT_STRICT_FP __attribute__((optimize("fp-contract=off")))
+#define GRAPHOPT_STRICT_FP __attribute__((optimize("fp-contract=off", "no-trapping-math", "no-math-errno")))
 #else
 #define GRAPHOPT_STRICT_FP
 #endif
@@ -77,6 +81,12 @@ def _used(body: Body) -> set[int]:
     return {int(k) for k in re.findall(r"\bx(\d+)\b", text)}
 
 
+# No dependence between iterations: an output aliases an input exactly or not at all (the contract), so
+# the loop may be vectorized without run-time overlap checks (which GCC gives up on past ~10 pointers).
+IVDEP = ["#if defined(__clang__)", "#pragma clang loop vectorize(assume_safety)", "#elif defined(__GNUC__)",
+         "#pragma GCC ivdep", "#endif"]
+
+
 def _reads(body: Body, reduction: bool) -> list[str]:
     lines = []
     used = _used(body)
@@ -102,11 +112,35 @@ def _loads(body: Body, indent: str) -> list[str]:
             if k in used]
 
 
+MAX_SWITCHES = 2  # loop copies: 2 ** switches
+
+
 def _element_loop(body: Body) -> list[str]:
-    lines = ["  for (int64_t i = begin; i < end; ++i) {"] + _loads(body, "    ")
-    lines += [f"    {s}" for s in body.statements[ELEMENT]]
-    lines += [f"    out{k}[i] = {local};" for k, (_, _, local) in enumerate(body.outputs)]
+    """The element loop; a Where whose condition is one bool for all elements gets a copy of the loop per
+    value of it (at most MAX_SWITCHES conditions), with the condition a constant in each: GCC does not
+    vectorize some loops that select on a loop-invariant bool."""
+    switches = body.switches[:MAX_SWITCHES]
+    if not switches:
+        return _loop_copy(body, {}, "  ")
+    lines = []
+    for values in itertools.product((True, False), repeat=len(switches)):
+        test = " && ".join(name if value else f"!{name}" for name, value in zip(switches, values))
+        lines.append(f"  {'if' if not lines else '} else if'} ({test}) {{")
+        lines += _loop_copy(body, dict(zip(switches, values)), "    ")
     return lines + ["  }"]
+
+
+def _loop_copy(body: Body, constants: dict[str, bool], indent: str) -> list[str]:
+    def substitute(text: str) -> str:
+        for name, value in constants.items():
+            text = re.sub(rf"\b{name}\b", "true" if value else "false", text)
+        return text
+    inner = indent + "  "
+    lines = [indent + line.strip() if line.startswith("#") else line for line in IVDEP]
+    lines += [f"{indent}for (int64_t i = begin; i < end; ++i) {{"] + _loads(body, inner)
+    lines += [f"{inner}{substitute(s)}" for s in body.statements[ELEMENT]]
+    lines += [f"{inner}out{k}[i] = {substitute(local)};" for k, (_, _, local) in enumerate(body.outputs)]
+    return lines + [f"{indent}}}"]
 
 
 def _reduce_loop(body: Body) -> list[str]:
