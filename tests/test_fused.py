@@ -471,3 +471,13 @@ def test_gcc_vectorizes_the_element_loop(case, dtype):
     if vectorized is None:
         pytest.skip("the compiler is not GCC; its vectorization report is not read")
     assert vectorized
+
+
+def test_a_scan_output_read_by_another_node_is_not_fusable():
+    model = _hand_model(HAND_BODIES["unary"], np.float32, False)
+    graph = model.graph
+    graph.node.append(helper.make_node("Neg", ["out"], ["negated"]))
+    graph.output.append(helper.make_tensor_value_info("negated", TensorProto.FLOAT, [None, 1, K]))
+    from graphopt.fused import fuse_model
+    with pytest.raises(NotFusable, match="Scan output 'out' is not only a model output"):
+        fuse_model(model, reduction=False)

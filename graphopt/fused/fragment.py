@@ -3,8 +3,10 @@
 An element-wise fragment defines ``graphopt_kernel``: per element, every input is loaded, the body's
 statements run on locals, then every output is stored, so an output may alias an input. A reduction
 fragment (``GRAPHOPT_REDUCTION``) defines ``graphopt_reduce``: per row of ``K`` elements (the
-chunked model's rows; ranges start on a row), the squares are summed in the tensors' type, the
-row's statements run on that sum, and the row results are added up in double.
+chunked model's rows; ranges start on a row), the squares are summed in the tensors' type (in 8
+interleaved partial sums added pairwise: ORT's Eigen sums in an order of its own, which depends on the
+buffer's alignment, so no order is bit-exact and this one vectorizes), the row's statements run on
+that sum, and the row results are added up in double, in order.
 
 Both are compiled without floating-point contraction whatever the flags (``GRAPHOPT_STRICT_FP``, GCC's
 ``optimize("fp-contract=off")``; clang's ``#pragma clang fp contract(off)``), so ``a * b + c`` rounds the
@@ -106,9 +108,9 @@ def _reads(body: Body, reduction: bool) -> list[str]:
     return lines
 
 
-def _loads(body: Body, indent: str) -> list[str]:
+def _loads(body: Body, indent: str, index: str = "i") -> list[str]:
     used = _used(body)
-    return [f"{indent}const {cpp_type(t, 'input')} x{k} = in{k}[i];" for k, (_, t) in enumerate(body.elementwise)
+    return [f"{indent}const {cpp_type(t, 'input')} x{k} = in{k}[{index}];" for k, (_, t) in enumerate(body.elementwise)
             if k in used]
 
 
@@ -143,21 +145,41 @@ def _loop_copy(body: Body, constants: dict[str, bool], indent: str) -> list[str]
     return lines + [f"{indent}}}"]
 
 
+LANES = 8  # independent partial sums per row, added up pairwise: a vectorizable order, and a more exact one
+
+
 def _reduce_loop(body: Body) -> list[str]:
+    """Per row: the squares summed in LANES interleaved partial sums (``lane[j]`` takes elements
+    ``j, j + LANES, ...``), which are added pairwise, then the row's remaining elements in order."""
     reduction = body.reduction
     ctype = cpp_type(reduction.elem_type, "ReduceSumSquare")
     (_, _, result) = body.outputs[0]
     k = body.row_length
+    zero = literal(0.0, reduction.elem_type)
+    element = [f"        {s}" for s in body.statements[ELEMENT]]
     lines = [
         "  double graphopt_total = 0.0;",
         f"  for (int64_t row = begin; row < end; row += {k}) {{",
         f"    const int64_t row_end = end - row < {k} ? end : row + {k};",
-        f"    {ctype} graphopt_sum = {literal(0.0, reduction.elem_type)};",
-        "    for (int64_t i = row; i < row_end; ++i) {",
+        f"    {ctype} lane[{LANES}] = {{{', '.join([zero] * LANES)}}};",
+        "    int64_t i = row;",
+        f"    for (; i + {LANES} <= row_end; i += {LANES}) {{",
+        f"      for (int64_t j = 0; j < {LANES}; ++j) {{",
     ]
-    lines += _loads(body, "      ") + [f"      {s}" for s in body.statements[ELEMENT]]
+    lines += _loads(body, "        ", "i + j") + element
+    lines += [f"        lane[j] += {reduction.operand} * {reduction.operand};", "      }", "    }"]
+    lines += [f"    {ctype} graphopt_sum = {_pairwise([f'lane[{j}]' for j in range(LANES)])};",
+              "    for (; i < row_end; ++i) {"]
+    lines += _loads(body, "      ") + [line[2:] for line in element]
     lines += [f"      graphopt_sum += {reduction.operand} * {reduction.operand};", "    }"]
     lines += [f"    const {ctype} {reduction.local} = graphopt_sum;"]
     lines += [f"    {s}" for s in body.statements[ROW]]
     lines += [f"    graphopt_total += static_cast<double>({result});", "  }", "  return graphopt_total;"]
     return lines
+
+
+def _pairwise(terms: list[str]) -> str:
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"({_pairwise(terms[:half])} + {_pairwise(terms[half:])})"
