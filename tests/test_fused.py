@@ -481,3 +481,24 @@ def test_a_scan_output_read_by_another_node_is_not_fusable():
     from graphopt.fused import fuse_model
     with pytest.raises(NotFusable, match="Scan output 'out' is not only a model output"):
         fuse_model(model, reduction=False)
+
+
+def test_an_outer_value_of_shape_1x1_is_reshaped_to_a_scalar_operand():
+    """A body reading a ``[1, 1]`` model input: the fused model reshapes it to 0-d for the custom op."""
+    code = TensorProto.FLOAT
+    body = helper.make_graph([_n("Mul", ["t11", "x.row"], "out.row")], "row",
+                             [helper.make_tensor_value_info("x.row", code, [1, K])],
+                             [helper.make_tensor_value_info("out.row", code, [1, K])])
+    graph = helper.make_graph([helper.make_node("Scan", ["x"], ["out"], body=body, num_scan_inputs=1)], "outer",
+                              [helper.make_tensor_value_info("x", code, [None, 1, K]),
+                               helper.make_tensor_value_info("t11", code, [1, 1])],
+                              [helper.make_tensor_value_info("out", code, [None, 1, K])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    from graphopt.fused import fuse_model
+    fused = fuse_model(model, reduction=False)
+    assert fused.scalar_inputs == ("t11.fused_scalar",)
+    x = _hand_data(np.float32)[0]
+    t11 = np.array([[-1.25]], np.float32)
+    (theirs,) = _session(model).run(None, {"x": x.reshape(ROWS, 1, K), "t11": t11})
+    ours = _run_fused(fused, {"x": x}, {"t11": t11})["out"]
+    _assert_identical(ours, theirs.reshape(-1), "t11 * x")
