@@ -103,3 +103,16 @@ def compiled(fragment: str, flags: tuple[str, ...] = FLAGS) -> Kernel:
     if (fragment, flags) not in _LOADED:
         _LOADED[fragment, flags] = Kernel(fragment, flags)
     return _LOADED[fragment, flags]
+
+
+def gcc_vectorizes(fragment: str) -> bool | None:
+    """Whether GCC at the native harness's flags vectorizes the fragment's element loop (None: not GCC)."""
+    version = subprocess.run([COMPILER, "--version"], capture_output=True, text=True).stdout
+    if "Free Software Foundation" not in version:
+        return None
+    key = hashlib.sha256(fragment.encode()).hexdigest()[:20]
+    source = _BUILD / f"{key}_vec.cpp"
+    source.write_text(fragment + WRAPPER)
+    result = subprocess.run([COMPILER, *COMMON, *NATIVE_FLAGS, "-fopt-info-vec-optimized", str(source), "-o",
+                             str(_BUILD / f"{key}_vec.so")], capture_output=True, text=True)
+    return "loop vectorized" in result.stderr

@@ -25,7 +25,7 @@ from graphopt.symbolic import clip, minimum, sign
 from graphopt.transforms import ScaleByLearningRate, Transform, chain
 from graphopt.update.chunked import GRADS, PARAMS, SUM_OF_SQUARES, ChunkedSpec, NotChunkable, build_chunked
 from tests.fused_cases import NOT_CHUNKABLE, cases
-from tests.fused_harness import FLAGS, NATIVE_FLAGS, compiled, needs_compiler
+from tests.fused_harness import FLAGS, NATIVE_FLAGS, compiled, gcc_vectorizes, needs_compiler
 
 pytestmark = needs_compiler
 
@@ -457,3 +457,48 @@ def test_hand_made_bodies_equal_ort(name, dtype):
                                            "y": y.reshape(ROWS, 1, K), **scalars})
             ours = _run_fused(fused, {"x": x, "y": y}, scalars)["out"]
             _assert_identical(ours, theirs.reshape(-1), f"{name} with s={s}, c={c}")
+
+
+VECTOR_CASES = [c for c in CASES if "clip_value" in c[2] or c[3] is not None or c[4] is not None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", VECTOR_CASES, ids=[c[0] for c in VECTOR_CASES])
+def test_gcc_vectorizes_the_element_loop(case, dtype):
+    """The point of the fused kernel is one fast pass: at -O3 -march=native, GCC must vectorize it
+    (selects written one after another, builtins for math, ``ivdep``)."""
+    vectorized = gcc_vectorizes(fuse(_models(case, dtype)[2]).update.fragment)
+    if vectorized is None:
+        pytest.skip("the compiler is not GCC; its vectorization report is not read")
+    assert vectorized
+
+
+def test_a_scan_output_read_by_another_node_is_not_fusable():
+    model = _hand_model(HAND_BODIES["unary"], np.float32, False)
+    graph = model.graph
+    graph.node.append(helper.make_node("Neg", ["out"], ["negated"]))
+    graph.output.append(helper.make_tensor_value_info("negated", TensorProto.FLOAT, [None, 1, K]))
+    from graphopt.fused import fuse_model
+    with pytest.raises(NotFusable, match="Scan output 'out' is not only a model output"):
+        fuse_model(model, reduction=False)
+
+
+def test_an_outer_value_of_shape_1x1_is_reshaped_to_a_scalar_operand():
+    """A body reading a ``[1, 1]`` model input: the fused model reshapes it to 0-d for the custom op."""
+    code = TensorProto.FLOAT
+    body = helper.make_graph([_n("Mul", ["t11", "x.row"], "out.row")], "row",
+                             [helper.make_tensor_value_info("x.row", code, [1, K])],
+                             [helper.make_tensor_value_info("out.row", code, [1, K])])
+    graph = helper.make_graph([helper.make_node("Scan", ["x"], ["out"], body=body, num_scan_inputs=1)], "outer",
+                              [helper.make_tensor_value_info("x", code, [None, 1, K]),
+                               helper.make_tensor_value_info("t11", code, [1, 1])],
+                              [helper.make_tensor_value_info("out", code, [None, 1, K])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    from graphopt.fused import fuse_model
+    fused = fuse_model(model, reduction=False)
+    assert fused.scalar_inputs == ("t11.fused_scalar",)
+    x = _hand_data(np.float32)[0]
+    t11 = np.array([[-1.25]], np.float32)
+    (theirs,) = _session(model).run(None, {"x": x.reshape(ROWS, 1, K), "t11": t11})
+    ours = _run_fused(fused, {"x": x}, {"t11": t11})["out"]
+    _assert_identical(ours, theirs.reshape(-1), "t11 * x")

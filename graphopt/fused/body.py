@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from graphopt.fused.cpp import cpp_type, literal
 from graphopt.fused.errors import NotFusable
@@ -40,6 +40,7 @@ class Body:
     statements: dict[str, list[str]] = field(default_factory=lambda: {UNIFORM: [], ELEMENT: [], ROW: []})
     reduction: Reduction | None = None
     row_length: int = 0
+    switches: list[str] = field(default_factory=list)  # uniform bool locals that choose a Where's operand
 
 
 class _Values:
@@ -52,30 +53,31 @@ class _Values:
         self.row_length = row_length
         self.known: dict[str, tuple[Operand, str]] = {}
 
-    def get(self, name: str, node: onnx.NodeProto, body: Body) -> tuple[Operand, str]:
+    def get(self, name: str, reader: str, body: Body) -> tuple[Operand, str]:
+        """The operand ``name``; ``reader`` (what reads it, for messages) may make it a scalar input."""
         if name not in self.known:
-            self.known[name] = self._outer(name, node, body)
+            self.known[name] = self._outer(name, reader, body)
         return self.known[name]
 
-    def _outer(self, name: str, node: onnx.NodeProto, body: Body) -> tuple[Operand, str]:
+    def _outer(self, name: str, reader: str, body: Body) -> tuple[Operand, str]:
         """An outer-scope value the body reads: a constant inlined, else a scalar kernel input."""
         if name in self.initializers:
             array = self.initializers[name]
             if array.size != 1:
-                raise NotFusable(f"{describe(node)} reads constant {name!r} of shape {list(array.shape)}; "
+                raise NotFusable(f"{reader} reads constant {name!r} of shape {list(array.shape)}; "
                                  "fused kernels inline scalar constants only")
             elem_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-            cpp_type(elem_type, describe(node))
+            cpp_type(elem_type, reader)
             return Operand(literal(array.reshape(()).item(), elem_type), elem_type, 1), UNIFORM
         if name not in self.outer_types:
-            raise NotFusable(f"{describe(node)} reads {name!r}, which is neither a body value nor a typed "
+            raise NotFusable(f"{reader} reads {name!r}, which is neither a body value nor a typed "
                              "outer value")
         shape = self.outer_shapes.get(name)
         if shape is None or any(d != 1 for d in shape):
-            raise NotFusable(f"{describe(node)} reads outer value {name!r} of shape {shape}; fused kernels "
+            raise NotFusable(f"{reader} reads outer value {name!r} of shape {shape}; fused kernels "
                              "take scalars (one element) from the outer graph")
         elem_type = self.outer_types[name]
-        cpp_type(elem_type, describe(node))
+        cpp_type(elem_type, reader)
         local = f"s{len(body.scalars)}"
         body.scalars.append((name, elem_type))
         return Operand(local, elem_type, 1), UNIFORM
@@ -96,13 +98,12 @@ def translate_body(graph: onnx.GraphProto, outer_types: dict[str, int], outer_sh
     for n, node in enumerate(graph.node):
         _statement(node, n, values, body, reduction)
     for value in graph.output:
-        operand, kind = values.get(value.name, onnx.helper.make_node("Identity", [value.name], ["?"],
-                                                                     name="output"), body)
+        operand, kind = values.get(value.name, f"body output {value.name!r}", body)
         if reduction and kind == ELEMENT:
             raise NotFusable(f"reduction body output {value.name!r} is elementwise; expected one value per row")
         body.outputs.append((value.name, operand.elem_type, operand.expr))
-    if reduction and (body.reduction is None or len(body.outputs) != 1):
-        raise NotFusable("the reduction body must have one ReduceSumSquare and one output")
+    if reduction and (body.reduction is None or len(body.outputs) != 1 or body.outputs[0][1] != TensorProto.DOUBLE):
+        raise NotFusable("the reduction body must have one ReduceSumSquare and one double output")
     return body
 
 
@@ -115,7 +116,7 @@ def _statement(node: onnx.NodeProto, n: int, values: _Values, body: Body, reduct
         if not name:
             operands.append(None)
             continue
-        operand, kind = values.get(name, node, body)
+        operand, kind = values.get(name, describe(node), body)
         operands.append(operand)
         kinds.add(kind)
     if node.op_type == "ReduceSumSquare":
@@ -125,6 +126,9 @@ def _statement(node: onnx.NodeProto, n: int, values: _Values, body: Body, reduct
         raise NotFusable(f"{describe(node)} mixes elementwise values with a row's reduction")
     kind = ROW if ROW in kinds else ELEMENT if ELEMENT in kinds else UNIFORM
     expr, elem_type = translate(node, operands)
+    if node.op_type == "Where" and kind == ELEMENT and operands[0].size == 1 and operands[0].expr.isidentifier() \
+            and operands[0].expr not in body.switches:
+        body.switches.append(operands[0].expr)
     local = f"v{n}"
     body.statements[kind].append(f"const {cpp_type(elem_type, describe(node))} {local} = {expr};")
     size = values.row_length if kind == ELEMENT else 1

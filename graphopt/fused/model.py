@@ -68,6 +68,7 @@ def fuse_model(model: onnx.ModelProto, *, reduction: bool) -> FusedModel:
     fragment, op_type = render(body, reduction=reduction)
     nodes, scalar_names = _scalar_operands(graph, body, types)
     flat_inputs = list(scan.input)
+    _check_flat(graph, scan, reduction)
     if reduction:
         consumers = [n for n in graph.node if scan.output[0] in n.input]
         if len(consumers) != 1 or consumers[0].op_type != "ReduceSum" or len(consumers[0].input) != 1:
@@ -90,6 +91,22 @@ def _check_scan(scan: onnx.NodeProto) -> None:
     for name in ("scan_input_axes", "scan_output_axes", "scan_input_directions", "scan_output_directions"):
         if name in attributes and any(attributes[name].ints):
             raise NotFusable(f"Scan {scan.name!r} sets {name}; fused kernels take rows along axis 0 only")
+
+
+def _check_flat(graph: onnx.GraphProto, scan: onnx.NodeProto, reduction: bool) -> None:
+    """The Scan's row inputs must be model inputs, and (in an update) its outputs model outputs read by no
+    node: they become the flat buffers."""
+    model_inputs = {v.name for v in graph.input}
+    for name in scan.input:
+        if name not in model_inputs:
+            raise NotFusable(f"Scan input {name!r} is computed in the model; fused kernels take model inputs")
+    if reduction:
+        return
+    model_outputs = {v.name for v in graph.output}
+    read = {i for n in graph.node for i in n.input}
+    for name in scan.output:
+        if name not in model_outputs or name in read:
+            raise NotFusable(f"Scan output {name!r} is not only a model output; fused kernels write model outputs")
 
 
 def _outer_values(graph: onnx.GraphProto) -> tuple[dict[str, int], dict[str, tuple | None]]:

@@ -3,15 +3,16 @@
 Each translation takes the node and its operands (C++ expressions on locals, with their element
 types) and returns the C++ expression of its one output and that output's element type. Every
 expression computes in the tensors' own type, in the order ONNX Runtime does (no reassociation, no
-contraction: the kernels are compiled with ``-ffp-contract=off``), so results agree bit for bit:
+contraction: the fragment turns it off, `graphopt.fused.fragment`), so results agree bit for bit
+(``tests/test_fused.py`` checks each against ORT, signed zeros, NaN and infinities included):
 
 =====================  ===========================================================================
 Add Sub Mul Div        ``a + b`` ...; operands of one type, as ONNX requires
 Max, Min (variadic)    NaN propagates (the first NaN operand is the result), else ``a > b ? a : b``
                        (Min: ``a < b``): of two equal values (``-0``, ``+0``) the second, as
                        ORT's Eigen kernels give; folded left for more than two operands
-Sqrt Abs Neg Floor     ``std::sqrt`` (correctly rounded, as ORT's), ``std::fabs``, ``-a``, ``std::floor``
-Ceil Reciprocal        ``std::ceil``, ``1 / a``
+Sqrt Abs Neg Floor     ``sqrt`` (correctly rounded, as ORT's), ``fabs``, ``-a``, ``floor``, ``ceil`` (the
+Ceil Reciprocal        compiler's builtins), ``1 / a``
 Sign                   ``1`` / ``-1`` for positive / negative, ``+0`` for either zero, NaN for NaN
 Clip                   ``t = x < lo ? lo : x; hi < t ? hi : t``: NaN ``x`` stays NaN, a NaN bound is
                        ignored, an absent bound is the type's ``lowest()`` / ``max()`` (as ORT's: so
@@ -34,7 +35,8 @@ Gemm                   on ``[1, 1]`` ``A`` and ``[1, K]`` (or, with ``transB``, 
                        attributes (``p + c`` when ``alpha`` is 1; ``alpha * p`` without ``C`` or when
                        ``beta`` is 0, as ORT skips ``C`` then)
 Pow                    ORT's: a scalar exponent of 2 or 3 is ``x * x`` / ``x * x * x``, any
-                       other ``std::pow`` in the tensor type
+                       other ``std::pow`` in the tensor type (``powf`` / ``pow``: equal to ORT's
+                       as long as both call the same C library, as on Linux)
 Identity               ``a``
 =====================  ===========================================================================
 """
@@ -54,21 +56,52 @@ from graphopt.fused.errors import NotFusable
 BOOL = TensorProto.BOOL
 
 HELPERS = """\
+// The math functions as compiler builtins under GCC and clang: std:: wrappers compiled without the
+// kernel's options would not be inlined into it (no vector code); the values are the same.
+#if defined(__GNUC__)
+#define GRAPHOPT_MATH(name, f, d) \\
+  GRAPHOPT_STRICT_FP static inline float graphopt_##name(float x) { return f(x); } \\
+  GRAPHOPT_STRICT_FP static inline double graphopt_##name(double x) { return d(x); }
+GRAPHOPT_MATH(sqrt, __builtin_sqrtf, __builtin_sqrt)
+GRAPHOPT_MATH(fabs, __builtin_fabsf, __builtin_fabs)
+GRAPHOPT_MATH(floor, __builtin_floorf, __builtin_floor)
+GRAPHOPT_MATH(ceil, __builtin_ceilf, __builtin_ceil)
+#define graphopt_isnan(x) __builtin_isnan(x)
+GRAPHOPT_STRICT_FP static inline float graphopt_fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+GRAPHOPT_STRICT_FP static inline double graphopt_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
+#else
+#define GRAPHOPT_MATH(name, f, d) \\
+  static inline float graphopt_##name(float x) { return std::f(x); } \\
+  static inline double graphopt_##name(double x) { return std::f(x); }
+GRAPHOPT_MATH(sqrt, sqrt, sqrt)
+GRAPHOPT_MATH(fabs, fabs, fabs)
+GRAPHOPT_MATH(floor, floor, floor)
+GRAPHOPT_MATH(ceil, ceil, ceil)
+#define graphopt_isnan(x) std::isnan(x)
+#define graphopt_fma(a, b, c) std::fma(a, b, c)
+#endif
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_max(T a, T b) {
-  return std::isnan(a) ? a : std::isnan(b) ? b : (a > b ? a : b);
+  const T m = a > b ? a : b;  // selects one after another (not nested), which GCC vectorizes
+  const T r = graphopt_isnan(b) ? b : m;
+  return graphopt_isnan(a) ? a : r;
 }
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_min(T a, T b) {
-  return std::isnan(a) ? a : std::isnan(b) ? b : (a < b ? a : b);
+  const T m = a < b ? a : b;
+  const T r = graphopt_isnan(b) ? b : m;
+  return graphopt_isnan(a) ? a : r;
 }
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_sign(T x) {
-  return x > T(0) ? T(1) : x < T(0) ? T(-1) : x == T(0) ? T(0) : x;
+  const T z = x == T(0) ? T(0) : x;  // NaN stays NaN
+  const T n = x < T(0) ? T(-1) : z;
+  return x > T(0) ? T(1) : n;
 }
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_clip(T x, T lo, T hi) {
   const T t = x < lo ? lo : x;
   return hi < t ? hi : t;
 }
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_where(bool c, T x, T y) {
-  return c ? (x == T(0) ? T(0) : x) : y;
+  const T nonzero = x == T(0) ? T(0) : x;
+  return c ? nonzero : y;
 }
 template <typename T> GRAPHOPT_STRICT_FP static inline T graphopt_pow(T x, T y) {
   return y == T(2) ? x * x : y == T(3) ? x * x * x : static_cast<T>(std::pow(x, y));
@@ -155,8 +188,8 @@ def _extremum(node, operands):
     return expr, elem_type
 
 
-_UNARY = {"Sqrt": "std::sqrt({})", "Abs": "std::fabs({})", "Neg": "(-{})", "Floor": "std::floor({})",
-          "Ceil": "std::ceil({})", "Identity": "{}"}
+_UNARY = {"Sqrt": "graphopt_sqrt({})", "Abs": "graphopt_fabs({})", "Neg": "(-{})", "Floor": "graphopt_floor({})",
+          "Ceil": "graphopt_ceil({})", "Identity": "{}"}
 
 
 @translation(*_UNARY)
@@ -218,14 +251,14 @@ def _isinf(node, operands):
         tests.append(f"{x} == std::numeric_limits<{ctype}>::infinity()")
     if _attr(node, "detect_negative", 1):
         tests.append(f"{x} == -std::numeric_limits<{ctype}>::infinity()")
-    return f"({' || '.join(tests) or 'false'})", BOOL
+    return f"static_cast<bool>({' | '.join(f'({t})' for t in tests) or 'false'})", BOOL
 
 
 @translation("IsNaN")
 def _isnan(node, operands):
     _arity(node, operands, 1)
     _same_type(node, operands)
-    return f"static_cast<bool>(std::isnan({operands[0].expr}))", BOOL
+    return f"static_cast<bool>(graphopt_isnan({operands[0].expr}))", BOOL
 
 
 _COMPARISONS = {"Less": "<", "Greater": ">", "LessOrEqual": "<=", "GreaterOrEqual": ">=", "Equal": "=="}
@@ -238,7 +271,7 @@ def _compare(node, operands):
     return f"({operands[0].expr} {_COMPARISONS[node.op_type]} {operands[1].expr})", BOOL
 
 
-_LOGICAL = {"And": "&&", "Or": "||", "Xor": "!="}
+_LOGICAL = {"And": "&", "Or": "|", "Xor": "^"}  # no short-circuit: no branches in the loop
 
 
 @translation("And", "Or", "Xor", "Not")
@@ -248,7 +281,7 @@ def _logical(node, operands):
         raise NotFusable(f"{describe(node)}: operands must be bool")
     if node.op_type == "Not":
         return f"(!{operands[0].expr})", BOOL
-    return f"({operands[0].expr} {_LOGICAL[node.op_type]} {operands[1].expr})", BOOL
+    return f"static_cast<bool>({operands[0].expr} {_LOGICAL[node.op_type]} {operands[1].expr})", BOOL
 
 
 @translation("Cast")
@@ -282,7 +315,7 @@ def _gemm(node, operands):
         return (product if alpha == 1.0 else f"({literal(alpha, elem_type)} * {product})"), elem_type
     if alpha == 1.0:
         return f"({product} + {addend})", elem_type
-    return f"std::fma({literal(alpha, elem_type)}, {product}, {addend})", elem_type
+    return f"graphopt_fma({literal(alpha, elem_type)}, {product}, {addend})", elem_type
 
 
 @translation("Pow")
