@@ -102,6 +102,12 @@ class Trainer:
             ``found_inf`` and ``skipped_steps`` report it.
             After `accumulate`, the summed scaled gradients go through the scaler's eager
             ``step`` and ``update`` instead (torch's sequence for accumulated AMP steps).
+        communicator: a `graphopt.distributed.Communicator` (``graphopt.distributed.init()``): data-parallel
+            training. Parameters and running statistics are broadcast from rank 0 here; each ``step``
+            then takes this process's shard of the batch, and gradients and running statistics are
+            averaged over the processes before the same update everywhere
+            (`graphopt.distributed.training`). The step runs as two ONNX Runtime calls (gradients,
+            then update) instead of one.
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -112,7 +118,8 @@ class Trainer:
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
-                 grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None):
+                 grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None,
+                 communicator: Any = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -156,6 +163,10 @@ class Trainer:
         self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
         self._accumulating = False
+        self.communicator = communicator
+        if communicator is not None and communicator.world_size > 1:
+            from graphopt.distributed.training import broadcast_trainer
+            broadcast_trainer(self, communicator)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
@@ -179,15 +190,12 @@ class Trainer:
         After `accumulate` calls, the update uses the sum of their gradients and this
         batch's (two ONNX Runtime calls: the gradients, then the optimizer's step).
         """
+        if self.communicator is not None and self.communicator.world_size > 1:
+            from graphopt.distributed.training import data_parallel_step
+            return data_parallel_step(self, inputs, labels)
         if self._accumulating:
             loss = self.accumulate(inputs, labels)
-            if self._scaling():
-                self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
-                self.grad_scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._accumulating = False
+            self._apply_accumulated()
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
@@ -222,6 +230,16 @@ class Trainer:
             if guard.loss_scale:
                 self.grad_scaler.update_from(outputs)
         return float(loss)
+
+    def _apply_accumulated(self) -> None:
+        """The optimizer's step on the gradients `accumulate` summed, then a fresh sum."""
+        if self._scaling():
+            self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._accumulating = False
 
     def _scaling(self) -> bool:
         return self.grad_scaler is not None and self.grad_scaler.enabled
