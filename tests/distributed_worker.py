@@ -1,9 +1,10 @@
 """One process of a data-parallel run (launched by tests/test_distributed.py with mpiexec, torchrun or
 a torchrun-style environment); alone, it is the single-process run on the whole batch.
 
-    python tests/distributed_worker.py {facade,trainer,bn} {sgd,adamw} OUT_DIR [ENGINE]
+    python tests/distributed_worker.py OUT_DIR ENGINE CASE...     (CASE: {facade,trainer,bn}-{sgd,adamw})
 
-Writes OUT_DIR/rank<r>.npz: the final parameters (and running statistics), and the losses.
+Writes OUT_DIR/<case>-rank<r>.npz for each case: the final parameters (and running statistics),
+and the losses. One launch runs every case, so the processes start (and import torch) once.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    mode, optimizer, out = sys.argv[1:4]
-    comm = distributed.init(sys.argv[4] if len(sys.argv) > 4 else None)
-    result = run(mode, optimizer, comm)
-    np.savez(os.path.join(out, f"rank{comm.rank}.npz"), world_size=comm.world_size, engine=comm.engine, **result)
+    out, engine, *cases = sys.argv[1:]
+    comm = distributed.init(engine)
+    for case in cases:
+        result = run(*case.split("-"), comm)
+        np.savez(os.path.join(out, f"{case}-rank{comm.rank}.npz"), world_size=comm.world_size, engine=comm.engine,
+                 **result)
     comm.barrier()
 
 
