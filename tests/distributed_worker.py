@@ -31,11 +31,11 @@ def make_optimizer(name: str, params=None):
     return optim.AdamW(params, lr=0.01, weight_decay=0.05)
 
 
-def data():
+def data(batch: int = BATCH):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, 5)).astype(np.float32)
-    y = rng.integers(0, 3, BATCH).astype(np.int64)
-    target = rng.standard_normal((BATCH, 3)).astype(np.float32)
+    x = rng.standard_normal((batch, 5)).astype(np.float32)
+    y = rng.integers(0, 3, batch).astype(np.int64)
+    target = rng.standard_normal((batch, 3)).astype(np.float32)
     return x, y, target
 
 
@@ -77,9 +77,10 @@ def mlp(seed: int, batch_norm: bool) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
-def trainer_run(comm, optimizer: str, batch_norm: bool = False, steps: int = STEPS) -> dict[str, np.ndarray]:
+def trainer_run(comm, optimizer: str, batch_norm: bool = False, steps: int = STEPS,
+                batch: int = BATCH) -> dict[str, np.ndarray]:
     """The MLP trained by a data-parallel `Trainer`, cross-entropy on this process's shard."""
-    x, y, _ = data()
+    x, y, _ = data(batch)
     trainer = graphopt.Trainer(mlp(100 + comm.rank, batch_norm), losses.cross_entropy("logits"),
                                make_optimizer(optimizer), communicator=comm)
     xs, ys = distributed.shard(x, comm), distributed.shard(y, comm)
@@ -90,15 +91,36 @@ def trainer_run(comm, optimizer: str, batch_norm: bool = False, steps: int = STE
     return result
 
 
+def collectives(comm) -> dict[str, np.ndarray]:
+    """Each collective on rank-dependent inputs: rank r holds ``arange(8 * n) + 100 r`` (float32)."""
+    n, r = comm.world_size, comm.rank
+    def mine():
+        return np.arange(8 * n, dtype=np.float32) + 100 * r
+    result = {"sum": comm.allreduce(mine()), "average": comm.allreduce(mine(), op="average"),
+              "count": comm.allreduce(np.array([1, r], np.int64)),
+              "reduce_scatter": comm.reduce_scatter(mine()),
+              "reduce_scatter_average": comm.reduce_scatter(mine(), op="average"),
+              "allgather": comm.allgather(np.full(3, r, np.float64)),
+              "broadcast": comm.broadcast(mine(), root=n - 1)}
+    comm.barrier()
+    return result
+
+
 def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
+    """``facade``, ``trainer``, ``odd`` (the trainer on a batch of 15: unequal shards), ``bn`` (one step
+    of a model with BatchNormalization) or ``collectives``."""
+    if mode == "collectives":
+        return collectives(comm)
     if mode == "facade":
         return facade_run(comm, optimizer)
+    if mode == "odd":
+        return trainer_run(comm, optimizer, batch=BATCH - 1)
     return trainer_run(comm, optimizer, batch_norm=mode == "bn", steps=1 if mode == "bn" else STEPS)
 
 
 def main() -> None:
     out, engine, *cases = sys.argv[1:]
-    comm = distributed.init(engine)
+    comm = distributed.init(None if engine == "detect" else engine)
     for case in cases:
         result = run(*case.split("-"), comm)
         np.savez(os.path.join(out, f"{case}-rank{comm.rank}.npz"), world_size=comm.world_size, engine=comm.engine,

@@ -75,6 +75,7 @@ def launch_torch(n: int, args: list[str]) -> None:
 
 
 CASES = [f"{mode}-{optimizer}" for mode in ("facade", "trainer") for optimizer in ("sgd", "adamw")]
+MORE = ["odd-adamw", "bn-sgd", "collectives-none"]
 
 
 def _results(out: pathlib.Path, case: str, n: int, engine: str) -> list[dict[str, np.ndarray]]:
@@ -109,11 +110,96 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(tmp_path, engine, n
     """SGD-momentum and AdamW, through the optimizer facade (gradients by formula) and the Trainer (an
     MLP, cross-entropy): every rank's final parameters and losses equal, and equal to the run on the
     whole batch in one process, to float32 rounding."""
-    LAUNCHERS[engine](n, [str(tmp_path), engine, *CASES])
-    for case in CASES:
+    LAUNCHERS[engine](n, [str(tmp_path), engine, *CASES, *MORE])
+    for case in CASES + ["odd-adamw"]:
         mode, optimizer = case.split("-")
         if mode == "facade":  # c has gradient 1 on rank 0 only, none elsewhere: its average is 1 / n
             reference = worker.facade_run(SingleProcess(), optimizer, c_grad=1 / n)
         else:
             reference = worker.run(mode, optimizer, SingleProcess())
         _check(case, _results(tmp_path, case, n, engine), reference)
+    _check_batch_norm(_results(tmp_path, "bn-sgd", n, engine), n)
+    _check_collectives(_results(tmp_path, "collectives-none", n, engine), n)
+
+
+def _check_batch_norm(results: list[dict[str, np.ndarray]], n: int) -> None:
+    """After one step: every rank equal; ``running_mean`` the whole batch's update (momentum 0.9:
+    ``0.9 * 0 + 0.1 * mean(h)``), ``running_var`` the mean of the shards' unbiased variances
+    (``0.9 * 1 + 0.1 * mean_r var(h_r)``), with ``h`` the first layer's output on rank 0's weights."""
+    from onnx import numpy_helper
+    for name in results[0]:
+        for r, result in enumerate(results):
+            np.testing.assert_array_equal(result[name], results[0][name], err_msg=f"bn {name}: rank {r} != rank 0")
+    weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in worker.mlp(100, True).graph.initializer}
+    h = worker.data()[0].astype(np.float64) @ weights["W1"] + weights["B1"]
+    np.testing.assert_allclose(results[0]["buffer:mean"], 0.1 * h.mean(0), rtol=1e-5, atol=1e-6)
+    shard_var = np.mean([part.var(0, ddof=1) for part in np.array_split(h, n)], axis=0)
+    np.testing.assert_allclose(results[0]["buffer:var"], 0.9 + 0.1 * shard_var, rtol=1e-5, atol=1e-6)
+
+
+def _check_collectives(results: list[dict[str, np.ndarray]], n: int) -> None:
+    base = np.arange(8 * n, dtype=np.float64)
+    total = n * base + 100 * sum(range(n))
+    for r, result in enumerate(results):
+        np.testing.assert_allclose(result["sum"], total, rtol=1e-6)
+        np.testing.assert_allclose(result["average"], total / n, rtol=1e-6)
+        np.testing.assert_array_equal(result["count"], [n, sum(range(n))])
+        np.testing.assert_allclose(result["reduce_scatter"], total[8 * r:8 * (r + 1)], rtol=1e-6)
+        np.testing.assert_allclose(result["reduce_scatter_average"], total[8 * r:8 * (r + 1)] / n, rtol=1e-6)
+        np.testing.assert_array_equal(result["allgather"], np.repeat(np.arange(n, dtype=np.float64), 3))
+        np.testing.assert_array_equal(result["broadcast"], base + 100 * (n - 1))
+
+
+@needs_torch
+def test_the_same_script_runs_under_torchrun(tmp_path):
+    """The worker launched by torchrun itself (2 processes on 127.0.0.1), the engine detected from its environment."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this Python")
+    command = [torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+               str(WORKER), str(tmp_path), "detect", "trainer-sgd"]
+    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check("trainer-sgd", _results(tmp_path, "trainer-sgd", 2, "torch"), worker.run("trainer", "sgd", SingleProcess()))
+
+
+def test_detect_reads_the_launchers_environment():
+    assert distributed.detect({"PMI_RANK": "0", "PMI_SIZE": "2"}) == "mpi"
+    assert distributed.detect({"OMPI_COMM_WORLD_RANK": "1"}) == "mpi"
+    assert distributed.detect({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}) == "torch"
+    assert distributed.detect({"RANK": "0"}) == "single"
+    assert distributed.detect({}) == "single"
+
+
+def test_a_world_of_one_leaves_buffers_and_checks_them():
+    comm = distributed.init("single")
+    assert (comm.rank, comm.world_size) == (0, 1)
+    buffer = np.arange(6, dtype=np.float32)
+    assert comm.allreduce(buffer, op="average") is buffer and np.array_equal(buffer, np.arange(6))
+    np.testing.assert_array_equal(comm.reduce_scatter(buffer.copy()), np.arange(6))
+    np.testing.assert_array_equal(comm.allgather(buffer), np.arange(6))
+    with pytest.raises(ValueError, match="op must be one of"):
+        comm.allreduce(buffer, op="max")
+    with pytest.raises(TypeError, match="needs a float buffer"):
+        comm.allreduce(np.arange(3), op="average")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        comm.allreduce(np.zeros((4, 4), np.float32)[:, 1])
+    with pytest.raises(TypeError, match="numpy array"):
+        comm.broadcast([1.0, 2.0])
+    with pytest.raises(ValueError, match="root 1 is not a rank"):
+        comm.broadcast(buffer, root=1)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        distributed.init("nccl2")
+
+
+def test_one_process_data_parallel_is_the_plain_optimizer():
+    """A world of one: Trainer(communicator=) runs the plain fused step, with its results exactly."""
+    plain = worker.trainer_run(SingleProcess(), "adamw")
+    x, y, _ = worker.data()
+    import graphopt
+    from graphopt import losses
+    trainer = graphopt.Trainer(worker.mlp(100, False), losses.cross_entropy("logits"), worker.make_optimizer("adamw"))
+    for _ in range(worker.STEPS):
+        trainer.step({"x": x}, labels=y)
+    for name, p in trainer.parameters.items():
+        np.testing.assert_array_equal(p.data, plain[name])
