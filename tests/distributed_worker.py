@@ -41,9 +41,10 @@ def data(batch: int = BATCH):
     return x, y, target
 
 
-def facade_run(comm, optimizer: str, c_grad: float = 1.0) -> dict[str, np.ndarray]:
-    """Least squares ``mean((x @ w + b - target)^2)``, gradients by its formula on this process's shard;
-    ``c`` gets a gradient (``c_grad``) on rank 0 only, none elsewhere."""
+def facade_run(comm, optimizer: str, c_grad: float = 1.0, micro: int = 1) -> dict[str, np.ndarray]:
+    """Least squares ``mean((x @ w + b - target)^2)``, gradients by its formula on this process's shard
+    (``micro`` > 1: summed over that many parts of the shard with ``sum_grad``); ``c`` gets a gradient
+    (``c_grad``) on rank 0 only, none elsewhere."""
     x, _, target = data()
     rng = np.random.default_rng(100 + comm.rank)  # different on every rank: the broadcast makes them equal
     w = graphopt.Parameter(rng.standard_normal((5, 3)).astype(np.float32), name="w")
@@ -52,10 +53,13 @@ def facade_run(comm, optimizer: str, c_grad: float = 1.0) -> dict[str, np.ndarra
     opt = distributed.DataParallel(make_optimizer(optimizer, [w, b, c]), comm)
     xs, ts = distributed.shard(x, comm), distributed.shard(target, comm)
     for _ in range(STEPS):
-        r = xs @ w.data + b.data - ts
-        w.grad = (2 / r.size) * xs.T @ r
-        b.grad = (2 / r.size) * r.sum(0)
-        c.grad = np.full(4, c_grad, np.float32) if comm.rank == 0 else None
+        for part_x, part_t in zip(np.array_split(xs, micro), np.array_split(ts, micro)):
+            r = part_x @ w.data + b.data - part_t
+            w.grad = (2 / ts.size) * part_x.T @ r  # the shard's mean: each part's sum over the shard's size
+            b.grad = (2 / ts.size) * r.sum(0)
+            c.grad = np.full(4, c_grad / micro, np.float32) if comm.rank == 0 else None
+            if micro > 1:
+                opt.sum_grad()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return {"w": w.data.copy(), "b": b.data.copy(), "c": c.data.copy()}
@@ -122,14 +126,15 @@ def die(comm, freeze: bool = False) -> dict[str, np.ndarray]:
 
 
 def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
-    """``facade``, ``trainer``, ``odd`` (the trainer on a batch of 15: unequal shards), ``bn`` (one step
-    of a model with BatchNormalization) or ``collectives``."""
+    """``facade``, ``summed`` (the facade with ``sum_grad`` over 2 parts), ``trainer``, ``odd`` (the
+    trainer on a batch of 15: unequal shards), ``bn`` (one step of a model with BatchNormalization),
+    ``collectives``, ``die`` or ``freeze``."""
     if mode == "collectives":
         return collectives(comm)
     if mode in ("die", "freeze"):
         return die(comm, freeze=mode == "freeze")
-    if mode == "facade":
-        return facade_run(comm, optimizer)
+    if mode in ("facade", "summed"):
+        return facade_run(comm, optimizer, micro=2 if mode == "summed" else 1)
     if mode == "odd":
         return trainer_run(comm, optimizer, batch=BATCH - 1)
     return trainer_run(comm, optimizer, batch_norm=mode == "bn", steps=1 if mode == "bn" else STEPS)

@@ -83,7 +83,7 @@ def _succeeded(outcomes: list[tuple[int, str]]) -> None:
 
 
 CASES = [f"{mode}-{optimizer}" for mode in ("facade", "trainer") for optimizer in ("sgd", "adamw")]
-MORE = ["odd-adamw", "bn-sgd", "collectives-none"]
+MORE = ["summed-sgd", "odd-adamw", "bn-sgd", "collectives-none"]
 
 
 def _results(out: pathlib.Path, case: str, n: int, engine: str) -> list[dict[str, np.ndarray]]:
@@ -119,10 +119,10 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(tmp_path, engine, n
     MLP, cross-entropy): every rank's final parameters and losses equal, and equal to the run on the
     whole batch in one process, to float32 rounding."""
     _succeeded(LAUNCHERS[engine](n, [str(tmp_path), engine, *CASES, *MORE]))
-    for case in CASES + ["odd-adamw"]:
+    for case in CASES + ["summed-sgd", "odd-adamw"]:
         mode, optimizer = case.split("-")
-        if mode == "facade":  # c has gradient 1 on rank 0 only, none elsewhere: its average is 1 / n
-            reference = worker.facade_run(SingleProcess(), optimizer, c_grad=1 / n)
+        if mode in ("facade", "summed"):  # c has gradient 1 on rank 0 only, none elsewhere: its average is 1 / n
+            reference = worker.facade_run(SingleProcess(), optimizer, c_grad=1 / n, micro=1 + (mode == "summed"))
         else:
             reference = worker.run(mode, optimizer, SingleProcess())
         _check(case, _results(tmp_path, case, n, engine), reference)
