@@ -243,3 +243,22 @@ def test_a_frozen_mpi_worker_is_ended_by_mpiexec_timeout(tmp_path):
     [(status, _)] = launch_mpi(2, [str(tmp_path), "mpi", "freeze-none"], MPIEXEC_TIMEOUT="8")
     assert status != 0 and time.perf_counter() - start < TIMEOUT
     assert not list(tmp_path.glob("freeze-none-rank*"))
+
+
+@needs_mpi
+def test_the_digits_example_learns_on_two_processes(tmp_path):
+    """examples/digits_data_parallel.py under ``mpiexec -n 2``: the loss falls, the test accuracy passes
+    85% in 3 epochs, rank 0 writes a model that runs."""
+    import onnxruntime as ort
+
+    command = [MPIEXEC, "-n", "2", "-host", "127.0.0.1", sys.executable,
+               str(ROOT / "examples" / "digits_data_parallel.py"), "--epochs", "3", "--out", str(tmp_path)]
+    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    assert len(epochs) == 3, result.stdout  # printed by rank 0 only
+    loss = [float(line.split("loss ")[1].split(",")[0]) for line in epochs]
+    assert loss[-1] < 0.5 * loss[0] and float(epochs[-1].split("accuracy ")[1].rstrip("%")) >= 85
+    assert "2 processes (mpi)" in result.stdout
+    session = ort.InferenceSession(str(tmp_path / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
