@@ -200,7 +200,7 @@ def test_a_world_of_one_leaves_buffers_and_checks_them():
         distributed.init("nccl2")
 
 
-def test_one_process_data_parallel_is_the_plain_optimizer():
+def test_a_world_of_one_trains_as_the_plain_trainer():
     """A world of one: Trainer(communicator=) runs the plain fused step, with its results exactly."""
     plain = worker.trainer_run(SingleProcess(), "adamw")
     x, y, _ = worker.data()
