@@ -103,6 +103,12 @@ class Trainer:
             ``found_inf`` and ``skipped_steps`` report it.
             After `accumulate`, the summed scaled gradients go through the scaler's eager
             ``step`` and ``update`` instead (torch's sequence for accumulated AMP steps).
+        communicator: a `graphopt.distributed.Communicator` (``graphopt.distributed.init()``): data-parallel
+            training. Parameters and running statistics are broadcast from rank 0 here; each ``step``
+            then takes this process's shard of the batch, and gradients and running statistics are
+            averaged over the processes before the same update everywhere
+            (`graphopt.distributed.training`). The step runs as two ONNX Runtime calls (gradients,
+            then update) instead of one.
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -113,7 +119,8 @@ class Trainer:
                  trainable: Selector = None, frozen: Selector = None, groups: Sequence[Mapping[str, Any]] = (),
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
-                 grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None):
+                 grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None,
+                 communicator: Any = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -158,6 +165,10 @@ class Trainer:
         self._evaluation: Executable | None = None
         self._accumulating = False
         self._fused: bool | None = None  # decided at the first step (fused_update)
+        self.communicator = communicator
+        if communicator is not None and communicator.world_size > 1:
+            from graphopt.distributed.training import broadcast_trainer
+            broadcast_trainer(self, communicator)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
@@ -183,15 +194,12 @@ class Trainer:
         step whose update runs fused (`fused_update`): the gradients are written straight into
         the optimizer's flat buffers, then its fused kernels update them in place.
         """
+        if self.communicator is not None and self.communicator.world_size > 1:
+            from graphopt.distributed.training import data_parallel_step
+            return data_parallel_step(self, inputs, labels)
         if self._accumulating or self.fused_update:
             loss = self._gradients_into_buffers(inputs, labels, "step")
-            if self._scaling():
-                self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
-                self.grad_scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._accumulating = False
+            self._apply_accumulated()
             return loss
         layouts, specs, (_, executable, safe) = self._training_step()
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
@@ -226,6 +234,16 @@ class Trainer:
             if guard.loss_scale:
                 self.grad_scaler.update_from(outputs)
         return float(loss)
+
+    def _apply_accumulated(self) -> None:
+        """The optimizer's step on the gradients `accumulate` summed, then a fresh sum."""
+        if self._scaling():
+            self.grad_scaler.step(self.optimizer)  # unscales the summed gradients, skips if not finite
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._accumulating = False
 
     def _scaling(self) -> bool:
         return self.grad_scaler is not None and self.grad_scaler.enabled

@@ -1,0 +1,56 @@
+"""`DataParallel`: an optimizer whose ``step`` first averages the gradients over the processes.
+
+    comm = graphopt.distributed.init()                       # mpiexec / torchrun / alone
+    opt = graphopt.distributed.DataParallel(optim.AdamW(params, lr=1e-3), comm)
+    ...                                                      # each process: its shard's gradients
+    opt.step()                                               # averaged, then the same update everywhere
+
+At construction every parameter is broadcast from rank 0, so all processes start equal; each
+step averages the flat gradient buffers (`average_gradients`) and runs the wrapped optimizer's
+own step on identical gradients, so parameters and state stay identical on every process.
+Everything else (``zero_grad``, ``state_dict``, ``param_groups`` ...) is the wrapped optimizer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from graphopt.distributed.communicator import Communicator
+from graphopt.distributed.gradients import BUCKET_BYTES, average_gradients
+from graphopt.distributed.launch import init
+
+
+class DataParallel:
+    """``optimizer`` with gradients averaged over ``communicator``'s processes before each step
+    (default communicator: `graphopt.distributed.init`, the launcher's engine)."""
+
+    def __init__(self, optimizer, communicator: Communicator | None = None, *, bucket_bytes: int = BUCKET_BYTES):
+        self.optimizer = optimizer
+        self.communicator = communicator if communicator is not None else init()
+        self.bucket_bytes = bucket_bytes
+        broadcast_parameters(optimizer, self.communicator)
+
+    def average_gradients(self, weight: float | None = None) -> None:
+        """Average the current gradients (weighted by ``weight``, see `average_gradients`) without stepping."""
+        average_gradients(self.optimizer, self.communicator, weight, self.bucket_bytes)
+
+    def step(self, closure: Callable[[], Any] | None = None, *, weight: float | None = None) -> Any:
+        """``closure()`` (forward and backward on this process's shard), the gradients averaged over
+        the processes, then the wrapped optimizer's step; returns the closure's value."""
+        loss = closure() if closure is not None else None
+        self.average_gradients(weight)
+        self.optimizer.step()
+        return loss
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"DataParallel({self.optimizer!r}, {self.communicator!r})"
+
+
+def broadcast_parameters(optimizer, communicator: Communicator, root: int = 0) -> None:
+    """Every parameter of ``optimizer`` set to ``root``'s values (one broadcast per flat buffer)."""
+    for group in optimizer._flats:  # noqa: SLF001
+        for flat in group:
+            communicator.broadcast(flat.data, root)

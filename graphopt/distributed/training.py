@@ -1,0 +1,67 @@
+"""The Trainer's data-parallel step (``Trainer(..., communicator=comm)``) and `shard`.
+
+Each process runs forward and backward on its shard of the batch (`Trainer.accumulate`, gradients
+into the flat buffers, no update); the gradients are averaged weighted by the shard sizes
+(`average_gradients`: exact for a mean-reduced loss, the built-in losses' reduction, over shards of
+any sizes); the running statistics (BatchNormalization's) are averaged with the same weights; every
+process then applies the same update. The returned loss is the weighted average of the shards'
+losses: the whole batch's mean loss.
+
+Running statistics: each process updates them from its own shard's batch statistics, as torch's
+DistributedDataParallel without SyncBatchNorm normalizes; averaging them after the step makes
+``running_mean`` exactly the whole batch's update (a mean of shard means), while ``running_var``
+becomes the mean of the shards' variances (without the spread between shard means). Integer
+buffers (batch counters) are the same on every process and are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from graphopt.distributed.communicator import Communicator
+from graphopt.distributed.gradients import average_gradients
+
+
+def shard(batch: np.ndarray, communicator: Communicator) -> np.ndarray:
+    """This process's contiguous part of ``batch`` along its first axis (``numpy.array_split``: the
+    first ``len(batch) % world_size`` processes get one sample more)."""
+    return np.array_split(batch, communicator.world_size)[communicator.rank]
+
+
+def broadcast_trainer(trainer, communicator: Communicator, root: int = 0) -> None:
+    """Parameters and running statistics of ``trainer`` set to ``root``'s values."""
+    from graphopt.distributed.data_parallel import broadcast_parameters
+    broadcast_parameters(trainer.optimizer, communicator, root)
+    for name, value in trainer.buffers.items():
+        trainer.buffers[name] = communicator.broadcast(np.ascontiguousarray(value).copy(), root)
+
+
+def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
+    """Forward and backward on this process's shard, gradients and running statistics averaged over
+    the processes (weighted by shard size), the same update on every process; the whole batch's loss."""
+    communicator = trainer.communicator
+    loss = trainer.accumulate(inputs, labels)
+    size = _batch_size(inputs, labels)
+    totals = communicator.allreduce(np.array([size, size * loss], np.float64))
+    average_gradients(trainer.optimizer, communicator, weight=size)
+    _average_buffers(trainer, communicator, size / totals[0])
+    trainer._apply_accumulated()  # noqa: SLF001
+    return float(totals[1] / totals[0])
+
+
+def _average_buffers(trainer, communicator: Communicator, share: float) -> None:
+    for name, value in trainer.buffers.items():
+        if value.dtype.kind == "f":
+            weighted = np.ascontiguousarray(value * value.dtype.type(share))
+            trainer.buffers[name] = communicator.allreduce(weighted)
+
+
+def _batch_size(inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> int:
+    """The shard's number of samples: the first axis of its labels, else of its first input."""
+    first = labels if labels is not None else next(iter(inputs.values()), None)
+    if first is None or np.ndim(first) == 0:
+        raise ValueError("Trainer.step (data parallel): cannot tell the shard's batch size; feed batched "
+                         "inputs (samples along the first axis)")
+    return int(np.shape(first)[0])
