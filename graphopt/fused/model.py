@@ -19,11 +19,11 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from graphopt.fused.body import translate_body
+from graphopt.native.kernel import DOMAIN
 from graphopt.fused.errors import NotFusable
 from graphopt.fused.fragment import render
 from graphopt.update.chunked import ChunkedModels
 
-DOMAIN = "ai.graphopt.fused"
 FLAT = "n"  # the symbolic element count of the flat buffers
 
 

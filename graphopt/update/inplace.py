@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import onnx
 
+from graphopt.native.kernel import DOMAIN as FUSED_DOMAIN
+
 if TYPE_CHECKING:
     from graphopt.runtime import Executable
 
@@ -41,7 +43,6 @@ ELEMENTWISE = frozenset({
     "Pow", "Reciprocal", "Relu", "Sigmoid", "Sign", "Sqrt", "Sub", "Sum", "Tanh", "Where",
 })
 VIEW_LIKE = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-FUSED_DOMAIN = "ai.graphopt.fused"  # graphopt.fused's kernels: elementwise by construction
 
 
 def in_place_pairs(graph: onnx.GraphProto, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
