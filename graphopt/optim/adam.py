@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from graphopt.optim import validation
-from graphopt.optim.optimizer import Optimizer, gradient_transforms, validate_gradient_settings
-from graphopt.transforms import (AddWeightDecay, DecoupledWeightDecay, ScaleByAdam, ScaleByLearningRate,
-                                 Transform, chain)
+from graphopt.optim.optimizer import (Optimizer, gradient_transforms, validate_gradient_settings,
+                                      weight_decay_transform)
+from graphopt.transforms import ScaleByAdam, ScaleByLearningRate, Transform, chain
 
 
 class Adam(Optimizer):
@@ -58,9 +58,7 @@ class Adam(Optimizer):
         validation.boolean(where, "amsgrad", group["amsgrad"])
 
     def _transform(self, group: Mapping[str, Any]) -> Transform:
-        decay = None
-        if group["weight_decay"] != 0:
-            decay = DecoupledWeightDecay() if self._decoupled else AddWeightDecay()
+        decay = weight_decay_transform(group, self._decoupled)
         return chain(*gradient_transforms(group), decay, ScaleByAdam(amsgrad=bool(group["amsgrad"])),
                      ScaleByLearningRate())
 

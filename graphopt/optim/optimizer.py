@@ -36,7 +36,8 @@ from graphopt.optim.flat import FlatGroup
 from graphopt.optim.serial import serialized
 from graphopt.parameter import Parameter, check_grad
 from graphopt.runtime import Runtime
-from graphopt.transforms import ClipByNorm, ClipByValue, Maximize, Scale, Transform, chain
+from graphopt.transforms import (AddWeightDecay, ClipByNorm, ClipByValue, DecoupledWeightDecay, Maximize,
+                                 Scale, Transform, chain)
 from graphopt.optim.schedules import CLOCK, INITIAL_LR, Schedule, ScheduledLearningRate
 from graphopt.transforms.averaging import EMA, SLOT, SWA
 from graphopt.update import GroupSpec, ParamSpec, build_update
@@ -597,6 +598,14 @@ def gradient_transforms(group: Mapping[str, Any]) -> list[Transform | None]:
         ClipByNorm(per_tensor=bool(group["clip_per_tensor"])) if group["clip_norm"] != 0 else None,
         Maximize() if group["maximize"] else None,
     ]
+
+
+def weight_decay_transform(group: Mapping[str, Any], decoupled: bool) -> Transform | None:
+    """The group's weight decay, when ``weight_decay`` is not 0: decoupled (AdamW's, on the parameter)
+    or coupled (an L2 term added to the gradient)."""
+    if group["weight_decay"] == 0:
+        return None
+    return DecoupledWeightDecay() if decoupled else AddWeightDecay()
 
 
 def validate_gradient_settings(group: Mapping[str, Any], where: str) -> None:

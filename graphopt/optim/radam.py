@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from graphopt.optim import validation
-from graphopt.optim.optimizer import Optimizer, gradient_transforms, validate_gradient_settings
-from graphopt.transforms import (AddWeightDecay, DecoupledWeightDecay, ScaleByLearningRate, ScaleByRAdam, Transform,
-                                 chain)
+from graphopt.optim.optimizer import (Optimizer, gradient_transforms, validate_gradient_settings,
+                                      weight_decay_transform)
+from graphopt.transforms import ScaleByLearningRate, ScaleByRAdam, Transform, chain
 
 
 class RAdam(Optimizer):
@@ -60,7 +60,5 @@ class RAdam(Optimizer):
         validation.boolean(where, "decoupled_weight_decay", group["decoupled_weight_decay"])
 
     def _transform(self, group: Mapping[str, Any]) -> Transform:
-        decay = None
-        if group["weight_decay"] != 0:
-            decay = DecoupledWeightDecay() if group["decoupled_weight_decay"] else AddWeightDecay()
+        decay = weight_decay_transform(group, group["decoupled_weight_decay"])
         return chain(*gradient_transforms(group), decay, ScaleByRAdam(), ScaleByLearningRate())
