@@ -7,8 +7,8 @@ import pytest
 
 import graphopt
 from graphopt import optim
-from graphopt.optim.execution import _ChunkedPlan, _TensorPlan
 from graphopt.runtime import Runtime
+from tests.plans import plans_taken
 from tests.reference import ReferenceOptimizer
 
 
@@ -16,19 +16,6 @@ def _params(shapes, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     return [graphopt.Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
 
-
-def _plans(optimizer, monkeypatch):
-    """Record which path each group took in the next step."""
-    taken = []
-    for cls in (_ChunkedPlan, _TensorPlan):
-        original = cls.run
-
-        def run(self, _original=original):
-            taken.append(type(self).__name__)
-            _original(self)
-
-        monkeypatch.setattr(cls, "run", run)
-    return taken
 
 
 def test_parameters_are_views_of_one_buffer_updated_in_place():
@@ -49,7 +36,7 @@ def test_parameters_are_views_of_one_buffer_updated_in_place():
 def test_full_groups_take_the_chunked_path_and_partial_ones_the_per_tensor_path(monkeypatch):
     params = _params([(5,), (6,)])
     optimizer = optim.SGD(params, lr=0.1, momentum=0.9)
-    taken = _plans(optimizer, monkeypatch)
+    taken = plans_taken(monkeypatch)
     for p in params:
         p.grad = np.ones(p.shape, np.float32)
     optimizer.step()
@@ -61,7 +48,7 @@ def test_full_groups_take_the_chunked_path_and_partial_ones_the_per_tensor_path(
 def test_per_tensor_clipping_takes_the_per_tensor_path(monkeypatch):
     params = _params([(5,), (6,)])
     optimizer = optim.Adam(params, clip_norm=1.0, clip_per_tensor=True)
-    taken = _plans(optimizer, monkeypatch)
+    taken = plans_taken(monkeypatch)
     for p in params:
         p.grad = np.ones(p.shape, np.float32)
     optimizer.step()

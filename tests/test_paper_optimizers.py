@@ -17,8 +17,8 @@ from onnx import numpy_helper
 
 import graphopt
 from graphopt import optim
-from graphopt.optim.execution import _ChunkedPlan, _TensorPlan
 from graphopt.runtime import Runtime
+from tests.plans import plans_taken
 from tests.reference import lr_of, preprocess, wd_of
 from tests.test_trainer import numpy_gradients, regression_model
 
@@ -160,26 +160,13 @@ ALL = {
 }
 
 
-def _plans(monkeypatch):
-    """The plan classes that ran, in order, from now on."""
-    taken = []
-    for cls in (_ChunkedPlan, _TensorPlan):
-        original = cls.run
-
-        def run(self, _original=original):
-            taken.append(type(self).__name__)
-            _original(self)
-
-        monkeypatch.setattr(cls, "run", run)
-    return taken
-
 
 @pytest.mark.parametrize("kind", list(ALL))
 def test_full_groups_take_the_chunked_path(kind, monkeypatch):
     rng = np.random.default_rng(0)
     params = [graphopt.Parameter(rng.standard_normal(s).astype(np.float32)) for s in SHAPES]
     opt = getattr(optim, kind)(params, runtime=Runtime(chunk_size=16, threads=2), **ALL[kind])
-    taken = _plans(monkeypatch)
+    taken = plans_taken(monkeypatch)
     for _ in range(8):  # RAdam switches to its rectified update at step 6: still one graph
         for p in params:
             p.grad = rng.standard_normal(p.shape).astype(np.float32)

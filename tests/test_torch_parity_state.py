@@ -21,8 +21,8 @@ import pytest
 
 import graphopt
 from graphopt import checkpoint, optim
-from graphopt.optim.execution import _ChunkedPlan, _TensorPlan
 from graphopt.runtime import Runtime
+from tests.plans import plans_taken
 
 torch = pytest.importorskip("torch")
 
@@ -129,18 +129,6 @@ def test_masked_graph_matches_torch(kind, kwargs, torch_dtype):
         _assert_state_matches(opt, ref, params, tensors, 1e-10, 1e-12, f"step {step}")
 
 
-def _paths(monkeypatch):
-    taken = []
-    for cls in (_ChunkedPlan, _TensorPlan):
-        original = cls.run
-
-        def run(self, _original=original):
-            taken.append(type(self).__name__)
-            _original(self)
-
-        monkeypatch.setattr(cls, "run", run)
-    return taken
-
 
 @pytest.mark.parametrize("dtype, rtol, atol", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("kind, kwargs", [("NAdam", {"weight_decay": 0.1, "momentum_decay": 6e-3}),
@@ -151,7 +139,7 @@ def test_chunked_path_matches_torch(kind, kwargs, dtype, rtol, atol, torch_dtype
     threads), their scalar state group-wide, and still match torch through lr changes."""
     torch_dtype(dtype)
     params, opt, tensors, ref = _pair(kind, kwargs, dtype, runtime=Runtime(chunk_size=16, threads=2))
-    taken = _paths(monkeypatch)
+    taken = plans_taken(monkeypatch)
     rng = np.random.default_rng(3)
     for step in range(14):
         _set_lr(step + 6, opt, ref)
@@ -175,7 +163,7 @@ def test_unequal_scalar_state_runs_per_tensor_and_matches_torch(torch_dtype, mon
     theirs["state"][2]["mu_product"] = torch.tensor(0.25)
     opt.load_state_dict(saved)
     ref.load_state_dict(theirs)
-    taken = _paths(monkeypatch)
+    taken = plans_taken(monkeypatch)
     for step in range(3):
         _feed(params, tensors, [rng.standard_normal(p.shape) for p in params], set())
         opt.step()
