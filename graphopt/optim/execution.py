@@ -87,13 +87,13 @@ class Executor:
                 return _ChunkedPlan(self, group, flats, transform, hypers, compiled, summing)
         return _TensorPlan(self, group, flats, transform, hypers, grads, names_of)
 
-    def any_nonfinite(self, grads: list[np.ndarray | None]) -> bool:
-        """Whether any element of the given gradient views is NaN or inf (None entries: no gradient),
-        by `graphopt.update.guard.nonfinite_check_model`, one run per contiguous run of views."""
-        for run in _contiguous_runs([g for g in grads if g is not None]):
-            if run.dtype not in self._checks:
-                self._checks[run.dtype] = self.runtime.compile(nonfinite_check_model(run.dtype))
-            (found,) = self._checks[run.dtype].session.run(None, {"x": run})
+    def any_nonfinite(self, arrays: list[np.ndarray]) -> bool:
+        """Whether any element of ``arrays`` is NaN or inf, by `graphopt.update.guard.nonfinite_check_model`
+        (one run per array)."""
+        for array in arrays:
+            if array.dtype not in self._checks:
+                self._checks[array.dtype] = self.runtime.compile(nonfinite_check_model(array.dtype))
+            (found,) = self._checks[array.dtype].session.run(None, {"x": array.reshape(-1)})
             if found:
                 return True
         return False
@@ -156,29 +156,6 @@ class Executor:
         pairs = in_place_candidates(spec.params, spec.transform)
         executable = self.runtime.compile(model, keep_optimized=True)
         return executable, proven_in_place(model, executable, pairs)
-
-
-def _contiguous_runs(views: list[np.ndarray]) -> list[np.ndarray]:
-    """``views`` (1-D-able views of flat buffers, in buffer order) joined where one ends where the
-    next begins: all of a flat buffer's tensors make one run, so a check is one call per buffer."""
-    runs: list[np.ndarray] = []
-    for view in views:
-        flat = view.reshape(-1)
-        if runs and runs[-1].dtype == flat.dtype and runs[-1].base is not None and flat.base is runs[-1].base \
-                and _end(runs[-1]) == _start(flat):
-            start = (_start(runs[-1]) - _start(flat.base)) // flat.itemsize
-            runs[-1] = flat.base[start:start + runs[-1].size + flat.size]
-        else:
-            runs.append(flat)
-    return runs
-
-
-def _start(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
-def _end(a: np.ndarray) -> int:
-    return _start(a) + a.nbytes
 
 
 def _uniform_scalars(flats: list[FlatGroup], transform: Transform) -> bool:

@@ -281,6 +281,18 @@ class Optimizer:
             p._grad = storage  # noqa: SLF001
         return storage
 
+    def _gradient_arrays(self) -> list[np.ndarray]:
+        """The gradients the next step reads: a flat buffer whole where every tensor in it has one (its
+        padding is zero), else each gradient's view (the buffer may hold stale values of tensors without)."""
+        arrays = []
+        for flats in self._flats:
+            for flat, grads in zip(flats, self._gradients(flats)):
+                if all(g is not None for g in grads):
+                    arrays.append(flat.sums if self._summing else flat.grads)
+                else:
+                    arrays.extend(g for g in grads if g is not None)
+        return arrays
+
     def _gradients(self, flats: list[FlatGroup]) -> list[list[np.ndarray | None]]:
         """Per flat buffer, each tensor's gradient (or gradient sum) view, or None."""
         if self._summing:
@@ -302,8 +314,7 @@ class Optimizer:
         gradients = [self._gradients(layout.flats) for layout in layouts]
         plans = [self._executor.plan(*layout, grads, self._summing) for layout, grads in zip(layouts, gradients)]
         if self.skip_nonfinite:
-            self.found_inf = self._executor.any_nonfinite(
-                [grad for layout, grads in zip(layouts, gradients) for flat_grads in grads for grad in flat_grads])
+            self.found_inf = self._executor.any_nonfinite(self._gradient_arrays())
             if self.found_inf:
                 self.skipped_steps += 1
                 self._summing = False

@@ -81,12 +81,9 @@ class GradScaler:
         if id(optimizer) in self._found:
             raise RuntimeError("GradScaler.unscale_: already called on this optimizer since the last update()")
         inv_scale = np.float32(1.0 / np.float64(self._scale))
-        grads = []
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad *= inv_scale.astype(p.grad.dtype)
-                    grads.append(p.grad)
+        grads = optimizer._gradient_arrays()  # noqa: SLF001 - what its next step reads (summed ones too)
+        for grad in grads:
+            grad *= inv_scale.astype(grad.dtype)
         self._found[id(optimizer)] = optimizer._executor.any_nonfinite(grads)  # noqa: SLF001
 
     def step(self, optimizer: Any) -> bool:
