@@ -109,11 +109,10 @@ def _label(name: str | None) -> str:
 
 def check_grad(param: Parameter | np.ndarray, grad: Any, label: str | None = None) -> np.ndarray:
     """``grad`` if it is a numpy array of ``param``'s shape and dtype; else a clear error naming ``label``."""
-    who = label or repr(param)
     if not isinstance(grad, np.ndarray):
-        raise TypeError(f"gradient of {who}: expected a numpy array, got {type(grad).__name__}")
+        raise TypeError(f"gradient of {label or repr(param)}: expected a numpy array, got {type(grad).__name__}")
     if grad.shape != param.shape:
-        raise ValueError(f"gradient of {who}: expected shape {param.shape}, got {grad.shape}")
+        raise ValueError(f"gradient of {label or repr(param)}: expected shape {param.shape}, got {grad.shape}")
     if grad.dtype != param.dtype:
-        raise TypeError(f"gradient of {who}: expected dtype {param.dtype}, got {grad.dtype}")
+        raise TypeError(f"gradient of {label or repr(param)}: expected dtype {param.dtype}, got {grad.dtype}")
     return grad
