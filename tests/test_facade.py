@@ -195,6 +195,36 @@ def test_numpy_scalar_lr_equals_float_lr():
     np.testing.assert_array_equal(results[0], results[2])
 
 
+def test_an_lr_written_into_a_0d_array_between_steps_takes_effect():
+    """A group's settings are validated and compiled again only when they change; a 0-d array can
+    change without the group changing, so it is read at every step."""
+    w, lr = _param([0.0]), np.array(1.0)
+    optimizer = optim.SGD([w], lr=lr)
+    w.grad = np.ones(1, np.float32)
+    optimizer.step()
+    lr[...] = 0.25
+    optimizer.step()
+    np.testing.assert_allclose(w.data, [-1.25])
+
+
+@pytest.mark.parametrize("key, value, error", [("momentum", -0.5, ValueError), ("nesterov", 1, TypeError),
+                                               ("lr", float("nan"), ValueError)])
+def test_a_setting_made_invalid_after_steps_is_refused_before_anything_changes(key, value, error):
+    """Settings equal to the last step's reuse its validation; a changed one (``True`` to ``1`` too)
+    is validated again, and the step fails with params and state as they were."""
+    w = _param([1.0, 2.0])
+    optimizer = optim.SGD([w], lr=0.1, momentum=0.9, nesterov=True)
+    for _ in range(2):
+        w.grad = np.ones(2, np.float32)
+        optimizer.step()
+    before, momentum = w.data.copy(), optimizer.state[w]["momentum_buffer"].copy()
+    optimizer.param_groups[0][key] = value
+    with pytest.raises(error, match=key):
+        optimizer.step()
+    np.testing.assert_array_equal(w.data, before)
+    np.testing.assert_array_equal(optimizer.state[w]["momentum_buffer"], momentum)
+
+
 def test_structure_change_rebuilds_once_and_initialises_new_state():
     w = _param(np.ones(3))
     optimizer = optim.Adam([w], lr=0.1)

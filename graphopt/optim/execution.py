@@ -273,13 +273,14 @@ class _ChunkedPlan(_Plan):
                 self.new_slots.scalars(flat, slot, initial)
         threads = executor.runtime.threads
         for flat, (update, reduce, safe) in zip(flats, compiled):
-            grad_rows = flat.rows(flat.sums if summing else flat.grads)
-            buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(self.new_slots.buffer(flat, s)) for s in slots}}
-            for name in self._scalar_names(hypers, reduce is not None):
-                _scalar(flat.scalars, name)  # the arrays bound; `prepare` writes their values
             key = (update, summing, slots)
             bound = flat.runners.get(key)
-            if bound is None:  # cached by `prepare`, once every group is planned
+            if bound is None:  # cached by `prepare`, once every group is planned; its slots exist from then on
+                for name in self._scalar_names(hypers, reduce is not None):
+                    _scalar(flat.scalars, name)  # the arrays bound; `prepare` writes their values
+                grad_rows = flat.rows(flat.sums if summing else flat.grads)
+                buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(self.new_slots.buffer(flat, s))
+                                                            for s in slots}}
                 bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, threads,
                                    [names.new(names.state(group, s)) for s in self.scalar_values])
             self.runs.append((flat, key, bound, reduce is not None))

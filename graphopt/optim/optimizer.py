@@ -131,6 +131,7 @@ class Optimizer:
         self._positions: dict[Parameter, tuple[int, int]] = {}  # (group index, index in group)
         self._runtime = runtime or Runtime(providers)
         self._executor = Executor(self._runtime)
+        self._layout_cache: dict[int, tuple[tuple, GroupLayout]] = {}  # group -> (settings key, its layout)
         self._summing = False
         if params is not None:
             groups = list(params)
@@ -334,12 +335,24 @@ class Optimizer:
         """Every group's update as of now: validated settings, transform chain, buffers, names."""
         layouts = []
         for g, group in enumerate(self.param_groups):
-            self._check_group(group, f"{type(self).__name__} param group {g}")
             self._check_unchanged_params(g, group)
-            flats = self._flats[g]
-            layouts.append(GroupLayout(names.group(g), flats, self._chain(group, g), self._hyperparameters(group),
-                                       [[self._names[p] for p in flat.params] for flat in flats]))
+            layouts.append(self._layout(g, group))
         return layouts
+
+    def _layout(self, g: int, group: Mapping[str, Any]) -> GroupLayout:
+        """Group ``g``'s layout: the one made at an earlier step if its settings, lr schedule and weight
+        average are equal immutable values (validated then), else validated and made now."""
+        key = _settings_key(group, self._schedules.get(g), self.averaging)
+        cached = self._layout_cache.get(g)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        self._check_group(group, f"{type(self).__name__} param group {g}")
+        flats = self._flats[g]
+        layout = GroupLayout(names.group(g), flats, self._chain(group, g), self._hyperparameters(group),
+                             [[self._names[p] for p in flat.params] for flat in flats])
+        if key is not None:
+            self._layout_cache[g] = (key, layout)
+        return layout
 
     def _chain(self, group: Mapping[str, Any], g: int) -> Transform:
         """Group ``g``'s update: its lr schedule's (if any), its optimizer's chain, then the weight
@@ -625,6 +638,29 @@ def validate_gradient_settings(group: Mapping[str, Any], where: str) -> None:
     validation.nonnegative(where, "clip_norm", group["clip_norm"])
     validation.boolean(where, "clip_per_tensor", group["clip_per_tensor"])
     validation.boolean(where, "maximize", group["maximize"])
+
+
+def _settings_key(group: Mapping[str, Any], schedule: Schedule | None, averaging: EMA | SWA | None) -> tuple | None:
+    """What a group's layout depends on, as a comparable value; None if a setting could change without
+    the group changing (a mutable value, such as a 0-d array an lr is written into), so nothing is cached."""
+    items = tuple((key, _frozen(value)) for key, value in group.items() if key != "params")
+    if any(value is None for _, value in items):
+        return None
+    return items, schedule, averaging
+
+
+def _frozen(value: Any) -> tuple | None:
+    """``value`` with its type (so ``True`` and ``1`` differ), tuples element by element; None if mutable."""
+    kind = type(value)
+    if kind in _PLAIN or isinstance(value, np.generic):
+        return kind, value
+    if kind is tuple:
+        parts = tuple(_frozen(v) for v in value)
+        return None if None in parts else (tuple, parts)
+    return None
+
+
+_PLAIN = frozenset({bool, int, float, str, type(None)})
 
 
 def _index(key: Any, where: str) -> int:

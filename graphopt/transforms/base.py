@@ -25,6 +25,7 @@ State comes in three kinds, all read with `Context.state` and written with `Cont
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
@@ -72,20 +73,26 @@ class Chain(Transform):
     transforms: tuple[Transform, ...]
 
     def all_slots(self) -> tuple[str, ...]:
+        return self._declared[0]
+
+    def scalar_slots(self) -> Mapping[str, float]:
+        return self._declared[1]
+
+    @cached_property
+    def _declared(self) -> tuple[tuple[str, ...], Mapping[str, float]]:
+        """The state slots and the scalar slots of every transform in order, checked once for a name declared
+        twice (a chain is frozen, so are its transforms' declarations; every step asks for them)."""
         slots: list[str] = []
         for t in self.transforms:
             for slot in t.all_slots():
                 self._check_new(slot, slots)
                 slots.append(slot)
-        return tuple(slots)
-
-    def scalar_slots(self) -> Mapping[str, float]:
-        taken, scalars = list(self.all_slots()), {}
+        scalars: dict[str, float] = {}
         for t in self.transforms:
             for slot, initial in t.scalar_slots().items():
-                self._check_new(slot, [*taken, *scalars])
+                self._check_new(slot, [*slots, *scalars])
                 scalars[slot] = float(initial)
-        return MappingProxyType(scalars)
+        return tuple(slots), MappingProxyType(scalars)
 
     def shaped_slots(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         taken, shaped = [*self.all_slots(), *self.scalar_slots()], {}
