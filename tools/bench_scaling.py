@@ -548,6 +548,13 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",")]
 
 
+def _links(text: str | None) -> tuple[Link, ...]:
+    if text is None:
+        return LINKS
+    pairs = [item.split(":") for item in text.split(",")]
+    return tuple(Link(f"{float(g):g} Gb/s, {float(a):g} µs", float(g), float(a)) for g, a in pairs)
+
+
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mlp,resnet18", help=",".join(MODELS))
@@ -569,6 +576,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--project", nargs="?", const="", default=None, metavar="JSON",
                         help="also print the projection to many machines; with a file, only project its measurements")
     parser.add_argument("--machines", default="8,64,256", help="the projection's machine counts")
+    parser.add_argument("--links", default=None, help="the projection's networks as Gb/s:latency-µs pairs, e.g. "
+                        "10:50,100:3 (default: " + ", ".join(f"{k.gbps:g}:{k.alpha_us:g}" for k in LINKS) + ")")
     parser.add_argument("--goodput", type=float, default=0.9, help="the projection's achieved share of line rate")
     parser.add_argument("--speedup", type=float, default=1.0,
                         help="the projection's machines compute this many times as fast as the measured process")
@@ -606,7 +615,8 @@ def main(argv=None) -> dict | None:
     if args.project is not None:
         results["projection"] = {"goodput": args.goodput, "speedup": args.speedup,
                                  "global_batch": args.project_global_batch, "rows": [
-            row for mode in MODES for row in project(results, _ints(args.machines), goodput=args.goodput,
+            row for mode in MODES for row in project(results, _ints(args.machines), links=_links(args.links),
+                                                     goodput=args.goodput,
                                                      speedup=args.speedup, mode=mode,
                                                      global_batch=args.project_global_batch)]}
         print(projection_report(results["projection"]))
