@@ -115,7 +115,7 @@ def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
 
     start = time.perf_counter()
     results = bench_scaling.main(["--quick", "--procs", "1,2", "--project"])
-    assert time.perf_counter() - start < 60
+    assert time.perf_counter() - start < 120  # ~20 s here when quiet, up to 60 s at load average 10 (3 imports)
     parameters = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # 784-1024-1024-10, weights and biases
     cores = bench_scaling.cores()
     for n in (1, 2):
@@ -128,7 +128,7 @@ def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
             assert (row["batch_per_process"], row["global_batch"]) == (batch, global_batch)
             assert all(row[part] > 0 for part in ("accumulate_ms", "update_ms", "total_ms"))
             assert row["communication_ms"] >= 0 and row["accumulate_ms"] + row["update_ms"] <= row["total_ms"] * 1.5
-            (grads,) = [s for s in row["allreduce_bytes"] if s >= 2048]  # one bucket: < 32 MiB
+            (grads,) = [s for s in row["allreduce_bytes"] if s > 2048]  # one bucket: < 32 MiB
             assert 4 * parameters <= grads < 4 * (parameters + 32768)  # the flat buffer: padded to whole rows
             assert 0 < row["efficiency"] < 2 * n and (n > 1 or row["efficiency"] == 1)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mlp | weak") or
@@ -139,13 +139,13 @@ def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
 
 def test_bench_scaling_allreduce_model_is_thakur_rabenseifner_gropps():
     """Ring and Rabenseifner allreduce times: T = 2(p-1) a + 2(p-1)/p n b + (p-1)/p n g, and 2 log2(p) a for
-    the latency of the latter; recursive doubling below 2 KiB: log2(p) (a + n b + n g)."""
+    the latency of the latter; recursive doubling up to 2 KiB: log2(p) (a + n b + n g)."""
     from tools.bench_scaling import allreduce_time
 
     a, b, g, n = 1e-5, 1e-9, 2e-10, 1 << 20
     assert allreduce_time(n, 8, a, b, g, "ring") == pytest.approx(14 * a + 2 * 7 / 8 * n * b + 7 / 8 * n * g)
     assert allreduce_time(n, 8, a, b, g, "rabenseifner") == pytest.approx(6 * a + 2 * 7 / 8 * n * b + 7 / 8 * n * g)
-    assert allreduce_time(1000, 8, a, b, g, "ring") == pytest.approx(3 * (a + 1000 * (b + g)))
+    assert allreduce_time(2048, 8, a, b, g, "ring") == pytest.approx(3 * (a + 2048 * (b + g)))
     assert allreduce_time(n, 1, a, b, g, "ring") == 0
 
 

@@ -24,10 +24,14 @@ slowest process); every step starts after a barrier. The launches alternate over
 ``--rounds`` rounds (drift on a shared machine hits every count alike); the table reports the median over
 rounds. ``N = 1`` runs the same data-parallel step on a world of one (its allreduces return at once).
 
-Threads: each process gets ``cores // N`` (at least 1): the intra-op threads of every ONNX Runtime session
-(the Trainer's forward and backward included, through `ThreadedRuntime`), the update's row threads
-(``Runtime(threads=...)``), and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``
-for numpy. More processes than cores oversubscribe them: the tool runs and says so.
+Threads: each process gets ``cores // N`` (at least 1; ``--threads K``: K each): the intra-op threads of every
+ONNX Runtime session (the Trainer's forward and backward included, through `ThreadedRuntime`), the update's
+row threads (``Runtime(threads=...)``), and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
+``MKL_NUM_THREADS`` for numpy. More threads than cores oversubscribe them: the tool runs and says so. With
+``cores // N`` the N processes share one process's cores, so the efficiencies' ideal is 1 / N and the
+samples per second against one process's (ideal 1) is the measure of data parallelism's cost; with a fixed
+``--threads`` every process has the same resources and the efficiencies' ideal is 1 (up to ``cores / K``
+processes).
 
 The ResNet-18 is the CIFAR variant for 32x32 inputs (3x3 stem, no max pooling, [2, 2, 2, 2] basic blocks,
 11.2M parameters), built here with onnx.helper as tools/bench_training.py builds ResNet-50; the MLP is
@@ -322,24 +326,32 @@ def combine(rounds: list[dict]) -> dict:
 
 
 def efficiencies(results: dict) -> None:
-    """Adds each row's scaling efficiency against the one-process row: T1 / TN (weak), T1 / (N TN) (strong)."""
+    """Adds each row's scaling efficiency against the one-process row, T1 / TN (weak), T1 / (N TN) (strong),
+    which counts each process as a machine of its own; and its samples per second over the one-process
+    row's, whose ideal is 1 where the processes share the one process's cores (threads = cores / N)."""
     runs = results["runs"]
     if "1" not in runs:
         return
     for n, run in runs.items():
         for name, model in run["models"].items():
             for mode, row in model["modes"].items():
-                t1 = runs["1"]["models"][name]["modes"][mode]["total_ms"]
-                row["efficiency"] = t1 / row["total_ms"] / (1 if mode == "weak" else int(n))
+                one = runs["1"]["models"][name]["modes"][mode]
+                row["efficiency"] = one["total_ms"] / row["total_ms"] / (1 if mode == "weak" else int(n))
+                row["throughput_ratio"] = (row["global_batch"] / row["total_ms"]) / (one["global_batch"] /
+                                                                                     one["total_ms"])
 
 
 def measure(args) -> dict:
     available = cores()
     results = {"command": args.command, "engine": args.engine, "cores": available, "runs": {}, "notes": []}
+    threads = {n: args.threads or threads_for(n, available) for n in args.procs}
     for n in args.procs:
-        if n > available:
-            results["notes"].append(f"{n} processes on {available} cores: oversubscribed (1 thread each, "
-                                    f"{n} threads on {available} cores); its times measure contention, not scaling")
+        if n * threads[n] > available:
+            results["notes"].append(f"{n} processes x {threads[n]} threads on {available} cores: oversubscribed; "
+                                    "its times measure contention for the cores, not scaling")
+    if args.threads is None:
+        results["notes"].append("threads = cores / processes: the processes share one process's cores, so the "
+                                "ideal efficiency is 1 / N; samples/s vs 1 process (ideal 1) measures the cost")
     for note in results["notes"]:
         print(f"note: {note}", file=sys.stderr)
     by_count: dict[int, list[dict]] = {n: [] for n in args.procs}
@@ -348,7 +360,7 @@ def measure(args) -> dict:
             order = args.procs[r % len(args.procs):] + args.procs[:r % len(args.procs)]  # rotated each round
             for n in order:
                 print(f"round {r + 1}/{args.rounds}: {n} processes", file=sys.stderr)
-                by_count[n].append(launch(args, n, threads_for(n, available), folder,
+                by_count[n].append(launch(args, n, threads[n], folder,
                                           lambda text: print(text, file=sys.stderr)))
     results["launch_example"] = shlex.join(launch_command(args.engine, args.procs[-1], ["--worker", "OUT.json"]))
     results["runs"] = {str(n): combine(rounds) for n, rounds in by_count.items()}
@@ -364,8 +376,8 @@ def report(results: dict) -> str:
              "then over rounds (total: [min-max] over rounds)", ""]
     lines += [f"note: {n}" for n in results["notes"]] + ([""] if results["notes"] else [])
     lines += ["| model | scaling | processes | threads each | batch / process | global batch | fwd+bwd | "
-              "communication | update | total | samples/s | efficiency |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "communication | update | total | samples/s | samples/s vs 1 process | efficiency |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = next(iter(results["runs"].values()))["models"]
     for name in names:
         for mode in MODES:
@@ -374,7 +386,7 @@ def report(results: dict) -> str:
                 if row is None:
                     continue
                 low, high = row["total_range_ms"]
-                eff = f"{row['efficiency']:.2f}" if "efficiency" in row else "-"
+                eff = f"{row['throughput_ratio']:.2f} | {row['efficiency']:.2f}" if "efficiency" in row else "- | -"
                 lines.append(f"| {name} | {mode} | {n} | {run['threads']} | {row['batch_per_process']} | "
                              f"{row['global_batch']} | {row['accumulate_ms']:.1f} | {row['communication_ms']:.1f} | "
                              f"{row['update_ms']:.1f} | {row['total_ms']:.1f} [{low:.1f}-{high:.1f}] | "
@@ -416,7 +428,7 @@ class Link:
 
 
 LINKS = (Link("10 GbE, TCP", 10, 50), Link("25 GbE, TCP", 25, 25), Link("100 Gb/s RDMA (InfiniBand/RoCE)", 100, 3))
-SMALL = 2048  # bytes: MPICH's allreduce takes recursive doubling below this size, Rabenseifner's above
+SMALL = 2048  # bytes: MPICH's allreduce takes recursive doubling up to this size, Rabenseifner's above
 
 
 def allreduce_time(size: int, p: int, alpha: float, beta: float, gamma: float, algorithm: str) -> float:
@@ -426,11 +438,11 @@ def allreduce_time(size: int, p: int, alpha: float, beta: float, gamma: float, a
     ring (Patarasuk & Yuan 2009): ``2 (p-1) alpha + 2 (p-1)/p size beta + (p-1)/p size gamma``;
     rabenseifner (reduce-scatter by recursive halving + allgather by recursive doubling, MPICH's long-message
     algorithm): ``2 log2(p) alpha + 2 (p-1)/p size beta + (p-1)/p size gamma``;
-    both take recursive doubling below `SMALL` bytes: ``log2(p) (alpha + size beta + size gamma)``."""
+    both take recursive doubling up to `SMALL` bytes: ``log2(p) (alpha + size beta + size gamma)``."""
     if p == 1:
         return 0.0
     steps = math.ceil(math.log2(p))
-    if size < SMALL:
+    if size <= SMALL:
         return steps * (alpha + size * (beta + gamma))
     share = (p - 1) / p * size
     latency = 2 * (p - 1) * alpha if algorithm == "ring" else 2 * steps * alpha
@@ -503,8 +515,8 @@ def costs(model: dict, speedup: float = 1.0) -> dict:
             "update": min(row["update_ms"] for row in model["modes"].values()) * 1e-3 / speedup,
             "gamma": model["add_ms"] * 1e-3 / model["gradient_bytes"],  # memory-bound: not sped up
             "weak_batch": model["modes"]["weak"]["batch_per_process"] if "weak" in model["modes"] else None,
-            "bytes": model["gradient_bytes"], "gradient": [s for s in sizes if s >= SMALL],
-            "small": [s for s in sizes if s < SMALL]}
+            "bytes": model["gradient_bytes"], "gradient": [s for s in sizes if s > SMALL],
+            "small": [s for s in sizes if s <= SMALL]}
 
 
 def _exposed(size: int, backward: float, p: int, alpha: float, beta: float, gamma: float) -> tuple[float, int]:
@@ -574,7 +586,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
     parser.add_argument("--json", default=None, help="write the measurements (and projection) here")
     parser.add_argument("--project", nargs="?", const="", default=None, metavar="JSON",
-                        help="also print the projection to many machines; with a file, only project its measurements")
+                        help="also print the projection to many machines; with a file, only project its measurements "
+                        "(of --models, in --modes)")
     parser.add_argument("--machines", default="8,64,256", help="the projection's machine counts")
     parser.add_argument("--links", default=None, help="the projection's networks as Gb/s:latency-µs pairs, e.g. "
                         "10:50,100:3 (default: " + ", ".join(f"{k.gbps:g}:{k.alpha_us:g}" for k in LINKS) + ")")
@@ -584,7 +597,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--project-global-batch", type=int, default=4096, help="the projection's strong scaling "
                         "global batch")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run as a worker
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="threads per process (default: cores / processes, "
+                        "at least 1); 1 gives every process the same resources, so efficiency's ideal is 1")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.global_batch = "mlp", 16, 32
@@ -615,10 +629,10 @@ def main(argv=None) -> dict | None:
     if args.project is not None:
         results["projection"] = {"goodput": args.goodput, "speedup": args.speedup,
                                  "global_batch": args.project_global_batch, "rows": [
-            row for mode in MODES for row in project(results, _ints(args.machines), links=_links(args.links),
-                                                     goodput=args.goodput,
-                                                     speedup=args.speedup, mode=mode,
-                                                     global_batch=args.project_global_batch)]}
+            row for mode in args.modes for row in project(results, _ints(args.machines), links=_links(args.links),
+                                                          goodput=args.goodput, speedup=args.speedup, mode=mode,
+                                                          global_batch=args.project_global_batch)
+            if row["model"] in args.models]}
         print(projection_report(results["projection"]))
     if args.json:
         with open(args.json, "w") as f:
