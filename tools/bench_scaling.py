@@ -227,6 +227,7 @@ def measure_model(name: str, comm, threads: int, args) -> dict:
         if n == 1:  # the plain Trainer.step (no communicator), the reference the data-parallel path must match
             plain = trainer.communicator
             trainer.communicator = None
+            trainer.step({"x": xs}, labels=ys)  # untimed: the one-call training step compiles here, if it runs
             entry["plain_step_ms"] = 1e3 * _median_s(comm, lambda: trainer.step({"x": xs}, labels=ys), args.steps)
             trainer.communicator = plain
         result["modes"][mode] = entry
@@ -289,8 +290,8 @@ def launch(args, processes: int, threads: int, folder: str, log: Callable[[str],
     worker_args += ["--global-batch", str(args.global_batch)] if args.global_batch else []
     command = launch_command(args.engine, processes, worker_args)
     numbers = {k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                                             "LOCAL_RANK") and not k.startswith(("PMI_", "OMPI_"))}
+    launcher = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")  # this process's own, if any
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith(("PMI_", "OMPI_", "PMIX_"))}
     env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **numbers)
     log(f"launch: OMP_NUM_THREADS={threads} " + shlex.join(command))
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
@@ -362,7 +363,6 @@ def measure(args) -> dict:
                 print(f"round {r + 1}/{args.rounds}: {n} processes", file=sys.stderr)
                 by_count[n].append(launch(args, n, threads[n], folder,
                                           lambda text: print(text, file=sys.stderr)))
-    results["launch_example"] = shlex.join(launch_command(args.engine, args.procs[-1], ["--worker", "OUT.json"]))
     results["runs"] = {str(n): combine(rounds) for n, rounds in by_count.items()}
     efficiencies(results)
     return results
