@@ -98,3 +98,71 @@ def test_soak_rss_reading_sees_an_allocation():
 def test_soak_verdict_calls_growth_beyond_the_tolerance_a_leak():
     assert soak.verdict([(10, 100.0), (50, 101.0), (100, 103.0)], tolerance_mb=8) == (3.0, True)
     assert soak.verdict([(10, 100.0), (50, 110.0), (100, 120.0)], tolerance_mb=8) == (20.0, False)
+
+
+def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
+    """The scaling tool's quick mode (the MLP, mpiexec) on 1 and 2 processes: every part of a step timed,
+    the batches as asked, one gradient allreduce of the MLP's 4-byte parameters, a markdown row per run."""
+    import os
+    import shutil
+    import sys
+    import time
+
+    pytest.importorskip("mpi4py")
+    if not (shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")):
+        pytest.skip("mpiexec not installed (pip install 'graphopt[distributed]')")
+    from tools import bench_scaling
+
+    start = time.perf_counter()
+    results = bench_scaling.main(["--quick", "--procs", "1,2", "--project"])
+    assert time.perf_counter() - start < 120  # ~20 s here when quiet, up to 60 s at load average 10 (3 imports)
+    parameters = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # 784-1024-1024-10, weights and biases
+    cores = bench_scaling.cores()
+    for n in (1, 2):
+        run = results["runs"][str(n)]
+        assert run["world_size"] == n and run["threads"] == max(1, cores // n)
+        model = run["models"]["mlp"]
+        assert model["parameters"] == parameters and model["allreduce_alone_ms"] >= 0
+        for mode, (batch, global_batch) in {"weak": (16, 16 * n), "strong": (32 // n, 32)}.items():
+            row = model["modes"][mode]
+            assert (row["batch_per_process"], row["global_batch"]) == (batch, global_batch)
+            assert all(row[part] > 0 for part in ("accumulate_ms", "update_ms", "total_ms"))
+            assert row["communication_ms"] >= 0 and row["accumulate_ms"] + row["update_ms"] <= row["total_ms"] * 1.5
+            (grads,) = [s for s in row["allreduce_bytes"] if s > 2048]  # one bucket: < 32 MiB
+            assert 4 * parameters <= grads < 4 * (parameters + 32768)  # the flat buffer: padded to whole rows
+            assert 0 < row["efficiency"] < 2 * n and (n > 1 or row["efficiency"] == 1)
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mlp | weak") or
+             line.startswith("| mlp | strong")]
+    assert len(table) == 4 + 2 * 3 * 3  # 2 counts x 2 settings measured; 3 networks x 3 machine counts projected
+    assert all(line.count("|") == table[0].count("|") for line in table[:4])
+
+
+def test_bench_scaling_allreduce_model_is_thakur_rabenseifner_gropps():
+    """Ring and Rabenseifner allreduce times: T = 2(p-1) a + 2(p-1)/p n b + (p-1)/p n g, and 2 log2(p) a for
+    the latency of the latter; recursive doubling up to 2 KiB: log2(p) (a + n b + n g)."""
+    from tools.bench_scaling import allreduce_time
+
+    a, b, g, n = 1e-5, 1e-9, 2e-10, 1 << 20
+    assert allreduce_time(n, 8, a, b, g, "ring") == pytest.approx(14 * a + 2 * 7 / 8 * n * b + 7 / 8 * n * g)
+    assert allreduce_time(n, 8, a, b, g, "rabenseifner") == pytest.approx(6 * a + 2 * 7 / 8 * n * b + 7 / 8 * n * g)
+    assert allreduce_time(2048, 8, a, b, g, "ring") == pytest.approx(3 * (a + 2048 * (b + g)))
+    assert allreduce_time(n, 1, a, b, g, "ring") == 0
+
+
+def test_bench_scaling_projection_loses_efficiency_with_machines_and_gains_with_bandwidth():
+    from tools import bench_scaling
+
+    row = {"batch_per_process": 64, "accumulate_ms": 40.0, "update_ms": 5.0, "allreduce_bytes": [32 << 20, 8, 64]}
+    results = {"runs": {"1": {"models": {"m": {"parameters": 8 << 20, "gradient_bytes": 32 << 20, "add_ms": 4.0,
+                                                 "modes": {"weak": row}}}}}}
+    rows = bench_scaling.project(results, machines=(8, 64, 256))
+    by = {(r["link"], r["machines"]): r for r in rows}
+    for link in bench_scaling.LINKS:
+        effs = [by[link.name, p]["efficiency_none"] for p in (8, 64, 256)]
+        assert effs == sorted(effs, reverse=True) and all(0 < e < 1 for e in effs)
+        for p in (8, 64, 256):
+            r = by[link.name, p]
+            assert r["efficiency_none"] <= r["efficiency_overlap"] and r["step_zero1_ms"] < r["step_none_ms"]
+            assert r["compute_ms"] == 40.0  # weak scaling: the measured batch on every machine
+    slow, fast = bench_scaling.LINKS[0].name, bench_scaling.LINKS[-1].name
+    assert all(by[slow, p]["efficiency_none"] < by[fast, p]["efficiency_none"] for p in (8, 64, 256))
