@@ -360,3 +360,17 @@ def test_batch_normalization_inside_a_model_local_function_trains_in_training_mo
     np.testing.assert_allclose(trainer.buffers["mean"],
                                float(np.float32(0.8)) * numpy_helper.to_array(model.graph.initializer[2])
                                + (1 - float(np.float32(0.8))) * x.mean((0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_the_runtimes_threads_bound_every_session_of_a_trainer(threads):
+    """``Runtime(threads=k)`` caps the forward and backward sessions at k intra-op threads (several
+    processes on one machine each take their share of the cores); without it ONNX Runtime chooses (0)."""
+    from graphopt.runtime import Runtime
+
+    trainer = graphopt.Trainer(linear_model(), losses.mse(), optim.SGD(lr=0.1, runtime=Runtime(threads=threads)))
+    x, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 4))
+    trainer.step({"x": x}, labels=t)
+    trainer.accumulate({"x": x}, labels=t)
+    sessions = [trainer._gradients[1].session] + [e.session for _, e, _ in trainer._compiled.values()]  # noqa: SLF001
+    assert {s.get_session_options().intra_op_num_threads for s in sessions} == {threads or 0}

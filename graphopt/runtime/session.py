@@ -51,7 +51,9 @@ class Runtime:
     """Execution providers, threads and chunk size for compiled graphs.
 
     ``threads`` is how many row ranges of a chunked update run at once, each on one
-    ONNX Runtime thread (default: the CPU count on the host, 1 on a GPU);
+    ONNX Runtime thread (default: the CPU count on the host, 1 on a GPU); given, it is also the
+    intra-op thread count of every other session (a Trainer's forward and backward: set it to
+    cores / processes when several processes share a machine), else ONNX Runtime chooses;
     ``chunk_size`` is the row length. ``device_buffers`` keeps optimizer state in
     buffers ONNX Runtime allocates on the provider's device (default: on a GPU), so
     it stays there between steps; on the host it exercises the same code path.
@@ -70,6 +72,7 @@ class Runtime:
         self.threads = int(threads or (os.cpu_count() or 1 if self.device.is_host else 1))
         if self.threads < 1:
             raise ValueError(f"Runtime: threads must be >= 1, got {threads}")
+        self.session_threads = self.threads if threads else 0  # 0: ONNX Runtime's choice
         if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
             raise ValueError(f"Runtime: chunk_size must be a positive multiple of 16, got {chunk_size!r}")
         self.chunk_size = chunk_size
@@ -80,11 +83,13 @@ class Runtime:
 
     def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False,
                 kernel: Any = None) -> Executable:
-        """A session for ``model``; ``intra_op_threads`` 0 lets ONNX Runtime use every core.
+        """A session for ``model``; ``intra_op_threads`` 0: the runtime's ``threads`` if given, else
+        ONNX Runtime uses every core.
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
         is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`).
         ``kernel`` (a `graphopt.native.Kernel`) is the fused kernel the model's custom node needs."""
         serialized = model.SerializeToString()
+        intra_op_threads = intra_op_threads or self.session_threads
         session = optimized = None
         if keep_optimized:
             try:
