@@ -15,20 +15,25 @@ import pytest
 import graphopt
 from graphopt import checkpoint, distributed, losses, optim
 from graphopt.distributed import SingleProcess
+from graphopt.optim import schedules
+from graphopt.runtime import Runtime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_distributed as launch  # noqa: E402
 import zero_worker as worker  # noqa: E402
 from test_distributed import needs_mpi, needs_torch  # noqa: E402
 
-CASES = ["facade-sgd", "facade-adamw", "summed-sgd", "clip-adamw", "trainer-sgd", "trainer-adamw", "odd-adamw",
-         "bn-sgd"]
+CASES = ["facade-sgd", "facade-adamw", "summed-sgd", "clip-adamw", "nan-adamw", "trainer-sgd", "trainer-adamw",
+         "odd-adamw", "bn-sgd"]
+ENGINE_CASES = {"mpi": CASES, "torch": ["facade-adamw", "clip-adamw", "trainer-sgd", "bn-sgd"]}  # gloo starts slowly
+TIMEOUT = 180  # seconds per launch: 4 processes importing torch on 2 shared cores take a minute
 WHOLE_BATCH = [c for c in CASES if not c.startswith("bn")]  # shard-wise BatchNorm differs from the whole batch
 
 
 def _launch(monkeypatch, engine: str, n: int, args: list[str]) -> None:
     """test_distributed's launcher, running zero_worker.py instead of distributed_worker.py."""
     monkeypatch.setattr(launch, "WORKER", launch.pathlib.Path(worker.__file__))
+    monkeypatch.setattr(launch, "TIMEOUT", TIMEOUT)
     launch._succeeded(launch.LAUNCHERS[engine](n, args))  # noqa: SLF001
 
 
@@ -53,8 +58,8 @@ def _reference(case: str, n: int) -> dict[str, np.ndarray]:
     """The single-process run on the whole batch (unsharded); ``c``'s gradient, given on rank 0 only,
     averages to 1 / n."""
     mode, name = case.split("-")
-    if mode in ("facade", "summed", "clip"):
-        options = {"size": 400, "clip": 0.5} if mode == "clip" else {}
+    if mode in ("facade", "summed", "clip", "nan"):
+        options = {"size": 400, "clip": 0.5} if mode == "clip" else {"nan_at": 2} if mode == "nan" else {}
         result = worker.facade_run(SingleProcess(), name, False, c_grad=1 / n, micro=1 + (mode == "summed"), **options)
     else:
         result = worker.trainer_run(SingleProcess(), name, False, batch=15 if mode == "odd" else 16)
@@ -101,11 +106,12 @@ def _check_resumed(out, engine: str) -> None:
 @pytest.mark.parametrize("engine", [pytest.param("mpi", marks=needs_mpi), pytest.param("torch", marks=needs_torch)])
 def test_sharded_state_equals_unsharded_and_resumes_on_other_world_sizes(tmp_path, monkeypatch, engine):
     """Every case on 4 processes (and the checkpointed run), then on 2 (and the resumed run)."""
-    _launch(monkeypatch, engine, 4, [str(tmp_path), engine, *CASES, "save-adamw"])
-    for case in CASES:
+    cases = ENGINE_CASES[engine]
+    _launch(monkeypatch, engine, 4, [str(tmp_path), engine, *cases, "save-adamw"])
+    for case in cases:
         _check_case(case, _results(tmp_path, case, 4, engine), 4)
-    _launch(monkeypatch, engine, 2, [str(tmp_path), engine, *CASES, "resume-adamw"])
-    for case in CASES:
+    _launch(monkeypatch, engine, 2, [str(tmp_path), engine, *cases, "resume-adamw"])
+    for case in cases:
         _check_case(case, _results(tmp_path, case, 2, engine), 2)
     _check_resumed(tmp_path, engine)
 
@@ -127,9 +133,17 @@ def _steps(opt, params, steps: int = 3) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("make", [lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.05, amsgrad=True),
-                                  lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, clip_norm=0.5),
-                                  lambda ps: optim.NAdam(ps, lr=0.01)])
+def _scheduled(opt):
+    opt.schedule_lr(schedules.Step(1, 0.5))  # the lr computed inside the update graph, halved every step
+    return opt
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.05, amsgrad=True),
+    lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, clip_norm=0.5),
+    lambda ps: optim.NAdam(ps, lr=0.01),  # a per-tensor scalar slot (mu_product)
+    lambda ps: _scheduled(optim.SGD(ps, lr=0.05, momentum=0.9, runtime=Runtime(chunk_size=32, threads=2))),
+])
 def test_a_world_of_one_steps_and_saves_as_the_plain_optimizer(make):
     """One shard holding everything: bitwise the plain optimizer's parameters and state dict, and a state
     dict that round-trips either way (sharded -> plain, plain -> sharded)."""
@@ -155,6 +169,31 @@ def test_a_world_of_one_steps_and_saves_as_the_plain_optimizer(make):
     _steps(again, again_params, 2)
     for p, q in zip(plain_params, again_params):
         np.testing.assert_array_equal(q.data, p.data)
+
+
+def test_a_world_of_one_trainer_trains_as_the_plain_one():
+    """Trainer(shard_state=True) alone: the two-call step on one shard, the plain trainer's results."""
+    sharded = worker.trainer_run(SingleProcess(), "adamw", True)
+    plain = worker.trainer_run(SingleProcess(), "adamw", False)
+    assert sharded.pop("bytes") == plain.pop("bytes") > 0
+    _close(sharded, plain, "trainer alone")
+
+
+def test_a_nonfinite_gradient_skips_the_step():
+    params = _params()
+    opt = distributed.DataParallel(optim.Adam(params, lr=0.01, skip_nonfinite=True), SingleProcess(), shard_state=True)
+    _steps(opt, params, 1)
+    before = [p.data.copy() for p in params]
+    for p in params:
+        p.grad = np.ones_like(p.data)
+    params[1].grad[2] = np.nan
+    opt.step()
+    assert opt.found_inf and opt.skipped_steps == 1
+    for p, old in zip(params, before):
+        np.testing.assert_array_equal(p.data, old)
+    assert {entry["step"] for entry in opt.state_dict()["state"].values()} == {1}
+    _steps(opt, params, 1)
+    assert not opt.found_inf and {entry["step"] for entry in opt.state_dict()["state"].values()} == {2}
 
 
 def test_an_optimizer_that_already_stepped_moves_its_state_into_the_shards():

@@ -33,11 +33,12 @@ def flat_state(state_dict) -> dict[str, np.ndarray]:
 
 
 def facade_run(comm, optimizer: str, shard: bool, c_grad: float = 1.0, micro: int = 1, clip: float = 0.0,
-               size: int = 5, bucket_bytes: int | None = None) -> dict[str, np.ndarray]:
+               size: int = 5, bucket_bytes: int | None = None, nan_at: int | None = None) -> dict[str, np.ndarray]:
     """Least squares ``mean((x @ w + b - target)^2)`` with ``w`` of ``size`` x 3 (``x`` padded with
     columns of ones), gradients by formula on this process's shard (``micro`` > 1: summed over that many
     parts with ``sum_grad``); ``c`` gets a gradient (``c_grad``) on rank 0 only; the lr is halved after
-    the second step; ``clip``: clipping by the group's global norm."""
+    the second step; ``clip``: clipping by the group's global norm; ``nan_at``: at that step the last
+    rank's gradient of ``w`` holds a NaN (with ``skip_nonfinite``: every rank skips the step)."""
     x, _, target = data()
     x = np.concatenate([x, np.ones((len(x), size - x.shape[1]), np.float32)], 1) if size > x.shape[1] else x
     rng = np.random.default_rng(100 + comm.rank)  # different on every rank: the broadcast makes them equal
@@ -46,6 +47,7 @@ def facade_run(comm, optimizer: str, shard: bool, c_grad: float = 1.0, micro: in
     c = graphopt.Parameter(rng.standard_normal(4).astype(np.float32), name="c")
     base = make_optimizer(optimizer, [w, b, c])
     base.param_groups[0]["clip_norm"] = clip
+    base.skip_nonfinite = nan_at is not None
     options = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
     opt = distributed.DataParallel(base, comm, shard_state=shard, **options)
     xs, ts = distributed.shard(x, comm), distributed.shard(target, comm)
@@ -55,13 +57,16 @@ def facade_run(comm, optimizer: str, shard: bool, c_grad: float = 1.0, micro: in
             w.grad = (2 / ts.size) * part_x.T @ r
             b.grad = (2 / ts.size) * r.sum(0)
             c.grad = np.full(4, c_grad / micro, np.float32) if comm.rank == 0 else None
+            if step == nan_at and comm.rank == comm.world_size - 1:
+                w.grad[0, 0] = np.nan  # in rank 0's shard: only the agreement tells the others
             if micro > 1:
                 opt.sum_grad()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step == 1:
             opt.param_groups[0]["lr"] *= 0.5
-    result = {"w": w.data.copy(), "b": b.data.copy(), "c": c.data.copy(), "bytes": np.array(opt.state_bytes)}
+    result = {"w": w.data.copy(), "b": b.data.copy(), "c": c.data.copy(), "bytes": np.array(opt.state_bytes),
+              "skipped": np.array(opt.skipped_steps)}
     result.update(flat_state(opt.state_dict()))
     return result
 
@@ -108,10 +113,12 @@ def resume_run(comm, optimizer: str, out: str, shard: bool = True) -> dict[str, 
 
 def run(mode: str, optimizer: str, comm, shard: bool, out: str) -> dict[str, np.ndarray]:
     """``facade``; ``summed`` (``sum_grad`` over 2 parts); ``clip`` (a w of 400 x 3, clipping by the
-    global norm 0.5, collectives through 1 KiB buckets); ``trainer``; ``odd`` (a batch of 15: unequal
+    global norm 0.5, collectives through 1 KiB buckets); ``nan`` (a NaN gradient on the last rank at
+    the third step, ``skip_nonfinite``); ``trainer``; ``odd`` (a batch of 15: unequal
     shards); ``bn`` (BatchNormalization); ``save`` and ``resume`` (sharded only: the checkpoint)."""
-    if mode in ("facade", "summed", "clip"):
-        options = {"size": 400, "clip": 0.5, "bucket_bytes": 1024} if mode == "clip" else {}
+    if mode in ("facade", "summed", "clip", "nan"):
+        options = {"size": 400, "clip": 0.5, "bucket_bytes": 1024} if mode == "clip" else \
+            {"nan_at": 2} if mode == "nan" else {}
         return facade_run(comm, optimizer, shard, micro=2 if mode == "summed" else 1, **options)
     if mode == "save":
         return save_run(comm, optimizer, out)
