@@ -142,7 +142,8 @@ def _scheduled(opt):
     lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.05, amsgrad=True),
     lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, clip_norm=0.5),
     lambda ps: optim.NAdam(ps, lr=0.01),  # a per-tensor scalar slot (mu_product)
-    lambda ps: _scheduled(optim.SGD(ps, lr=0.05, momentum=0.9, runtime=Runtime(chunk_size=32, threads=2))),
+    lambda ps: _scheduled(optim.SGD(ps, lr=0.05, momentum=0.9,  # several rows, standard operators, state in
+                                    runtime=Runtime(chunk_size=32, threads=2, fused=False, device_buffers=True))),
 ])
 def test_a_world_of_one_steps_and_saves_as_the_plain_optimizer(make):
     """One shard holding everything: bitwise the plain optimizer's parameters and state dict, and a state

@@ -97,11 +97,14 @@ class _Shard:
             communicator.reduce_scatter(source, out=self.local.grads)
             return
         blocks = _padded_rows(source, self.world, self.size)
-        for c, d in self.pieces(bucket_bytes):
-            send = np.zeros((self.world, d - c), source.dtype)
+        pieces = self.pieces(bucket_bytes)
+        scratch = np.empty(self.world * (pieces[0][1] - pieces[0][0]), source.dtype)
+        for c, d in pieces:
+            send = scratch[:self.world * (d - c)].reshape(self.world, d - c)
             for r, row in enumerate(blocks):
                 part = row[c:d]
                 send[r, :part.size] = part
+                send[r, part.size:] = 0
             communicator.reduce_scatter(send.reshape(-1), out=self.local.grads[c:d])
 
     def allgather(self, communicator: Communicator, bucket_bytes: int) -> None:
@@ -111,8 +114,11 @@ class _Shard:
             communicator.allgather(self.local.data, out=data)
             return
         blocks = _padded_rows(data, self.world, self.size)
-        for c, d in self.pieces(bucket_bytes):
-            gathered = communicator.allgather(np.ascontiguousarray(self.local.data[c:d])).reshape(self.world, d - c)
+        pieces = self.pieces(bucket_bytes)
+        scratch = np.empty(self.world * (pieces[0][1] - pieces[0][0]), data.dtype)
+        for c, d in pieces:
+            gathered = communicator.allgather(self.local.data[c:d], out=scratch[:self.world * (d - c)])
+            gathered = gathered.reshape(self.world, d - c)
             for r, row in enumerate(blocks):
                 part = row[c:d]
                 part[...] = gathered[r, :part.size]
