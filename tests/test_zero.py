@@ -161,6 +161,7 @@ def test_a_world_of_one_steps_and_saves_as_the_plain_optimizer(make):
     for name, value in worker.flat_state(expected).items():
         np.testing.assert_array_equal(worker.flat_state(got)[name], value, err_msg=name)
     assert sharded.state_bytes == distributed.state_bytes(plain)
+    assert list(sharded.state) == sharded_params and sharded.state[sharded_params[0]]["step"] == 3
     again_params = _params()
     again = distributed.DataParallel(make(again_params), SingleProcess(), shard_state=True)
     again.load_state_dict(expected)

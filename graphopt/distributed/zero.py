@@ -215,6 +215,11 @@ class ShardedState:
         summing = optimizer._summing  # noqa: SLF001
         flats = [(g, s) for g, shards in enumerate(self._shards) for s in shards]
         local = [_has_gradient(s.flat, i, summing) for _, s in flats for i in range(len(s.flat.params))]
+        if not summing:  # checked (and a gradient set behind the setter moved in) before any collective
+            for _, s in flats:
+                for p in s.flat.params:
+                    if p.grad is not None:
+                        optimizer._stored_grad(p)  # noqa: SLF001
         mine = 1.0 if weight is None else float(weight)
         agreed = comm.allreduce(np.array([float(x) for x in local] + [mine]))
         total, present = agreed[-1], agreed[:-1] > 0
@@ -239,11 +244,9 @@ class ShardedState:
             if g not in active:
                 continue
             buffer = s.flat.sum_buffer() if summing else s.flat.grads
-            for i, p in enumerate(s.flat.params):
+            for i in range(len(s.flat.params)):
                 if not _has_gradient(s.flat, i, summing):
                     s.flat.view(buffer, i)[...] = 0
-                elif not summing:
-                    optimizer._stored_grad(p)  # noqa: SLF001 - a gradient set behind the setter moves in
             buffer *= buffer.dtype.type(share)
             s.reduce_scatter(buffer, comm, self.bucket_bytes)
         return active
