@@ -6,7 +6,8 @@
 
 Modules: `communicator` (the interface and the one-process world), `mpi` and `torch_engine`
 (the engines, imported lazily), `launch` (choosing one), `gradients` (averaging the flat gradient
-buffers), `data_parallel` (the optimizer facade), `training` (the Trainer's data-parallel step).
+buffers), `data_parallel` (the optimizer facade), `training` (the Trainer's data-parallel step), `zero`
+(ZeRO-1: optimizer state sharded over the processes, ``shard_state=True``).
 """
 
 from graphopt.distributed.communicator import Communicator, SingleProcess
@@ -14,6 +15,7 @@ from graphopt.distributed.data_parallel import DataParallel, broadcast_parameter
 from graphopt.distributed.gradients import average_gradients
 from graphopt.distributed.launch import detect, init
 from graphopt.distributed.training import shard
+from graphopt.distributed.zero import ShardedState, state_bytes
 
-__all__ = ["Communicator", "DataParallel", "SingleProcess", "average_gradients", "broadcast_parameters",
-           "detect", "init", "shard"]
+__all__ = ["Communicator", "DataParallel", "ShardedState", "SingleProcess", "average_gradients",
+           "broadcast_parameters", "detect", "init", "shard", "state_bytes"]

@@ -1,4 +1,5 @@
-"""The Trainer's data-parallel step (``Trainer(..., communicator=comm)``) and `shard`.
+"""The Trainer's data-parallel step (``Trainer(..., communicator=comm)``, sharded with
+``shard_state=True``: `graphopt.distributed.zero`) and `shard`.
 
 Each process runs forward and backward on its shard of the batch (`Trainer.accumulate`, gradients
 into the flat buffers, no update); the gradients are averaged weighted by the shard sizes
@@ -45,10 +46,28 @@ def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.nda
     loss = trainer.accumulate(inputs, labels)
     size = _batch_size(inputs, labels)
     totals = communicator.allreduce(np.array([size, size * loss], np.float64))
-    average_gradients(trainer.optimizer, communicator, weight=size)
+    zero = trainer._zero  # noqa: SLF001
+    if zero is None:
+        average_gradients(trainer.optimizer, communicator, weight=size)
     _average_buffers(trainer, communicator, size / totals[0])
-    trainer._apply_accumulated()  # noqa: SLF001
+    if zero is None:
+        trainer._apply_accumulated()  # noqa: SLF001
+    else:  # ZeRO-1: reduce-scatter, this process's shard updated, allgather
+        zero.step(weight=size)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer._accumulating = False  # noqa: SLF001
     return float(totals[1] / totals[0])
+
+
+def shard_trainer_state(trainer, communicator: Communicator | None):
+    """The `ShardedState` of ``Trainer(..., shard_state=True)``; refuses what it cannot shard."""
+    from graphopt.distributed.zero import ShardedState
+    if communicator is None:
+        raise ValueError("Trainer: shard_state=True needs a communicator (communicator=graphopt.distributed.init())")
+    if trainer.grad_scaler is not None:
+        raise ValueError("Trainer: shard_state=True does not support grad_scaler yet (its unscale and skip run on "
+                         "the whole optimizer); use the optimizer's skip_nonfinite=True for non-finite steps")
+    return ShardedState(trainer.optimizer, communicator)
 
 
 def _average_buffers(trainer, communicator: Communicator, share: float) -> None:

@@ -109,6 +109,9 @@ class Trainer:
             averaged over the processes before the same update everywhere
             (`graphopt.distributed.training`). The step runs as two ONNX Runtime calls (gradients,
             then update) instead of one.
+        shard_state: with ``communicator``, each process keeps and updates only its shard of the
+            optimizer state (ZeRO-1, `graphopt.distributed.zero`); ``state_dict`` /
+            ``load_state_dict`` then consolidate and slice it (collective: every process calls them).
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -120,7 +123,7 @@ class Trainer:
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
                  grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None,
-                 communicator: Any = None):
+                 communicator: Any = None, shard_state: bool = False):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -169,6 +172,10 @@ class Trainer:
         if communicator is not None and communicator.world_size > 1:
             from graphopt.distributed.training import broadcast_trainer
             broadcast_trainer(self, communicator)
+        self._zero = None  # the sharded optimizer state (shard_state=True)
+        if shard_state:
+            from graphopt.distributed.training import shard_trainer_state
+            self._zero = shard_trainer_state(self, communicator)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
@@ -194,7 +201,7 @@ class Trainer:
         step whose update runs fused (`fused_update`): the gradients are written straight into
         the optimizer's flat buffers, then its fused kernels update them in place.
         """
-        if self.communicator is not None and self.communicator.world_size > 1:
+        if self.communicator is not None and (self.communicator.world_size > 1 or self._zero is not None):
             from graphopt.distributed.training import data_parallel_step
             return data_parallel_step(self, inputs, labels)
         if self._accumulating or self.fused_update:
@@ -357,7 +364,7 @@ class Trainer:
         grad scaler, its ``state_dict()`` (key ``grad_scaler``)."""
         result = {"parameters": {name: p.data.copy() for name, p in self.parameters.items()},
                   "buffers": {name: value.copy() for name, value in self.buffers.items()},
-                  "optimizer": self.optimizer.state_dict()}
+                  "optimizer": (self._zero if self._zero is not None else self.optimizer).state_dict()}
         if self.grad_scaler is not None:
             result["grad_scaler"] = self.grad_scaler.state_dict()
         return result
@@ -375,8 +382,9 @@ class Trainer:
         parameters = _loaded_arrays("parameters", state_dict["parameters"],
                                     {n: p.data for n, p in self.parameters.items()})
         buffers = _loaded_arrays("buffers", state_dict["buffers"], self.buffers)
-        optimizer = self.optimizer._validated(state_dict["optimizer"])  # noqa: SLF001
-        self.optimizer._apply_loaded(*optimizer)  # noqa: SLF001
+        owner = self._zero if self._zero is not None else self.optimizer
+        optimizer = owner._validated(state_dict["optimizer"])  # noqa: SLF001
+        owner._apply_loaded(*optimizer)  # noqa: SLF001
         if scaler is not None:
             self.grad_scaler._apply(scaler)  # noqa: SLF001
         for name, value in parameters.items():
@@ -415,6 +423,10 @@ class Trainer:
             raise ValueError(f"Trainer.export: kind must be one of {KINDS}, got {kind!r}")
         if averaged and kind != "inference":
             raise ValueError(f"Trainer.export: averaged=True is for kind='inference', got kind={kind!r}")
+        if kind == "training_info" and self._zero is not None:
+            raise NotImplementedError("Trainer.export: kind='training_info' holds the optimizer state, which "
+                                      "shard_state=True spreads over the processes; save trainer.state_dict() "
+                                      "(graphopt.checkpoint) instead")
         if kind != "inference":
             self.optimizer._warn_python_schedulers("export")  # noqa: SLF001
         if kind == "step":
