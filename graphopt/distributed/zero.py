@@ -192,8 +192,8 @@ class ShardedState:
                     False))
             for plan in plans:
                 plan.prepare()
-            for plan in plans:
-                _run(plan, comm)
+            for plan in plans:  # clipping by the global norm: the shards' sums of squares summed over the processes
+                plan.run(sum_over=lambda local: float(comm.allreduce(np.array([local]))[0]))
             for plan in plans:
                 plan.commit()
             for g in active:
@@ -336,27 +336,6 @@ class ShardedState:
                 flat = np.asarray(value).reshape(-1)
                 host[lo - s.start:hi - s.start] = flat[lo - s.flat.offsets[i]:hi - s.flat.offsets[i]]
         return host
-
-
-def _run(plan, communicator: Communicator) -> None:
-    """``plan.run()``, with a group-wide sum of squares (clipping by the global norm) summed over every
-    process's shards: `graphopt.optim.execution`'s chunked run, with one allreduce between its
-    reduce and update models."""
-    reductions = [bound.reduction for _, _, bound, _ in plan.runs if bound.reduction is not None]
-    if not reductions:
-        plan.run()
-        return
-    local = 0.0
-    for reducer, partials in reductions:
-        reducer.run()
-        local += float(sum(partials))
-    total = float(communicator.allreduce(np.array([local]))[0])
-    for flat in plan.flats:
-        flat.scalars[plan.total_name][...] = total
-    for _, _, bound, _ in plan.runs:
-        bound.runner.run()
-        for source, target in bound.copies:
-            np.copyto(target, source)
 
 
 def _has_gradient(flat: FlatGroup, i: int, summing: bool) -> bool:

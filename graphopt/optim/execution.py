@@ -25,7 +25,7 @@ planning any group leaves every group as it was.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -320,13 +320,17 @@ class _ChunkedPlan(_Plan):
             reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
         return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, results)
 
-    def run(self) -> None:
+    def run(self, sum_over: Callable[[float], float] | None = None) -> None:
+        """The group's sum of squares first if its chain needs one (``sum_over``: from this process's sum
+        to the one the update uses, the sum over every process's shards under ZeRO-1), then the update."""
         reductions = [bound.reduction for _, _, bound, _ in self.runs if bound.reduction is not None]
         if reductions:  # the group's sum of squares, over all its flat buffers, feeds every update
             total = 0.0
             for reducer, partials in reductions:
                 reducer.run()
                 total += float(sum(partials))
+            if sum_over is not None:
+                total = sum_over(total)
             for flat in self.flats:
                 flat.scalars[self.total_name][...] = total
         for flat, _, bound, _ in self.runs:
