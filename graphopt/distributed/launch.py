@@ -29,7 +29,11 @@ def detect(environ: Mapping[str, str] | None = None) -> str:
 
 def init(engine: str | None = None, **options) -> Communicator:
     """This process's communicator: ``engine`` ``"mpi"`` (mpi4py), ``"torch"`` (torch.distributed,
-    ``options`` such as ``backend="gloo"``, ``timeout=60``) or ``"single"``; default: `detect`."""
+    ``options`` such as ``backend="gloo"``) or ``"single"``; default: `detect`.
+
+    ``timeout=seconds`` (every engine; default `communicator.TIMEOUT`, 600 s): how long a collective
+    may wait for its peers. MPI: the watchdog then aborts the job (None: no watchdog); torch: gloo's
+    own timeout makes the survivors raise `CommunicationError`; one process: ignored."""
     engine = detect() if engine is None else engine
     if engine == "mpi":
         from graphopt.distributed.mpi import MPI
@@ -37,6 +41,9 @@ def init(engine: str | None = None, **options) -> Communicator:
     if engine == "torch":
         from graphopt.distributed.torch_engine import TorchDistributed
         return TorchDistributed(**options)
-    if engine == "single":
+    if engine == "single" and set(options) <= {"timeout"}:
         return SingleProcess()
+    if engine == "single":
+        raise TypeError(f"graphopt.distributed.init: the single-process engine takes no options but timeout, "
+                        f"got {sorted(options)}")
     raise ValueError(f"graphopt.distributed.init: engine must be one of {ENGINES}, got {engine!r}")
