@@ -17,14 +17,12 @@ import time
 import numpy as np
 import pytest
 
-import graphopt
-from graphopt import distributed, losses, optim
+from graphopt import distributed
 from graphopt.distributed import CommunicationError, SingleProcess
 from graphopt.distributed.checkpoint import checkpoint_path, latest_step
 from graphopt.distributed.communicator import Communicator
 from graphopt.distributed.mpi import ABORT_CODE
 from graphopt.distributed.watchdog import Watchdog
-from graphopt.optim import lr_scheduler
 
 from tests.test_distributed import launch_mpi, launch_torch, needs_mpi, needs_torch
 
@@ -218,8 +216,11 @@ def test_an_operation_ending_during_the_grace_period_is_not_aborted(capfd):
 
 
 def test_timeouts_are_checked_and_accepted_by_every_engine():
-    with pytest.raises(ValueError, match="timeout must be a positive number"):
+    with pytest.raises(ValueError, match="Watchdog: timeout must be a positive number"):
         Watchdog(0, "test", print)
+    for engine in ("single", "mpi", "torch"):  # checked before the engine is imported or started
+        with pytest.raises(ValueError, match=r"init.*: timeout must be a positive number of seconds, or None, got -1"):
+            distributed.init(engine, timeout=-1)
     assert distributed.init("single", timeout=5).world_size == 1
     with pytest.raises(TypeError, match="takes no options but timeout"):
         distributed.init("single", backend="gloo")
@@ -228,16 +229,10 @@ def test_timeouts_are_checked_and_accepted_by_every_engine():
 # -- checkpoints and resuming -------------------------------------------------------------------
 
 
-def _trainer() -> graphopt.Trainer:
-    return graphopt.Trainer(distributed_worker.mlp(100, False), losses.cross_entropy("logits"),
-                            optim.AdamW(lr=0.02, weight_decay=0.05))
-
-
 def test_save_and_load_checkpoint_in_one_process(tmp_path):
     """Steps are files; ``keep`` latest kept; loading restores parameters, optimizer state and scheduler
     exactly; a fresh folder resumes at 0 changing nothing."""
-    trainer = _trainer()
-    scheduler = lr_scheduler.StepLR(trainer.optimizer, step_size=2, gamma=0.5)
+    trainer, scheduler = worker.trainer_and_scheduler()
     assert distributed.load_checkpoint(trainer, tmp_path / "none") == 0
     for step in range(5):
         trainer.step({"x": worker.batch(step)[0]}, labels=worker.batch(step)[1])
@@ -246,13 +241,12 @@ def test_save_and_load_checkpoint_in_one_process(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(checkpoint_path(tmp_path, s, p))
                                             for s in (4, 5) for p in ("", "scheduler")]
     assert latest_step(tmp_path) == 5
-    resumed = _trainer()
-    resumed_scheduler = lr_scheduler.StepLR(resumed.optimizer, step_size=2, gamma=0.5)
+    resumed, resumed_scheduler = worker.trainer_and_scheduler()
     assert distributed.load_checkpoint(resumed, tmp_path, scheduler=resumed_scheduler) == 5
     for name, p in trainer.parameters.items():
         np.testing.assert_array_equal(resumed.parameters[name].data, p.data)
     assert resumed.optimizer.state_dict()["state"][0]["step"] == 5
-    assert resumed_scheduler.last_epoch == 5 and resumed.optimizer.param_groups[0]["lr"] == 0.02 * 0.5 ** 2
+    assert resumed_scheduler.last_epoch == 5 and resumed.optimizer.param_groups[0]["lr"] == 0.02 * 0.5 ** (5 // 4)
     os.remove(checkpoint_path(tmp_path, 5, "scheduler"))
     with pytest.raises(FileNotFoundError, match="a scheduler was given but checkpoint 5 has none"):
         distributed.load_checkpoint(resumed, tmp_path, scheduler=resumed_scheduler)
@@ -276,7 +270,7 @@ class _Peers(SingleProcess):
 
 def test_checkpoint_failures_raise_on_every_process(tmp_path):
     """Rank 1 raises when rank 0 reports a failed write; ranks that found different latest steps raise."""
-    trainer = _trainer()
+    trainer, _ = worker.trainer_and_scheduler()
     with pytest.raises(RuntimeError, match="rank 0 failed to write"):
         distributed.save_checkpoint(trainer, tmp_path, 3, communicator=_Peers(1, 0))
     assert not os.listdir(tmp_path)  # rank 1 never writes
@@ -318,3 +312,18 @@ def test_a_run_killed_and_restarted_ends_as_an_uninterrupted_one(tmp_path, engin
     assert set(whole.files) == initial | {"lr", "start"}
     for name in initial:
         np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
+    _resume_in_one_process(tmp_path / "resumed", whole)
+
+
+def _resume_in_one_process(folder: pathlib.Path, whole) -> None:
+    """The 2-process checkpoint of step 9 resumed by one process on the whole batch: the last step equals the
+    2-process run's to float32 rounding (gradients summed in another order)."""
+    assert latest_step(folder) == 9
+    trainer, scheduler = worker.trainer_and_scheduler()
+    assert distributed.load_checkpoint(trainer, folder, scheduler=scheduler) == 9
+    x, y = worker.batch(9)
+    trainer.step({"x": x}, labels=y)
+    scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == float(whole["lr"])
+    for name, p in trainer.parameters.items():
+        np.testing.assert_allclose(p.data, whole[name], rtol=2e-5, atol=2e-6, err_msg=name)

@@ -25,6 +25,15 @@ healthy job, a late one costs at most this long once, so the default is generous
 for gloo, 10 min for NCCL); lower it where steps are short and nothing runs on one rank alone."""
 
 
+def checked_timeout(timeout: float | None, where: str) -> float | None:
+    """``timeout`` as float seconds (or None), refusing what is not a positive number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{where}: timeout must be a positive number of seconds, or None, got {timeout!r}")
+    return float(timeout)
+
+
 class CommunicationError(RuntimeError):
     """A collective failed in the engine (a peer died, froze past the timeout, or the engine refused
     the call): raised on every process that sees it, naming the operation, rank, world and cause."""

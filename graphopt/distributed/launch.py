@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from graphopt.distributed.communicator import Communicator, SingleProcess
+from graphopt.distributed.communicator import Communicator, SingleProcess, checked_timeout
 
 ENGINES = ("mpi", "torch", "single")
 MPI_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -42,6 +42,7 @@ def init(engine: str | None = None, **options) -> Communicator:
         from graphopt.distributed.torch_engine import TorchDistributed
         return TorchDistributed(**options)
     if engine == "single" and set(options) <= {"timeout"}:
+        checked_timeout(options.get("timeout"), "graphopt.distributed.init")
         return SingleProcess()
     if engine == "single":
         raise TypeError(f"graphopt.distributed.init: the single-process engine takes no options but timeout, "

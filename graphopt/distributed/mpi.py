@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from graphopt.distributed.communicator import TIMEOUT, Communicator
+from graphopt.distributed.communicator import TIMEOUT, Communicator, checked_timeout
 from graphopt.distributed.watchdog import Watchdog
 
 ABORT_CODE = 124
@@ -29,6 +29,7 @@ class MPI(Communicator):
     engine = "mpi"
 
     def __init__(self, comm=None, timeout: float | None = TIMEOUT):
+        timeout = checked_timeout(timeout, "graphopt.distributed.init('mpi')")
         try:
             from mpi4py import MPI as mpi
         except ImportError as error:

@@ -12,7 +12,7 @@ import datetime
 
 import numpy as np
 
-from graphopt.distributed.communicator import TIMEOUT, Communicator
+from graphopt.distributed.communicator import TIMEOUT, Communicator, checked_timeout
 
 
 class TorchDistributed(Communicator):
@@ -25,6 +25,7 @@ class TorchDistributed(Communicator):
     engine = "torch"
 
     def __init__(self, backend: str = "gloo", timeout: float | None = TIMEOUT):
+        timeout = checked_timeout(timeout, "graphopt.distributed.init('torch')")
         try:
             import torch
             import torch.distributed as dist

@@ -22,14 +22,16 @@ import time
 import traceback
 from typing import Callable
 
+from graphopt.distributed.communicator import checked_timeout
+
 
 class Watchdog:
     """Watches one communicator's collectives; ``on_timeout(message)`` ends the job (must not return)."""
 
     def __init__(self, timeout: float, where: str, on_timeout: Callable[[str], None], poll: float | None = None):
-        if not timeout > 0:
-            raise ValueError(f"Watchdog: timeout must be a positive number of seconds (or None: off), got {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = checked_timeout(timeout, "Watchdog")
+        if self.timeout is None:
+            raise ValueError("Watchdog: timeout must be a positive number of seconds, got None")
         self.where = where
         self.poll = min(1.0, self.timeout / 10) if poll is None else poll
         self.grace = min(5.0, max(1.0, self.poll))
