@@ -10,8 +10,8 @@ timeout, at most 1 s) and, once the registered operation has run longer than ``t
 every process of the job, the frozen one included).
 
 The thread runs while the engine waits because mpi4py releases the GIL inside blocking MPI calls.
-Before acting it waits ``grace`` seconds (``poll``, 1 to 5 s), so that every other process waiting in
-the same collective reports too: the rank that printed nothing is the one to look at.
+Before acting it waits ``grace`` seconds (1 s), so that every other process waiting in the same
+collective reports too: the rank that printed nothing is the one to look at.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Watchdog:
             raise ValueError("Watchdog: timeout must be a positive number of seconds, got None")
         self.where = where
         self.poll = min(1.0, self.timeout / 10) if poll is None else poll
-        self.grace = min(5.0, max(1.0, self.poll))
+        self.grace = 1.0
         self.count = 0  # collectives entered so far: the same sequence number on every process
         self._on_timeout = on_timeout
         self._pending: tuple[str, int, float, int, int] | None = None
