@@ -10,9 +10,7 @@ and the losses. One launch runs every case, so the processes start (and import t
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -112,27 +110,12 @@ def collectives(comm) -> dict[str, np.ndarray]:
     return result
 
 
-def die(comm, freeze: bool = False) -> dict[str, np.ndarray]:
-    """The last rank kills itself (SIGKILL), or freezes (sleeps 100 s), while the others enter
-    allreduces: they must not hang."""
-    if comm.rank == comm.world_size - 1:
-        if freeze:
-            time.sleep(100)
-        os.kill(os.getpid(), signal.SIGKILL)
-    buffer = np.ones(1000, np.float32)
-    for _ in range(100):
-        comm.allreduce(buffer)
-    return {"survived": buffer}  # never reached: the survivors raise, or the launcher ends the job
-
-
 def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
     """``facade``, ``summed`` (the facade with ``sum_grad`` over 2 parts), ``trainer``, ``odd`` (the
     trainer on a batch of 15: unequal shards), ``bn`` (one step of a model with BatchNormalization),
-    ``collectives``, ``die`` or ``freeze``."""
+    or ``collectives``."""
     if mode == "collectives":
         return collectives(comm)
-    if mode in ("die", "freeze"):
-        return die(comm, freeze=mode == "freeze")
     if mode in ("facade", "summed"):
         return facade_run(comm, optimizer, micro=2 if mode == "summed" else 1)
     if mode == "odd":
@@ -142,9 +125,7 @@ def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
 
 def main() -> None:
     out, engine, *cases = sys.argv[1:]
-    timeout = os.environ.get("GRAPHOPT_TEST_TIMEOUT")  # seconds, for the torch engine's collectives
-    options = {"timeout": float(timeout)} if timeout and engine == "torch" else {}
-    comm = distributed.init(None if engine == "detect" else engine, **options)
+    comm = distributed.init(None if engine == "detect" else engine)
     for case in cases:
         result = run(*case.split("-"), comm)
         np.savez(os.path.join(out, f"{case}-rank{comm.rank}.npz"), world_size=comm.world_size, engine=comm.engine,

@@ -4,6 +4,12 @@ Every method works in place on (or fills) C-contiguous numpy arrays and is colle
 process calls it, in the same order, with buffers of the same size and dtype. The engines
 (`graphopt.distributed.mpi`, `graphopt.distributed.torch_engine`) do the communication;
 graphopt writes no networking of its own.
+
+Faults: every collective runs through `Communicator._collective`, which turns the engine's own
+failure (gloo's ``RuntimeError`` on a reset connection or a timeout, an ``MPI.Exception``) into a
+`CommunicationError` naming the operation, its size, the rank, the world size, the engine and the
+cause, and registers the operation with the engine's `graphopt.distributed.watchdog.Watchdog` when
+it has one (MPI: the engine offers no timeout of its own).
 """
 
 from __future__ import annotations
@@ -11,16 +17,59 @@ from __future__ import annotations
 import numpy as np
 
 OPS = ("sum", "average")
+TIMEOUT = 600.0
+"""Default seconds a collective may wait for its peers before the job is ended (both engines). A wait
+inside a collective includes every imbalance between processes: a first step's compilation, rank 0
+writing a checkpoint or evaluating while the others wait at the next collective. A false alarm kills a
+healthy job, a late one costs at most this long once, so the default is generous (torch's own: 30 min
+for gloo, 10 min for NCCL); lower it where steps are short and nothing runs on one rank alone."""
+
+
+def checked_timeout(timeout: float | None, where: str) -> float | None:
+    """``timeout`` as float seconds (or None), refusing what is not a positive number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{where}: timeout must be a positive number of seconds, or None, got {timeout!r}")
+    return float(timeout)
+
+
+class CommunicationError(RuntimeError):
+    """A collective failed in the engine (a peer died, froze past the timeout, or the engine refused
+    the call): raised on every process that sees it, naming the operation, rank, world and cause."""
+
+    def __init__(self, operation: str, nbytes: int, communicator: Communicator, cause: BaseException):
+        self.operation, self.nbytes, self.cause = operation, nbytes, cause
+        self.rank, self.world_size, self.engine = communicator.rank, communicator.world_size, communicator.engine
+        text = f"{type(cause).__name__}: {str(cause).strip()}"
+        super().__init__(f"graphopt.distributed: {operation} of {nbytes} bytes failed on rank {self.rank} of "
+                         f"{self.world_size} ({self.engine}): {text}. {_likely_cause(text)}")
+
+
+_LOST = ("closed", "reset", "broken pipe", "connection", "process failed", "proc_failed")
+
+
+def _likely_cause(text: str) -> str:
+    lowered = text.lower()
+    if "timed out" in lowered or "timeout" in lowered:
+        return ("A peer did not join within the timeout: it is probably frozen (or much slower; raise "
+                "graphopt.distributed.init(timeout=seconds)).")
+    if any(word in lowered for word in _LOST):
+        return "A peer's connection was lost: it probably died. Restart the job from its last checkpoint."
+    return "Every process must call the same collectives in the same order, with buffers of the same size and dtype."
 
 
 class Communicator:
     """The interface: ``rank``, ``world_size`` and five collectives. Engines override the
-    ``_allreduce_sum`` / ``_broadcast`` / ``_allgather`` / ``barrier`` primitives; the checks,
-    ``average`` and ``reduce_scatter`` are shared."""
+    ``_allreduce_sum`` / ``_broadcast`` / ``_allgather`` / ``_barrier`` primitives (and may override
+    ``_reduce_scatter_sum``) and set ``_failures``; the checks, ``average``, error translation and
+    the watchdog's registration are shared."""
 
     engine = "abstract"
     rank: int = 0
     world_size: int = 1
+    _failures: tuple[type[BaseException], ...] = ()  # the engine's own exceptions, raised as CommunicationError
+    _watchdog = None  # a graphopt.distributed.watchdog.Watchdog, for an engine without its own timeout
 
     def allreduce(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
         """Replace ``buffer`` by the element-wise sum (or ``"average"``: sum / world size) of every
@@ -28,7 +77,7 @@ class Communicator:
         _check_buffer(buffer, "allreduce")
         _check_op(op, buffer, "allreduce")
         if self.world_size > 1 and buffer.size:
-            self._allreduce_sum(buffer)
+            self._collective("allreduce", buffer.nbytes, self._allreduce_sum, buffer)
         if op == "average" and self.world_size > 1:
             buffer *= buffer.dtype.type(1 / self.world_size)
         return buffer
@@ -43,7 +92,7 @@ class Communicator:
                              f"{self.world_size} equal shards; pad it to a multiple of the world size")
         shard = buffer.size // self.world_size
         out = _output(out, shard, buffer.dtype, "reduce_scatter", "out")
-        self._reduce_scatter_sum(buffer, out)
+        self._collective("reduce_scatter", buffer.nbytes, self._reduce_scatter_sum, buffer, out)
         if op == "average" and self.world_size > 1:
             out *= out.dtype.type(1 / self.world_size)
         return out
@@ -56,7 +105,7 @@ class Communicator:
         if self.world_size == 1:
             np.copyto(out, shard.reshape(-1))
         else:
-            self._allgather(shard, out)
+            self._collective("allgather", out.nbytes, self._allgather, shard, out)
         return out
 
     def broadcast(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:
@@ -65,18 +114,41 @@ class Communicator:
         if not 0 <= root < self.world_size:
             raise ValueError(f"broadcast: root {root} is not a rank of this world of {self.world_size}")
         if self.world_size > 1 and buffer.size:
-            self._broadcast(buffer, root)
+            self._collective("broadcast", buffer.nbytes, self._broadcast, buffer, root)
         return buffer
 
     def barrier(self) -> None:
         """Return once every process has called it."""
+        if self.world_size > 1:
+            self._collective("barrier", 0, self._barrier)
+
+    def close(self) -> None:
+        """Stop the watchdog, if any (the engine's own resources are released by its ``close``)."""
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+    def _collective(self, operation: str, nbytes: int, primitive, *args) -> None:
+        """``primitive(*args)``, registered with the watchdog; the engine's failure as `CommunicationError`."""
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.enter(operation, nbytes)
+        try:
+            primitive(*args)
+        except self._failures as error:
+            raise CommunicationError(operation, nbytes, self, error) from error
+        finally:
+            if watchdog is not None:
+                watchdog.leave()
+
+    def _barrier(self) -> None:  # pragma: no cover - engines override
+        raise NotImplementedError
 
     def _allreduce_sum(self, buffer: np.ndarray) -> None:  # pragma: no cover - engines override
         raise NotImplementedError
 
     def _reduce_scatter_sum(self, buffer: np.ndarray, out: np.ndarray) -> None:
         """Default: a full allreduce, then this rank's part (engines with a native one override)."""
-        self.allreduce(buffer)
+        self._allreduce_sum(buffer)
         np.copyto(out, buffer.reshape(-1)[self.rank * out.size:(self.rank + 1) * out.size])
 
     def _allgather(self, shard: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover

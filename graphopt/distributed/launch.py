@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from graphopt.distributed.communicator import Communicator, SingleProcess
+from graphopt.distributed.communicator import Communicator, SingleProcess, checked_timeout
 
 ENGINES = ("mpi", "torch", "single")
 MPI_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -29,7 +29,11 @@ def detect(environ: Mapping[str, str] | None = None) -> str:
 
 def init(engine: str | None = None, **options) -> Communicator:
     """This process's communicator: ``engine`` ``"mpi"`` (mpi4py), ``"torch"`` (torch.distributed,
-    ``options`` such as ``backend="gloo"``, ``timeout=60``) or ``"single"``; default: `detect`."""
+    ``options`` such as ``backend="gloo"``) or ``"single"``; default: `detect`.
+
+    ``timeout=seconds`` (every engine; default `communicator.TIMEOUT`, 600 s): how long a collective
+    may wait for its peers. MPI: the watchdog then aborts the job (None: no watchdog); torch: gloo's
+    own timeout makes the survivors raise `CommunicationError`; one process: ignored."""
     engine = detect() if engine is None else engine
     if engine == "mpi":
         from graphopt.distributed.mpi import MPI
@@ -37,6 +41,10 @@ def init(engine: str | None = None, **options) -> Communicator:
     if engine == "torch":
         from graphopt.distributed.torch_engine import TorchDistributed
         return TorchDistributed(**options)
-    if engine == "single":
+    if engine == "single" and set(options) <= {"timeout"}:
+        checked_timeout(options.get("timeout"), "graphopt.distributed.init")
         return SingleProcess()
+    if engine == "single":
+        raise TypeError(f"graphopt.distributed.init: the single-process engine takes no options but timeout, "
+                        f"got {sorted(options)}")
     raise ValueError(f"graphopt.distributed.init: engine must be one of {ENGINES}, got {engine!r}")
