@@ -53,15 +53,15 @@ def _free_port() -> int:
 
 
 def launch_mpi(n: int, args: list[str], script: pathlib.Path = WORKER, mpiexec: tuple[str, ...] = (),
-               python: tuple[str, ...] = (), **env) -> list[tuple[int, str]]:
+               python: tuple[str, ...] = (), timeout: float = TIMEOUT, **env) -> list[tuple[int, str]]:
     """``mpiexec [mpiexec...] -n n python [python...] script args`` on 127.0.0.1; the job's (exit status, stderr)."""
     command = [MPIEXEC, *mpiexec, "-n", str(n), "-host", "127.0.0.1", sys.executable, *python, str(script), *args]
-    result = subprocess.run(command, env=_environment(**env), capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(command, env=_environment(**env), capture_output=True, text=True, timeout=timeout)
     return [(result.returncode, result.stderr)]
 
 
 def launch_torch(n: int, args: list[str], wait: int | None = None, script: pathlib.Path = WORKER,
-                 **env) -> list[tuple[int, str]]:
+                 timeout: float = TIMEOUT, **env) -> list[tuple[int, str]]:
     """n processes of ``script`` with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1,
     MASTER_PORT); each one's (exit status, stderr), or only the first ``wait`` ones' (the others are
     then killed)."""
@@ -71,7 +71,7 @@ def launch_torch(n: int, args: list[str], wait: int | None = None, script: pathl
                                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in range(n)]
     try:
-        errors = [p.communicate(timeout=TIMEOUT)[1] for p in processes[:wait]]
+        errors = [p.communicate(timeout=timeout)[1] for p in processes[:wait]]
     finally:
         for p in processes:
             p.kill()

@@ -30,11 +30,10 @@ TIMEOUT = 180  # seconds per launch: 4 processes importing torch on 2 shared cor
 WHOLE_BATCH = [c for c in CASES if not c.startswith("bn")]  # shard-wise BatchNorm differs from the whole batch
 
 
-def _launch(monkeypatch, engine: str, n: int, args: list[str]) -> None:
+def _launch(engine: str, n: int, args: list[str]) -> None:
     """test_distributed's launcher, running zero_worker.py instead of distributed_worker.py."""
-    monkeypatch.setattr(launch, "WORKER", launch.pathlib.Path(worker.__file__))
-    monkeypatch.setattr(launch, "TIMEOUT", TIMEOUT)
-    launch._succeeded(launch.LAUNCHERS[engine](n, args))  # noqa: SLF001
+    script = launch.pathlib.Path(worker.__file__)
+    launch._succeeded(launch.LAUNCHERS[engine](n, args, script=script, timeout=TIMEOUT))  # noqa: SLF001
 
 
 def _results(out, case: str, n: int, engine: str) -> list[dict[str, np.ndarray]]:
@@ -104,13 +103,13 @@ def _check_resumed(out, engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", [pytest.param("mpi", marks=needs_mpi), pytest.param("torch", marks=needs_torch)])
-def test_sharded_state_equals_unsharded_and_resumes_on_other_world_sizes(tmp_path, monkeypatch, engine):
+def test_sharded_state_equals_unsharded_and_resumes_on_other_world_sizes(tmp_path, engine):
     """Every case on 4 processes (and the checkpointed run), then on 2 (and the resumed run)."""
     cases = ENGINE_CASES[engine]
-    _launch(monkeypatch, engine, 4, [str(tmp_path), engine, *cases, "save-adamw"])
+    _launch(engine, 4, [str(tmp_path), engine, *cases, "save-adamw"])
     for case in cases:
         _check_case(case, _results(tmp_path, case, 4, engine), 4)
-    _launch(monkeypatch, engine, 2, [str(tmp_path), engine, *cases, "resume-adamw"])
+    _launch(engine, 2, [str(tmp_path), engine, *cases, "resume-adamw"])
     for case in cases:
         _check_case(case, _results(tmp_path, case, 2, engine), 2)
     _check_resumed(tmp_path, engine)
