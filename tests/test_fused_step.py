@@ -60,6 +60,21 @@ static double graphopt_reduce(int64_t begin, int64_t end, const void* const* in)
 }
 """
 
+BEGIN = """\
+#define GRAPHOPT_OP_NAME "Fused_test_begin"
+static const int graphopt_num_inputs = 1;
+static const int graphopt_num_outputs = 1;
+static const int graphopt_input_types[] = {7};
+static const int graphopt_output_types[] = {7};
+static const int graphopt_elementwise_inputs = 1;
+// out0 = in0 + the first index of the range the call was given
+static void graphopt_kernel(int64_t begin, int64_t end, const void* const* in, void* const* out) {
+  const int64_t* x = static_cast<const int64_t*>(in[0]);
+  int64_t* y = static_cast<int64_t*>(out[0]);
+  for (int64_t i = begin; i < end; ++i) y[i] = x[i] + begin;
+}
+"""
+
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch, tmp_path_factory):
@@ -110,6 +125,56 @@ def test_the_same_fragments_in_any_order_are_one_cached_library():
     assert build.compiler_runs == runs and again == first
     single = native.compile_kernel(SCALE)  # the one-op library is another library, of the same harness
     assert single.op_name == "Fused_test_scale" and single.library_path != first.library_path
+
+
+def _one_node_session(kernel, op, elem_type, threads):
+    x = helper.make_tensor_value_info("x", elem_type, [None])
+    y = helper.make_tensor_value_info("y", elem_type, [None])
+    model = helper.make_model(helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=DOMAIN)], "one", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
+    model.ir_version = IR_VERSION
+    options = kernel.session_options()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_large_elementwise_op_runs_in_parts_of_65536_elements(threads):
+    """Past 65536 elements the harness hands parts of 65536 to onnxruntime's intra-op threads; each part is one
+    call of the kernel over its range (in the calling thread when the session has one thread)."""
+    kernel = native.compile_kernels([BEGIN])
+    n = 3 * 65536 + 1000
+    (y,) = _one_node_session(kernel, "Fused_test_begin", TensorProto.INT64, threads).run(
+        None, {"x": np.zeros(n, np.int64)})
+    np.testing.assert_array_equal(y, np.arange(n) // 65536 * 65536)
+    (small,) = _one_node_session(kernel, "Fused_test_begin", TensorProto.INT64, threads).run(
+        None, {"x": np.zeros(65536, np.int64)})
+    np.testing.assert_array_equal(small, 0)  # one call
+
+
+@needs_kernels
+def test_a_large_elementwise_op_bound_in_place_on_several_threads_equals_numpy():
+    kernel = native.compile_kernels([SCALE, BEGIN])
+    x = np.random.default_rng(4).standard_normal((5, 100_003)).astype(np.float32)
+    expected = np.sqrt(np.abs(x)) * np.float32(0.25)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, [])]
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Fused_test_scale", ["x", "s"], ["y"], domain=DOMAIN)], "scale", inputs,
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])]),
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
+    model.ir_version = IR_VERSION
+    options = kernel.session_options()
+    options.intra_op_num_threads = 3
+    run = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    s = np.array(0.25, np.float32)
+    binding = run.io_binding()
+    binding.bind_input("x", "cpu", 0, np.float32, x.shape, x.ctypes.data)
+    binding.bind_input("s", "cpu", 0, np.float32, (), s.ctypes.data)
+    binding.bind_output("y", "cpu", 0, np.float32, x.shape, x.ctypes.data)
+    run.run_with_iobinding(binding)
+    np.testing.assert_array_equal(x, expected)
 
 
 def test_two_different_fragments_of_one_op_name_are_refused():

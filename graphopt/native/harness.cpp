@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 
+#include <atomic>
 #include <new>
 
 #include "ort_api.h"
@@ -23,6 +24,15 @@ static_assert(graphopt_num_ops >= 1, "a library holds at least one op");
 namespace {
 
 const int kMaxRank = 64;
+// An element-wise op over more elements than this runs as parts of this many elements on the session's intra-op
+// threads (KernelContext_ParallelFor), where onnxruntime offers it: a training step's update runs on every core,
+// and a part boundary changes no result (element i depends on element i only). A multiple of 64, so every part
+// starts aligned as the buffer does. Reductions run on one thread: their fragments sum rows, which the harness
+// does not know the length of (the executor splits them itself, at rows).
+const int64_t kPart = 1 << 16;
+
+// The table holding KernelContext_ParallelFor, or null (set when the library is registered).
+std::atomic<const OrtApi*> parallel_api{nullptr};
 
 // One registered op: the OrtCustomOp ONNX Runtime calls back with (first, so a pointer to it is a pointer to
 // the Op), and the fragment it runs.
@@ -129,8 +139,23 @@ OrtStatus* compute(const OrtApi* api, const graphopt_OpEntry* op, OrtKernelConte
     status = output_data(api, op, context, k, dims, rank, &out[k]);
     if (status) return status;
   }
-  op->kernel(0, n, in, out);
-  return nullptr;
+  const OrtApi* parallel = parallel_api.load(std::memory_order_relaxed);
+  if (!parallel || n <= kPart) {
+    op->kernel(0, n, in, out);
+    return nullptr;
+  }
+  struct Work {
+    const graphopt_OpEntry* op;
+    const void* const* in;
+    void* const* out;
+    int64_t n;
+  } work{op, in, out, n};
+  auto part = [](void* data, size_t k) {
+    const Work* w = static_cast<const Work*>(data);
+    const int64_t begin = (int64_t)k * kPart;
+    w->op->kernel(begin, w->n - begin < kPart ? w->n : begin + kPart, w->in, w->out);
+  };
+  return parallel->KernelContext_ParallelFor(context, part, (size_t)((n + kPart - 1) / kPart), 0, &work);
 }
 
 // ---- the OrtCustomOp callbacks ----
@@ -229,6 +254,7 @@ GRAPHOPT_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const O
              graphopt_ops[0]->name, GRAPHOPT_ORT_API_VERSION, base->GetVersionString());
     return oldest->CreateStatus(ORT_FAIL, message);
   }
+  parallel_api.store(base->GetApi(GRAPHOPT_ORT_PARALLEL_API_VERSION), std::memory_order_relaxed);
   const Op* ops = the_ops();
   OrtCustomOpDomain* domain = nullptr;
   OrtStatus* status = api->CreateCustomOpDomain(GRAPHOPT_DOMAIN, &domain);
