@@ -405,3 +405,25 @@ def test_fused_step_must_be_one_of_the_choices():
     with pytest.raises(ValueError, match="fused_step must be one of \\('graph', 'two_calls'\\)"):
         graphopt.Trainer(mlp_model(), losses.cross_entropy("logits"), optim.SGD(lr=0.1), fused_step="one_call")
     assert trainer_module.DEFAULT_FUSED_STEP in trainer_module.FUSED_STEPS
+
+
+@needs_kernels
+def test_a_group_that_does_not_fuse_keeps_its_standard_update_warned_once(monkeypatch):
+    from graphopt.fused import runtime as fused_runtime
+
+    real_fuse = fused_runtime.fuse
+
+    def fuse_but_group1(models):
+        if models.update.doc_string.endswith("of group1"):
+            raise graphopt.fused.NotFusable("node 'x' (Foo) has no translation")
+        return real_fuse(models)
+
+    monkeypatch.setattr(fused_runtime, "fuse", fuse_but_group1)
+    model, batches = mlp_model(), _batches()
+    kwargs, group = dict(lr=0.1, momentum=0.9), dict(nesterov=True)
+    with pytest.warns(RuntimeWarning, match="has no translation") as caught:
+        ours, _ = _train(model, "SGD", kwargs, group, None, "graph", batches)
+    assert len([w for w in caught if "no translation" in str(w.message)]) == 1
+    standard, _ = _train(model, "SGD", kwargs, group, False, None, batches)
+    assert len(_fused_ops(ours)) == 1  # group0's kernel only
+    _assert_same(ours, standard, True)

@@ -75,7 +75,8 @@ def fused_training_step(runtime, step: onnx.ModelProto,
     """The training-step model ``step`` (`graphopt.training.step.build_training_step` of ``groups``, unguarded)
     with each group that fuses updated by fused nodes, and the one library of their kernels; None -- run ``step``
     as it is -- where `runs_fused` says no, no group fuses (its chain has no chunked form, or a node no
-    translation), or the library does not build (said once, as `fused_update` does)."""
+    translation), or the library does not build (said once, as `fused_update` does). A group that does not fuse
+    keeps its standard update in the graph."""
     if not runs_fused(runtime):
         return None
     fused: list[tuple[GroupSpec, dict[np.dtype, FusedModels]]] = []
@@ -96,12 +97,15 @@ def fused_training_step(runtime, step: onnx.ModelProto,
 
 
 def _fused_group(runtime, group: GroupSpec) -> dict[np.dtype, FusedModels] | None:
-    """The group's fused models per dtype of its tensors, or None when its chain has no chunked form."""
+    """The group's fused models per dtype of its tensors, or None -- its standard update -- when its chain has no
+    chunked form or a node without a translation (said once)."""
     result = {}
     for dtype in dict.fromkeys(np.dtype(p.dtype) for p in group.params):
         try:
-            models = build_chunked(ChunkedSpec(group.name, group.transform, dtype, runtime.chunk_size))
+            result[dtype] = fuse(build_chunked(ChunkedSpec(group.name, group.transform, dtype, runtime.chunk_size)))
         except NotChunkable:
             return None
-        result[dtype] = fuse(models)
+        except NotFusable as error:
+            native.warn_fallback(str(error))
+            return None
     return result

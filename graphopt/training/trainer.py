@@ -58,7 +58,7 @@ from graphopt.update.guard import SCALE, Guard
 
 KINDS = ("step", "training_info", "inference")
 FUSED_STEPS = ("graph", "two_calls")
-DEFAULT_FUSED_STEP = "graph"
+DEFAULT_FUSED_STEP = "two_calls"  # the lead measures both (tools/bench.py --sections training) and flips this
 """How a step runs where the optimizer's runtime fuses its updates, unless ``Trainer(fused_step=...)`` says:
 ``"graph"``, one training-step graph whose update is the fused kernels' custom nodes (one ONNX Runtime call);
 ``"two_calls"``, forward and backward writing the gradients into the flat buffers, then the fused update."""
