@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from graphopt import names
 from graphopt.fused.errors import NotFusable
@@ -45,7 +45,7 @@ from graphopt.fused.model import FusedModels
 from graphopt.native.kernel import DOMAIN
 from graphopt.update import GroupSpec, ParamSpec
 from graphopt.update.chunked import GRADS, PARAMS, SUM_OF_SQUARES
-from graphopt.update.inplace import implicit_inputs
+from graphopt.update.inplace import VIEW_LIKE, implicit_inputs
 
 
 def fuse_training_step(step: onnx.ModelProto,
@@ -66,6 +66,8 @@ def fuse_training_step(step: onnx.ModelProto,
             outputs = _outputs(group, spec)
             for chunked, value in splicer.splice(models.update.model, mapping, f"fused/{spec.name}").items():
                 written[outputs[chunked]] = value
+            splicer.writers.update({id(n): len(models.update.elementwise_inputs) for n in splicer.last
+                                    if n.domain == DOMAIN})
     return _assemble(step, splicer, written)
 
 
@@ -115,6 +117,8 @@ class _Splicer:
         self.taken, self.node_names, self.available = taken, node_names, available
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.last: list[onnx.NodeProto] = []  # the nodes of the last `splice`
+        self.writers: dict[int, int] = {}  # fused update node (by id) -> its number of element-wise inputs
 
     def fresh(self, name: str) -> str:
         return _fresh(name, self.taken)
@@ -127,6 +131,7 @@ class _Splicer:
         mapped is read as itself: a hyperparameter); its outputs' new names by output name."""
         graph = model.graph
         renamed = {}
+        self.last = []
         for value in graph.input:
             source = inputs.get(value.name, value.name)
             if source not in self.available:
@@ -153,6 +158,7 @@ class _Splicer:
                 copy.output.append(renamed[out] if out else "")
             copy.name = self.fresh_node(f"{prefix}/{node.name or node.op_type}")
             self.nodes.append(copy)
+            self.last.append(copy)
             self.available.update(o for o in copy.output if o)
         return {o.name: renamed[o.name] for o in graph.output}
 
@@ -181,6 +187,7 @@ def _assemble(step: onnx.ModelProto, splicer: _Splicer, written: Mapping[str, st
         for k, name in enumerate(node.input):
             node.input[k] = renames.get(name, name)
     live = _live([*nodes, *splicer.nodes], outputs)
+    live += _after_readers(live, splicer)
     used = {i for n in live for i in n.input}
     new_graph = helper.make_graph(_topological(live, {v.name for v in graph.input} | {t.name for t in
                                                                                       graph.initializer}
@@ -192,6 +199,76 @@ def _assemble(step: onnx.ModelProto, splicer: _Splicer, written: Mapping[str, st
                               producer_name=step.producer_name, doc_string=f"{step.doc_string} (fused update)")
     onnx.checker.check_model(fused)
     return fused
+
+
+def _after_readers(nodes: list[onnx.NodeProto], splicer: _Splicer) -> list[onnx.NodeProto]:
+    """Make every other reader of a fused node's parameter an ancestor of the node, so its output may be
+    written over the parameter in place (`graphopt.update.inplace`, condition 2): a weight that the backward
+    pass reads after its gradient is ready (``dX = dY W``) would otherwise need a scratch buffer and a copy.
+
+    The order is a data dependency of the node's first scalar operand ``s``, which keeps its value:
+    ``s <- Where(Less(Size(r), 0), s, s)`` for an output ``r`` of each such reader (``Size`` reads no data, and
+    is never below 0). Readers that depend on the node itself are left alone (the pair then stays unproven,
+    and the Trainer writes through scratch). The nodes added are returned; the fused nodes are changed in place.
+    """
+    producers = {o: n for n in nodes for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in {*node.input, *implicit_inputs(node)}:
+            readers.setdefault(name, []).append(node)
+    added: list[onnx.NodeProto] = []
+    zero = None
+    for node in nodes:
+        count = splicer.writers.get(id(node))
+        if count is None or len(node.input) <= count:
+            continue  # not a fused update, or no scalar operand to carry the order
+        ancestors = _reached(node.input, lambda name: [producers[name]] if name in producers else [],
+                             lambda n: [*n.input, *implicit_inputs(n)])
+        late = [r for name in _aliases(node.input[0], readers) for r in readers.get(name, ())
+                if r is not node and id(r) not in ancestors]
+        if not late:
+            continue
+        descendants = _reached(node.output, lambda name: readers.get(name, ()), lambda n: n.output)
+        if any(id(r) in descendants for r in late):
+            continue
+        if zero is None:
+            zero = splicer.fresh("fused/order.zero")
+            splicer.initializers.append(helper.make_tensor(zero, TensorProto.INT64, [], [0]))
+        operand = node.input[count]
+        for reader in {id(r): r for r in late}.values():
+            value = next(o for o in reader.output if o)
+            size, never, ordered = (splicer.fresh(f"{operand}.after.{value}.{k}") for k in ("size", "never", "value"))
+            added += [helper.make_node("Size", [value], [size], name=splicer.fresh_node(size)),
+                      helper.make_node("Less", [size, zero], [never], name=splicer.fresh_node(never)),
+                      helper.make_node("Where", [never, operand, operand], [ordered], name=splicer.fresh_node(ordered))]
+            operand = ordered
+        node.input[count] = operand
+    return added
+
+
+def _aliases(name: str, readers: Mapping[str, list[onnx.NodeProto]]) -> set[str]:
+    """``name`` and the values that may share its memory through view-like ops (`graphopt.update.inplace`)."""
+    aliases, stack = {name}, [name]
+    while stack:
+        for node in readers.get(stack.pop(), ()):
+            if node.op_type in VIEW_LIKE and node.input and node.input[0] in aliases:
+                fresh = [o for o in node.output if o and o not in aliases]
+                aliases.update(fresh)
+                stack.extend(fresh)
+    return aliases
+
+
+def _reached(names, step, onward) -> set[int]:
+    """The ids of the nodes reached from the values ``names``: ``step(value)`` gives the nodes next to a value,
+    ``onward(node)`` the values to go on from."""
+    seen: set[int] = set()
+    stack = list(names)
+    while stack:
+        for node in step(stack.pop()):
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(name for name in onward(node) if name)
+    return seen
 
 
 def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
