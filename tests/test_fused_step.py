@@ -306,6 +306,8 @@ def test_fused_step_graph_equals_the_standard_step_and_the_two_call_step(kind, k
     standard, standard_losses = _train(model, kind, kwargs, group, False, None, batches)
     two_calls, _ = _train(model, kind, kwargs, group, None, "two_calls", batches)
     assert ours._gradients is None, "the in-graph fused step ran a separate gradients call"  # noqa: SLF001
+    assert ours.fused_kernels and not ours.fused_update and two_calls.fused_update
+    assert ours.optimizer.sessions_built == 1  # the fused step graph, nothing else
     ops = _fused_ops(ours)
     assert len(ops) >= 2, f"two param groups of different chains should be two kernels in one library: {ops}"
     assert not any(key[2] for key in standard._compiled)  # noqa: SLF001 - not fused: the reference
@@ -368,6 +370,7 @@ def test_a_guarded_step_runs_two_calls():
     model, batches = mlp_model(), _batches(steps=2)
     ours, _ = _train(model, "SGD", dict(lr=0.1), {}, None, "graph", batches, skip_nonfinite=True)
     assert not any(key[2] for key in ours._compiled) and ours._gradients is not None  # noqa: SLF001
+    assert ours.fused_update
 
 
 @needs_kernels
@@ -394,7 +397,7 @@ def test_no_compiler_runs_the_standard_step_warned_once(monkeypatch):
         _train(model, "SGD", dict(lr=0.1), {}, None, "graph", batches)
     assert len([w for w in caught if "nonexistent" in str(w.message)]) == 1
     standard, _ = _train(model, "SGD", dict(lr=0.1), {}, False, None, batches)
-    assert not ours.fused_update and not any(key[2] for key in ours._compiled)  # noqa: SLF001
+    assert not ours.fused_kernels and not any(key[2] for key in ours._compiled)  # noqa: SLF001
     _assert_same(ours, standard, True)
 
 
@@ -404,7 +407,7 @@ def test_graphopt_fused_0_runs_the_standard_step_silently(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ours, _ = _train(model, "SGD", dict(lr=0.1), {}, None, "graph", batches)
-    assert not ours.fused_update and not any(key[2] for key in ours._compiled)  # noqa: SLF001
+    assert not ours.fused_kernels and not any(key[2] for key in ours._compiled)  # noqa: SLF001
 
 
 def test_fused_step_must_be_one_of_the_choices():
@@ -433,3 +436,24 @@ def test_a_group_that_does_not_fuse_keeps_its_standard_update_warned_once(monkey
     standard, _ = _train(model, "SGD", kwargs, group, False, None, batches)
     assert len(_fused_ops(ours)) == 1  # group0's kernel only
     _assert_same(ours, standard, True)
+
+
+@needs_kernels
+def test_fused_step_graph_with_a_compiled_schedule_and_weight_averaging():
+    """The schedule's clock output and the averaging slot: as the two-call fused step, bit for bit."""
+    from graphopt.optim import schedules
+
+    model, batches = mlp_model(), _batches(steps=5)
+    results = []
+    for fused_step in ("graph", "two_calls"):
+        opt = optim.AdamW(lr=0.01, averaging=optim.EMA(decay=0.9), runtime=Runtime(threads=1))
+        opt.schedule_lr(schedules.Sequential([schedules.Linear(0.1, 1.0, 2), schedules.Cosine(10)], milestones=[2]))
+        trainer = graphopt.Trainer(model, losses.cross_entropy("logits"), opt, fused_step=fused_step)
+        for x, y in batches:
+            trainer.step({"x": x}, labels=y)
+        results.append(trainer)
+    assert _fused_ops(results[0])
+    _assert_same(results[0], results[1], True)
+    for name in results[0].parameters:
+        np.testing.assert_array_equal(results[0].optimizer.averaged_weights()[results[0].parameters[name]],
+                                      results[1].optimizer.averaged_weights()[results[1].parameters[name]])

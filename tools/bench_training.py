@@ -73,7 +73,7 @@ def mlp_iteration_peers(dims: list[int], batch: int, threads: int) -> dict[str, 
         trainer = graphopt.Trainer(model, losses.cross_entropy("logits"),
                                    optim.Adam(lr=1e-3, runtime=Runtime(threads=threads, fused=fused)),
                                    fused_step=fused_step)
-        if fused is None and not trainer.fused_update:
+        if fused is None and not trainer.fused_kernels:
             continue  # no fused kernels here: the standard step again
         runs[name] = lambda trainer=trainer: trainer.step({"x": x}, labels=y)
     if torch is None:

@@ -33,6 +33,7 @@ keeps them standard).
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -66,8 +67,9 @@ def fuse_training_step(step: onnx.ModelProto,
             outputs = _outputs(group, spec)
             for chunked, value in splicer.splice(models.update.model, mapping, f"fused/{spec.name}").items():
                 written[outputs[chunked]] = value
-            splicer.writers.update({id(n): len(models.update.elementwise_inputs) for n in splicer.last
-                                    if n.domain == DOMAIN})
+            operand = _float_operand(models.update.fragment)
+            if operand is not None:
+                splicer.writers.update({id(n): operand for n in splicer.last if n.domain == DOMAIN})
     return _assemble(step, splicer, written)
 
 
@@ -118,7 +120,7 @@ class _Splicer:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.last: list[onnx.NodeProto] = []  # the nodes of the last `splice`
-        self.writers: dict[int, int] = {}  # fused update node (by id) -> its number of element-wise inputs
+        self.writers: dict[int, int] = {}  # fused update node (by id) -> the input that can carry an order
 
     def fresh(self, name: str) -> str:
         return _fresh(name, self.taken)
@@ -201,12 +203,20 @@ def _assemble(step: onnx.ModelProto, splicer: _Splicer, written: Mapping[str, st
     return fused
 
 
+def _float_operand(fragment: str) -> int | None:
+    """The index of the fragment's first float or double scalar input (``Where`` takes both), or None."""
+    types = [int(t) for t in re.search(r"graphopt_input_types\[\] = \{([^}]*)\}", fragment).group(1).split(",")]
+    elementwise = int(re.search(r"graphopt_elementwise_inputs = (\d+);", fragment).group(1))
+    return next((k for k in range(elementwise, len(types)) if types[k] in (TensorProto.FLOAT, TensorProto.DOUBLE)),
+                None)
+
+
 def _after_readers(nodes: list[onnx.NodeProto], splicer: _Splicer) -> list[onnx.NodeProto]:
     """Make every other reader of a fused node's parameter an ancestor of the node, so its output may be
     written over the parameter in place (`graphopt.update.inplace`, condition 2): a weight that the backward
     pass reads after its gradient is ready (``dX = dY W``) would otherwise need a scratch buffer and a copy.
 
-    The order is a data dependency of the node's first scalar operand ``s``, which keeps its value:
+    The order is a data dependency of the node's first float scalar operand ``s``, which keeps its value:
     ``s <- Where(Less(Size(r), 0), s, s)`` for an output ``r`` of each such reader (``Size`` reads no data, and
     is never below 0). Readers that depend on the node itself are left alone (the pair then stays unproven,
     and the Trainer writes through scratch). The nodes added are returned; the fused nodes are changed in place.
@@ -220,8 +230,8 @@ def _after_readers(nodes: list[onnx.NodeProto], splicer: _Splicer) -> list[onnx.
     zero = None
     for node in nodes:
         count = splicer.writers.get(id(node))
-        if count is None or len(node.input) <= count:
-            continue  # not a fused update, or no scalar operand to carry the order
+        if count is None:
+            continue  # not a fused update, or no float scalar operand to carry the order
         ancestors = _reached(node.input, lambda name: [producers[name]] if name in producers else [],
                              lambda n: [*n.input, *implicit_inputs(n)])
         late = [r for name in _aliases(node.input[0], readers) for r in readers.get(name, ())

@@ -58,7 +58,7 @@ from graphopt.update.guard import SCALE, Guard
 
 KINDS = ("step", "training_info", "inference")
 FUSED_STEPS = ("graph", "two_calls")
-DEFAULT_FUSED_STEP = "two_calls"  # the lead measures both (tools/bench.py --sections training) and flips this
+DEFAULT_FUSED_STEP = "graph"  # the lead measures both (tools/bench.py --sections training) and may flip this
 """How a step runs where the optimizer's runtime fuses its updates, unless ``Trainer(fused_step=...)`` says:
 ``"graph"``, one training-step graph whose update is the fused kernels' custom nodes (one ONNX Runtime call);
 ``"two_calls"``, forward and backward writing the gradients into the flat buffers, then the fused update."""
@@ -114,7 +114,7 @@ class Trainer:
             averaged over the processes before the same update everywhere
             (`graphopt.distributed.training`). The step runs as two ONNX Runtime calls (gradients,
             then update) instead of one.
-        fused_step: where the optimizer's runtime runs fused update kernels (`fused_update`), how a step runs
+        fused_step: where the optimizer's runtime runs fused update kernels (`fused_kernels`), how a step runs
             them: ``"graph"``, the training-step graph with the kernels' custom nodes in place of the
             standard-operator update (one ONNX Runtime call; `graphopt.fused.step`), or ``"two_calls"``,
             forward and backward writing the gradients into the optimizer's flat buffers, then its fused
@@ -175,7 +175,7 @@ class Trainer:
         self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
         self._accumulating = False
-        self._fused: bool | None = None  # decided at the first step (fused_update)
+        self._fused: bool | None = None  # decided at the first step (fused_kernels)
         self.communicator = communicator
         if fused_step is not None and fused_step not in FUSED_STEPS:
             raise ValueError(f"Trainer: fused_step must be one of {FUSED_STEPS} or None, got {fused_step!r}")
@@ -205,16 +205,16 @@ class Trainer:
 
         After `accumulate` calls, the update uses the sum of their gradients and this
         batch's (two ONNX Runtime calls: the gradients, then the optimizer's step). So does a
-        step whose update runs fused (`fused_update`) with ``fused_step="two_calls"`` (or a non-finite
-        guard): the gradients are written straight into the optimizer's flat buffers, then its fused
-        kernels update them in place. With ``fused_step="graph"`` the fused kernels run inside the
-        training-step graph: one call.
+        step whose update runs fused as a second call (`fused_update`): the gradients are written
+        straight into the optimizer's flat buffers, then its fused kernels update them in place. With
+        ``fused_step="graph"`` (and no non-finite guard) the fused kernels run inside the training-step
+        graph: one call.
         """
         if self.communicator is not None and self.communicator.world_size > 1:
             from graphopt.distributed.training import data_parallel_step
             return data_parallel_step(self, inputs, labels)
-        in_graph = self.fused_update and self.fused_step == "graph" and self._guard() is None
-        if self._accumulating or (self.fused_update and not in_graph):
+        in_graph = self.fused_kernels and not self.fused_update
+        if self._accumulating or self.fused_update:
             loss = self._gradients_into_buffers(inputs, labels, "step")
             self._apply_accumulated()
             return loss
@@ -321,9 +321,15 @@ class Trainer:
 
     @property
     def fused_update(self) -> bool:
-        """Whether `step` runs the optimizer's fused update kernels instead of a standard-operator update:
-        when the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`); how, ``fused_step``
-        says (inside the one training-step graph, or as a second call after the gradients)."""
+        """Whether `step` runs the gradients and then the optimizer's fused update kernels (two ONNX Runtime
+        calls): where the kernels run (`fused_kernels`) with ``fused_step="two_calls"``, or a non-finite guard."""
+        return self.fused_kernels and (self.fused_step == "two_calls" or self._guard() is not None)
+
+    @property
+    def fused_kernels(self) -> bool:
+        """Whether `step` runs the optimizer's fused update kernels instead of a standard-operator update: when
+        the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`); ``fused_step`` says how
+        (inside the one training-step graph, or as a second call after the gradients: `fused_update`)."""
         if self._fused is None:
             self.optimizer._layouts()  # noqa: SLF001 - an optimizer without update graphs (LBFGS) refuses here
             self._fused = runs_fused(self.optimizer._runtime)  # noqa: SLF001
