@@ -190,7 +190,7 @@ def _assemble(step: onnx.ModelProto, splicer: _Splicer, written: Mapping[str, st
             node.input[k] = renames.get(name, name)
     live = _live([*nodes, *splicer.nodes], outputs)
     live += _after_readers(live, splicer)
-    used = {i for n in live for i in n.input}
+    used = {i for n in live for i in (*n.input, *implicit_inputs(n))}
     new_graph = helper.make_graph(_topological(live, {v.name for v in graph.input} | {t.name for t in
                                                                                       graph.initializer}
                                                | {t.name for t in splicer.initializers}),
