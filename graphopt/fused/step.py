@@ -25,6 +25,8 @@ The custom node takes each tensor at its own shape (a kernel reads elementwise i
 count, and its outputs take input 0's shape), so nothing is reshaped or copied. The standard nodes that
 computed those outputs are removed (what no output needs any more); the others stay, e.g. ``p.step.new``
 and a schedule's clock. A group whose chain reads a name the step model does not have raises `NotFusable`.
+Each fused node is ordered after every other reader of its parameter (`_after_readers`), so the Trainer can
+prove every parameter safe to write in place, even a weight the backward pass reads after its gradient.
 Guarded steps (a non-finite check or a loss scale) are not fused here: a kernel that wrote a parameter
 in place could not be undone when the check says skip (`graphopt.fused.runtime.fused_training_step`
 keeps them standard).
