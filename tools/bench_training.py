@@ -42,23 +42,40 @@ def mlp_model(dims: list[int], rng: np.random.Generator) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
+GRAPHOPT_PEERS = {  # name: (Runtime(fused=...), Trainer(fused_step=...))
+    "graphopt-one-graph-standard": (False, None),  # forward, backward and a standard-operator update: one call
+    "graphopt-two-calls-fused": (None, "two_calls"),  # gradients into the flat buffers, then the fused kernels
+    "graphopt-one-graph-fused": (None, "graph"),  # the step graph with the fused kernels' nodes: one call
+}
+
+
+def default_peer() -> str:
+    """The peer that a plain ``Trainer`` runs here (where fused kernels are built, as ``DEFAULT_FUSED_STEP`` says)."""
+    from graphopt.fused.runtime import runs_fused
+    from graphopt.training.trainer import DEFAULT_FUSED_STEP
+
+    if not runs_fused(Runtime()):
+        return "graphopt-one-graph-standard"
+    return "graphopt-one-graph-fused" if DEFAULT_FUSED_STEP == "graph" else "graphopt-two-calls-fused"
+
+
 def mlp_iteration_peers(dims: list[int], batch: int, threads: int) -> dict[str, Callable[[], None]]:
     """One Adam training iteration (forward, cross-entropy, backward, update) of the same MLP,
-    same weights, same batch: graphopt's Trainer (with its fused update where kernels are built here:
-    the gradients, then the fused kernel; and ``graphopt-one-call``, forward, backward and a
-    standard-operator update in one graph) and, when torch is importable, PyTorch eager mode
-    with torch's default (for-loop) Adam and with its fused Adam."""
+    same weights, same batch: graphopt's Trainer three ways (`GRAPHOPT_PEERS`; the two fused ones only
+    where fused kernels are built here) and, when torch is importable, PyTorch eager mode with torch's
+    default (for-loop) Adam and with its fused Adam."""
     rng = np.random.default_rng(0)
     model = mlp_model(dims, rng)
     x = rng.standard_normal((batch, dims[0])).astype(np.float32)
     y = rng.integers(0, dims[-1], batch).astype(np.int64)
     runs = {}
-    for name, fused in (("graphopt", None), ("graphopt-one-call", False)):  # fused update (where built), or not
+    for name, (fused, fused_step) in GRAPHOPT_PEERS.items():
         trainer = graphopt.Trainer(model, losses.cross_entropy("logits"),
-                                   optim.Adam(lr=1e-3, runtime=Runtime(threads=threads, fused=fused)))
+                                   optim.Adam(lr=1e-3, runtime=Runtime(threads=threads, fused=fused)),
+                                   fused_step=fused_step)
+        if fused is None and not trainer.fused_kernels:
+            continue  # no fused kernels here: the standard step again
         runs[name] = lambda trainer=trainer: trainer.step({"x": x}, labels=y)
-    if not runs["graphopt"].__defaults__[0].fused_update:
-        del runs["graphopt-one-call"]  # the same path twice
     if torch is None:
         return runs
     torch.set_num_threads(threads)

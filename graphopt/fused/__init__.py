@@ -8,7 +8,9 @@ input and output names in which one custom-op node (domain `DOMAIN`, op type the
 ``GRAPHOPT_OP_NAME``) replaces the Scan (`graphopt.fused.model`). The code is generated from the
 graph, node by node (`graphopt.fused.body`, `graphopt.fused.ops`), never from per-optimizer templates,
 so a user's transform is fused as the built-in ones are; a node without a translation raises
-`NotFusable` naming it, and the executor keeps the standard path.
+`NotFusable` naming it, and the executor keeps the standard path. `graphopt.fused.step` puts the fused
+updates of a `Trainer`'s groups inside its training-step graph (one call per step, all the kernels in one
+library: `graphopt.native.compile_kernels`).
 
 Op types the optimizers' bodies emit (every optimizer and option of ``tests/fused_cases.py``, float32
 and float64, EMA/SWA averaging and compiled lr schedules included; ``tests/test_fused.py`` checks the

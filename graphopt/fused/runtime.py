@@ -6,20 +6,28 @@ runtime says ``fused=False``, runs on a GPU or keeps state in device buffers, fu
 or cannot be built here (`graphopt.native.available`), the update has a node with no translation (`NotFusable`) or its
 kernel does not build (`FusedBuildError`). Each reason is said once per process (a RuntimeWarning),
 except ``GRAPHOPT_FUSED=0`` with the default ``fused=None``: the user turned kernels off.
+
+`fused_training_step` does the same for a `Trainer`'s training-step model: the groups that fuse are updated by
+their fused nodes inside the step graph (`graphopt.fused.step`), all their kernels in one library; the others keep
+the standard operators in the same graph.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import onnx
 
 from graphopt import native
 from graphopt.fused.errors import NotFusable
-from graphopt.fused.model import fuse
+from graphopt.fused.model import FusedModels, fuse
+from graphopt.fused.step import fuse_training_step
 from graphopt.native.availability import OFF
-from graphopt.update.chunked import ChunkedModels
+from graphopt.update import GroupSpec
+from graphopt.update.chunked import ChunkedModels, ChunkedSpec, NotChunkable, build_chunked
 
 
 class FusedUpdate(NamedTuple):
@@ -60,3 +68,44 @@ def fused_update(runtime, models: ChunkedModels) -> FusedUpdate | None:
         return None
     return FusedUpdate(fused.update.model, update_kernel, None if fused.reduce is None else fused.reduce.model,
                        reduce_kernel)
+
+
+def fused_training_step(runtime, step: onnx.ModelProto,
+                        groups: Sequence[GroupSpec]) -> tuple[onnx.ModelProto, native.Kernel] | None:
+    """The training-step model ``step`` (`graphopt.training.step.build_training_step` of ``groups``, unguarded)
+    with each group that fuses updated by fused nodes, and the one library of their kernels; None -- run ``step``
+    as it is -- where `runs_fused` says no, no group fuses (its chain has no chunked form, or a node no
+    translation), or the library does not build (said once, as `fused_update` does). A group that does not fuse
+    keeps its standard update in the graph."""
+    if not runs_fused(runtime):
+        return None
+    fused: list[tuple[GroupSpec, dict[np.dtype, FusedModels]]] = []
+    try:
+        for group in groups:
+            by_dtype = _fused_group(runtime, group)
+            if by_dtype is not None:
+                fused.append((group, by_dtype))
+        if not fused:
+            return None
+        fragments = [f.fragment for _, by_dtype in fused for models in by_dtype.values()
+                     for f in (models.update, models.reduce) if f is not None]
+        kernel = native.compile_kernels(fragments)
+        return fuse_training_step(step, fused), kernel
+    except (NotFusable, native.FusedBuildError) as error:
+        native.warn_fallback(str(error))
+        return None
+
+
+def _fused_group(runtime, group: GroupSpec) -> dict[np.dtype, FusedModels] | None:
+    """The group's fused models per dtype of its tensors, or None -- its standard update -- when its chain has no
+    chunked form or a node without a translation (said once)."""
+    result = {}
+    for dtype in dict.fromkeys(np.dtype(p.dtype) for p in group.params):
+        try:
+            result[dtype] = fuse(build_chunked(ChunkedSpec(group.name, group.transform, dtype, runtime.chunk_size)))
+        except NotChunkable:
+            return None
+        except NotFusable as error:
+            native.warn_fallback(str(error))
+            return None
+    return result

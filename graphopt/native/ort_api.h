@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #define GRAPHOPT_ORT_API_VERSION 17
+#define GRAPHOPT_ORT_PARALLEL_API_VERSION 18  // the first table certain to hold KernelContext_ParallelFor
 
 #ifdef __cplusplus
 extern "C" {
@@ -107,6 +108,12 @@ struct OrtApi {
   GRAPHOPT_ORT_SLOTS(100, 100);
   // 101, API 1 (the last entry of the version-1 table)
   void (*ReleaseCustomOpDomain)(OrtCustomOpDomain* input);
+  GRAPHOPT_ORT_SLOTS(102, 273);
+  // 274, onnxruntime 1.17 or 1.18: calls fn(usr_data, i) for every i in [0, total) on the session's intra-op
+  // thread pool (in the calling thread when it has none); num_batch 0 lets ONNX Runtime batch the indices.
+  // Read only from a table of version >= 18 (GetApi(18) not null), which holds it either way.
+  OrtStatus* (*KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void*, size_t), size_t total,
+                                          size_t num_batch, void* usr_data);
 };
 
 #undef GRAPHOPT_ORT_SLOTS

@@ -49,7 +49,7 @@ from graphopt.preparation import (
     weights_as_initializers,
 )
 from graphopt.runtime import Executable, Region, Runtime
-from graphopt.fused.runtime import runs_fused
+from graphopt.fused.runtime import fused_training_step, runs_fused
 from graphopt.training.grad_scaler import GradScaler
 from graphopt.training.info import with_training_info
 from graphopt.training.step import build_gradients, build_training_step, trainable_as_inputs
@@ -57,6 +57,11 @@ from graphopt.update import GroupSpec, ParamSpec
 from graphopt.update.guard import SCALE, Guard
 
 KINDS = ("step", "training_info", "inference")
+FUSED_STEPS = ("graph", "two_calls")
+DEFAULT_FUSED_STEP = "graph"  # the lead measures both (tools/bench.py --sections training) and may flip this
+"""How a step runs where the optimizer's runtime fuses its updates, unless ``Trainer(fused_step=...)`` says:
+``"graph"``, one training-step graph whose update is the fused kernels' custom nodes (one ONNX Runtime call);
+``"two_calls"``, forward and backward writing the gradients into the flat buffers, then the fused update."""
 
 
 class Trainer:
@@ -112,6 +117,12 @@ class Trainer:
         shard_state: with ``communicator``, each process keeps and updates only its shard of the
             optimizer state (ZeRO-1, `graphopt.distributed.zero`); ``state_dict`` /
             ``load_state_dict`` then consolidate and slice it (collective: every process calls them).
+        fused_step: where the optimizer's runtime runs fused update kernels (`fused_kernels`), how a step runs
+            them: ``"graph"``, the training-step graph with the kernels' custom nodes in place of the
+            standard-operator update (one ONNX Runtime call; `graphopt.fused.step`), or ``"two_calls"``,
+            forward and backward writing the gradients into the optimizer's flat buffers, then its fused
+            update. Default `DEFAULT_FUSED_STEP`. A step with a non-finite guard (``skip_nonfinite``, a grad
+            scaler) runs two calls either way; exports are standard ONNX either way.
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -123,7 +134,7 @@ class Trainer:
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
                  grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None,
-                 communicator: Any = None, shard_state: bool = False):
+                 communicator: Any = None, shard_state: bool = False, fused_step: str | None = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -167,8 +178,11 @@ class Trainer:
         self._gradients: tuple[bool, Executable] | None = None  # (loss scaled?, forward and backward)
         self._evaluation: Executable | None = None
         self._accumulating = False
-        self._fused: bool | None = None  # decided at the first step (fused_update)
+        self._fused: bool | None = None  # decided at the first step (fused_kernels)
         self.communicator = communicator
+        if fused_step is not None and fused_step not in FUSED_STEPS:
+            raise ValueError(f"Trainer: fused_step must be one of {FUSED_STEPS} or None, got {fused_step!r}")
+        self.fused_step = fused_step or DEFAULT_FUSED_STEP
         if communicator is not None and communicator.world_size > 1:
             from graphopt.distributed.training import broadcast_trainer
             broadcast_trainer(self, communicator)
@@ -198,17 +212,20 @@ class Trainer:
 
         After `accumulate` calls, the update uses the sum of their gradients and this
         batch's (two ONNX Runtime calls: the gradients, then the optimizer's step). So does a
-        step whose update runs fused (`fused_update`): the gradients are written straight into
-        the optimizer's flat buffers, then its fused kernels update them in place.
+        step whose update runs fused as a second call (`fused_update`): the gradients are written
+        straight into the optimizer's flat buffers, then its fused kernels update them in place. With
+        ``fused_step="graph"`` (and no non-finite guard) the fused kernels run inside the training-step
+        graph: one call.
         """
         if self.communicator is not None and (self.communicator.world_size > 1 or self._zero is not None):
             from graphopt.distributed.training import data_parallel_step
             return data_parallel_step(self, inputs, labels)
+        in_graph = self.fused_kernels and not self.fused_update
         if self._accumulating or self.fused_update:
             loss = self._gradients_into_buffers(inputs, labels, "step")
             self._apply_accumulated()
             return loss
-        layouts, specs, (_, executable, safe) = self._training_step()
+        layouts, specs, (_, executable, safe) = self._training_step(fused=in_graph)
         feeds = _checked(executable, self._feeds(inputs, labels), "step", self._batch_inputs)
         self._check_labels(feeds, "step")
         new_slots = NewSlots(self.optimizer._runtime.zeros)  # noqa: SLF001
@@ -311,9 +328,15 @@ class Trainer:
 
     @property
     def fused_update(self) -> bool:
-        """Whether `step` runs the gradients and then the optimizer's fused update kernels (two
-        ONNX Runtime calls) instead of one training-step graph with a standard-operator update:
-        when the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`)."""
+        """Whether `step` runs the gradients and then the optimizer's fused update kernels (two ONNX Runtime
+        calls): where the kernels run (`fused_kernels`) with ``fused_step="two_calls"``, or a non-finite guard."""
+        return self.fused_kernels and (self.fused_step == "two_calls" or self._guard() is not None)
+
+    @property
+    def fused_kernels(self) -> bool:
+        """Whether `step` runs the optimizer's fused update kernels instead of a standard-operator update: when
+        the optimizer's runtime fuses (``Runtime(fused=...)``, `graphopt.fused.runtime`); ``fused_step`` says how
+        (inside the one training-step graph, or as a second call after the gradients: `fused_update`)."""
         if self._fused is None:
             self.optimizer._layouts()  # noqa: SLF001 - an optimizer without update graphs (LBFGS) refuses here
             self._fused = runs_fused(self.optimizer._runtime)  # noqa: SLF001
@@ -342,18 +365,22 @@ class Trainer:
         for name in self.buffers:
             self.buffers[name] = new_values[names.new(name)]
 
-    def _training_step(self):
-        """The layouts of this step and the training-step model compiled for their structure."""
+    def _training_step(self, fused: bool = False):
+        """The layouts of this step and the training-step model compiled for their structure: ``(model,
+        executable, in-place pairs)``; ``fused``: the executable runs the model with fused update kernels
+        (`graphopt.fused.runtime.fused_training_step`, where they build), the model is the standard one."""
         layouts = self.optimizer._layouts()
         specs = tuple(GroupSpec(layout.group, layout.transform,
                                 tuple(ParamSpec(name, p.shape, p.dtype) for flat, names_ in
                                       zip(layout.flats, layout.names_of) for p, name in zip(flat.params, names_)))
                       for layout in layouts)
-        key = (specs, self._guard())
+        key = (specs, self._guard(), fused)
         if key not in self._compiled:
             model = build_training_step(self._train_model, self.loss, specs, list(self.buffers), key[1])
-            executable = self.optimizer._runtime.compile(model, keep_optimized=True)
-            self._compiled[key] = (model, executable, proven_in_place(model, executable, _candidates(specs)))
+            runtime = self.optimizer._runtime  # noqa: SLF001
+            run, kernel = (fused_training_step(runtime, model, specs) if fused else None) or (model, None)
+            executable = runtime.compile(run, keep_optimized=True, kernel=kernel)
+            self._compiled[key] = (model, executable, proven_in_place(run, executable, _candidates(specs)))
         return layouts, specs, self._compiled[key]
 
     # -- state -------------------------------------------------------------------------------
