@@ -65,7 +65,7 @@ def test_fused_updates_equal_the_standard_operators(kind, kwargs, dtype):
     theirs, standard = _run(kind, kwargs, False, dtype)
     compiled = list(fused._executor._chunked.values())  # noqa: SLF001
     assert compiled and all(c is not None for c in compiled)
-    update, _, safe = compiled[0]
+    update, safe = compiled[0].update, compiled[0].safe
     assert any(n.domain == "ai.graphopt.fused" for n in update.optimized.graph.node), "not fused"
     assert ("params", "params.new") in safe  # written in place
     rtol = 1e-6 if dtype == np.float32 else 1e-14
@@ -83,15 +83,35 @@ def test_a_compiled_schedule_runs_fused():
         np.testing.assert_allclose(p.data, q.data, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard"])
+def test_a_fused_kernel_splits_itself_over_its_sessions_threads(fused):
+    """A fused update runs whole in one call on a session of ``threads`` intra-op threads (the kernel's
+    parts, past 65536 elements, on ONNX Runtime's pool); a standard one as ``threads`` one-thread row
+    ranges. Either way 3 threads over 5 x 65536 + 7 elements give one thread's standard result."""
+    n = 5 * 65536 + 7
+    results, layouts = [], []
+    for runtime in (Runtime(threads=3, fused=fused), Runtime(threads=1, fused=False)):
+        p = graphopt.Parameter(np.linspace(-1, 1, n, dtype=np.float32))
+        opt = optim.Adam([p], lr=0.01, weight_decay=0.1, runtime=runtime)
+        for step in range(3):
+            p.grad = np.cos(np.arange(n, dtype=np.float32) * (step + 1))
+            opt.step()
+        results.append(p.data.copy())
+        compiled = next(iter(opt._executor._chunked.values()))  # noqa: SLF001
+        layouts.append((compiled.ranges, compiled.update.session.get_session_options().intra_op_num_threads))
+    assert layouts == [(1, 3) if fused else (3, 1), (1, 1)]
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-9)
+
+
 def test_fused_false_and_the_environment_keep_the_standard_operators(monkeypatch):
     _, opt = _run("Adam", dict(lr=0.01), False, np.float32, steps=1)
-    update, _, _ = next(iter(opt._executor._chunked.values()))  # noqa: SLF001
+    update = next(iter(opt._executor._chunked.values())).update  # noqa: SLF001
     assert not any(n.domain == "ai.graphopt.fused" for n in update.optimized.graph.node)
     monkeypatch.setenv("GRAPHOPT_FUSED", "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fused=None (the default) falls back silently
         _, opt = _run("Adam", dict(lr=0.01), None, np.float32, steps=1)
-    update, _, _ = next(iter(opt._executor._chunked.values()))  # noqa: SLF001
+    update = next(iter(opt._executor._chunked.values())).update  # noqa: SLF001
     assert not any(n.domain == "ai.graphopt.fused" for n in update.optimized.graph.node)
 
 

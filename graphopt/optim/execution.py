@@ -108,17 +108,25 @@ class Executor:
                 self._chunked[spec] = self._compile_chunked(spec, models)
         return self._chunked[spec]
 
-    def _compile_chunked(self, spec: ChunkedSpec, models: ChunkedModels) -> tuple:
-        """``(update, reduce, in-place pairs)``: the fused kernels where `fused_update` gives them, else
-        the standard operators."""
+    def _compile_chunked(self, spec: ChunkedSpec, models: ChunkedModels) -> _Compiled:
+        """The update, its reduction, its in-place pairs and row ranges: the fused kernels where `fused_update`
+        gives them, else the standard operators.
+
+        A standard update runs as ``threads`` row ranges at once, each a one-thread session run from its own
+        Python thread (`RowParallel`); a fused kernel runs whole in one call, split over the session's
+        ``threads`` intra-op threads by the kernel itself (ONNX Runtime's pool wakes its spinning workers
+        faster than a Python thread hand-off: a 1M-parameter SGD step took 0.30 ms instead of 0.50 ms,
+        docs/PERFORMANCE.md). A reduction runs as row ranges either way (the kernel sums on one thread)."""
         fused = fused_update(self.runtime, models)
         update_model, update_kernel, reduce_model, reduce_kernel = \
             (models.update, None, models.reduce, None) if fused is None else fused
-        update = self.runtime.compile(update_model, intra_op_threads=1, keep_optimized=True, kernel=update_kernel)
+        ranges = self.runtime.threads if update_kernel is None else 1
+        update = self.runtime.compile(update_model, intra_op_threads=1 if update_kernel is None else
+                                      self.runtime.threads, keep_optimized=True, kernel=update_kernel)
         reduce = None if reduce_model is None else self.runtime.compile(reduce_model, intra_op_threads=1,
                                                                           kernel=reduce_kernel)
         pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]
-        return update, reduce, proven_in_place(update_model, update, pairs)
+        return _Compiled(update, reduce, proven_in_place(update_model, update, pairs), ranges)
 
     def per_tensor(self, spec: GroupSpec) -> tuple[Executable, set]:
         """The compiled update of exactly ``spec`` (the functional forms' cache)."""
@@ -245,6 +253,15 @@ def _scalar(store: dict[str, np.ndarray], name: str, value: float | None = None)
     return array
 
 
+class _Compiled(NamedTuple):
+    """A group structure's chunked update, compiled (`Executor._compile_chunked`)."""
+
+    update: Executable
+    reduce: Executable | None  # the group's sum of squares, where its chain needs one
+    safe: set  # the (input, output) pairs proven to share a buffer safely
+    ranges: int  # row ranges the update runs as (a fused kernel: 1, split over its session's threads)
+
+
 class _Bound(NamedTuple):
     """A flat group's chunked update bound to its buffers (made once, reused every step)."""
 
@@ -272,7 +289,7 @@ class _ChunkedPlan(_Plan):
             for slot, initial in transform.scalar_slots().items():
                 self.new_slots.scalars(flat, slot, initial)
         threads = executor.runtime.threads
-        for flat, (update, reduce, safe) in zip(flats, compiled):
+        for flat, (update, reduce, safe, ranges) in zip(flats, compiled):
             key = (update, summing, slots)
             bound = flat.runners.get(key)
             if bound is None:  # cached by `prepare`, once every group is planned; its slots exist from then on
@@ -281,7 +298,7 @@ class _ChunkedPlan(_Plan):
                 grad_rows = flat.rows(flat.sums if summing else flat.grads)
                 buffers = {PARAMS: flat.rows(flat.data), **{s: flat.rows(self.new_slots.buffer(flat, s))
                                                             for s in slots}}
-                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, threads,
+                bound = self._bind(update, reduce, buffers, grad_rows, flat.scalars, safe, (ranges, threads),
                                    [names.new(names.state(group, s)) for s in self.scalar_values])
             self.runs.append((flat, key, bound, reduce is not None))
 
@@ -303,7 +320,8 @@ class _ChunkedPlan(_Plan):
                 _scalar(scalars, self.total_name, 0.0)
 
     @staticmethod
-    def _bind(update, reduce, buffers, grad_rows, scalars, safe, threads, scalar_outputs):
+    def _bind(update, reduce, buffers, grad_rows, scalars, safe, ranges, scalar_outputs):
+        """``ranges``: how many row ranges the update and the reduction each run as."""
         rows = {GRADS: grad_rows, **buffers}
         copies = []
         for name, buffer in buffers.items():
@@ -311,13 +329,14 @@ class _ChunkedPlan(_Plan):
             rows[names.new(name)] = target
             if target is not buffer:
                 copies.append((target, buffer))
-        parts = len(RowParallel.ranges_for(next(iter(rows.values())).shape[0], threads))
+        count = next(iter(rows.values())).shape[0]
+        parts = len(RowParallel.ranges_for(count, ranges[0]))
         results = {name: [np.zeros((), np.float64) for _ in range(parts)] for name in scalar_outputs}
-        runner = RowParallel(update, rows, scalars, threads, results=results)
+        runner = RowParallel(update, rows, scalars, ranges[0], results=results)
         reducer, partials = None, None
         if reduce is not None:
-            partials = [np.zeros((), np.float64) for _ in runner.ranges]
-            reducer = RowParallel(reduce, rows, scalars, threads, results={SUM_OF_SQUARES: partials})
+            partials = [np.zeros((), np.float64) for _ in RowParallel.ranges_for(count, ranges[1])]
+            reducer = RowParallel(reduce, rows, scalars, ranges[1], results={SUM_OF_SQUARES: partials})
         return _Bound(runner, copies, (reducer, partials) if reducer is not None else None, results)
 
     def run(self, sum_over: Callable[[float], float] | None = None) -> None:
