@@ -24,9 +24,9 @@ slowest process); every step starts after a barrier. The launches alternate over
 ``--rounds`` rounds (drift on a shared machine hits every count alike); the table reports the median over
 rounds. ``N = 1`` runs the same data-parallel step on a world of one (its allreduces return at once).
 
-Threads: each process gets ``cores // N`` (at least 1; ``--threads K``: K each): the intra-op threads of every
-ONNX Runtime session (the Trainer's forward and backward included, through `ThreadedRuntime`), the update's
-row threads (``Runtime(threads=...)``), and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
+Threads: each process gets ``cores // N`` (at least 1; ``--threads K``: K each): ``Runtime(threads=...)``,
+the intra-op threads of every ONNX Runtime session (the Trainer's forward and backward included) and of the
+update, and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
 ``MKL_NUM_THREADS`` for numpy. More threads than cores oversubscribe them: the tool runs and says so. With
 ``cores // N`` the N processes share one process's cores, so the efficiencies' ideal is 1 / N and the
 samples per second against one process's (ideal 1) is the measure of data parallelism's cost; with a fixed
@@ -128,15 +128,6 @@ MODELS = {
 }
 
 
-class ThreadedRuntime(Runtime):
-    """A Runtime whose sessions use ``threads`` intra-op threads unless a caller asks otherwise: the Trainer
-    compiles its forward and backward with ONNX Runtime's default (one thread per core), and has no option
-    for it yet, so N processes on one machine would each start a thread per core."""
-
-    def compile(self, model, *, intra_op_threads: int = 0, **options):
-        return super().compile(model, intra_op_threads=intra_op_threads or self.threads, **options)
-
-
 # -- the worker (one process of a launch) -------------------------------------------------------------
 
 def _timed(parts: dict[str, float], name: str, method: Callable) -> Callable:
@@ -207,7 +198,7 @@ def measure_model(name: str, comm, threads: int, args) -> dict:
 
     case = MODELS[name]
     trainer = graphopt.Trainer(case.build(np.random.default_rng(0)), losses.cross_entropy("logits"),
-                               optim.SGD(lr=0.01, momentum=0.9, runtime=ThreadedRuntime(threads=threads)),
+                               optim.SGD(lr=0.01, momentum=0.9, runtime=Runtime(threads=threads)),
                                communicator=comm)
     n = comm.world_size
     parameters = int(sum(p.data.size for p in trainer.parameters.values()))
