@@ -114,15 +114,17 @@ class Executor:
 
         A standard update runs as ``threads`` row ranges at once, each a one-thread session run from its own
         Python thread (`RowParallel`); a fused kernel runs whole in one call, split over the session's
-        ``threads`` intra-op threads by the kernel itself (ONNX Runtime's pool wakes its spinning workers
-        faster than a Python thread hand-off: a 1M-parameter SGD step took 0.30 ms instead of 0.50 ms,
-        docs/PERFORMANCE.md). A reduction runs as row ranges either way (the kernel sums on one thread)."""
+        ``threads`` intra-op threads by the kernel itself (a 1M-parameter SGD step took 0.30 ms instead of
+        0.50 ms, docs/PERFORMANCE.md). Its threads do not spin after a run: spinning, they took the cores from
+        the next session (a Trainer's forward and backward ran at half speed). A reduction runs as row ranges
+        either way (the kernel sums on one thread)."""
         fused = fused_update(self.runtime, models)
         update_model, update_kernel, reduce_model, reduce_kernel = \
             (models.update, None, models.reduce, None) if fused is None else fused
         ranges = self.runtime.threads if update_kernel is None else 1
         update = self.runtime.compile(update_model, intra_op_threads=1 if update_kernel is None else
-                                      self.runtime.threads, keep_optimized=True, kernel=update_kernel)
+                                      self.runtime.threads, keep_optimized=True, kernel=update_kernel,
+                                      spinning=False)
         reduce = None if reduce_model is None else self.runtime.compile(reduce_model, intra_op_threads=1,
                                                                           kernel=reduce_kernel)
         pairs = [(PARAMS, names.new(PARAMS))] + [(s, names.new(s)) for s in spec.transform.all_slots()]

@@ -82,9 +82,10 @@ class Runtime:
         self.sessions_built = 0
 
     def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False,
-                kernel: Any = None) -> Executable:
+                kernel: Any = None, spinning: bool = True) -> Executable:
         """A session for ``model``; ``intra_op_threads`` 0: the runtime's ``threads`` if given, else
-        ONNX Runtime uses every core.
+        ONNX Runtime uses every core. ``spinning`` False: the session's idle threads sleep at once
+        instead of spinning a while for the next work (so they leave the cores to the next session).
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
         is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`).
         ``kernel`` (a `graphopt.native.Kernel`) is the fused kernel the model's custom node needs."""
@@ -93,11 +94,12 @@ class Runtime:
         session = optimized = None
         if keep_optimized:
             try:
-                session, optimized = self._session_keeping_optimized(serialized, intra_op_threads, kernel)
+                session, optimized = self._session_keeping_optimized(serialized, self._options(intra_op_threads,
+                                                                                              kernel, spinning))
             except Exception:  # noqa: BLE001 - a provider that cannot save its graph: then nothing is proven
                 pass
         if session is None:
-            session = ort.InferenceSession(serialized, self._options(intra_op_threads, kernel),
+            session = ort.InferenceSession(serialized, self._options(intra_op_threads, kernel, spinning),
                                            providers=self.providers)
         wanted = provider_name(self.providers[0])
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
@@ -106,15 +108,16 @@ class Runtime:
         self.sessions_built += 1
         return Executable(session, optimized)
 
-    def _options(self, intra_op_threads: int, kernel: Any = None) -> ort.SessionOptions:
+    def _options(self, intra_op_threads: int, kernel: Any = None, spinning: bool = True) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options if kernel is None else kernel.session_options(options)
 
-    def _session_keeping_optimized(self, serialized: bytes, intra_op_threads: int, kernel: Any):
+    def _session_keeping_optimized(self, serialized: bytes, options: ort.SessionOptions):
         """A session and the optimized graph it saved (large initializers left in a side file)."""
-        options = self._options(intra_op_threads, kernel)
         with tempfile.TemporaryDirectory(prefix="graphopt-") as folder:
             options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
