@@ -82,3 +82,13 @@ def check_unambiguous(generating: Iterable[str], others: Iterable[str] = (), whe
                 raise ValueError(f"{where}: the name {name!r} could be one graphopt generates for {name[:i]!r} "
                                  f"({name[:i]}.grad, .step, .new, .<state slot>, see graphopt.names); rename one "
                                  "of them")
+
+
+def fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name.1``, ``name.2`` ... : the first not in ``taken``, which it joins."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}.{k}"
+    taken.add(candidate)
+    return candidate

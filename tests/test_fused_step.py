@@ -23,6 +23,7 @@ from graphopt.native.kernel import DOMAIN
 from graphopt.runtime import Runtime
 from graphopt.symbolic import IR_VERSION, OPSET
 from graphopt.training import trainer as trainer_module
+from tools.bench_training import mlp_model as bench_mlp_model
 
 needs_kernels = pytest.mark.skipif(not native.available(), reason="no C++ compiler: fused kernels cannot be built")
 
@@ -204,22 +205,8 @@ def test_a_compile_error_names_the_fragment_of_a_several_op_library():
 # -- the Trainer's step graph with fused nodes ---------------------------------------------------------------------
 
 def mlp_model(dims=(12, 16, 8, 5), seed=0):
-    """``Gemm -> Relu`` layers (the last without Relu), float32."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "x"
-    for i, (n_in, n_out) in enumerate(zip(dims, dims[1:])):
-        inits += [numpy_helper.from_array(rng.uniform(-0.5, 0.5, (n_out, n_in)).astype(np.float32), f"fc{i}.w"),
-                  numpy_helper.from_array(rng.uniform(-0.5, 0.5, n_out).astype(np.float32), f"fc{i}.b")]
-        last = i == len(dims) - 2
-        out = "logits" if last else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [x, f"fc{i}.w", f"fc{i}.b"], [out if last else f"z{i}"], transB=1))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"z{i}"], [out]))
-        x = out
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dims[0]])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", dims[-1]])],
-                              initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    """``Gemm -> Relu`` layers (the last without Relu), float32: the benchmark's MLP, small."""
+    return bench_mlp_model(list(dims), np.random.default_rng(seed))
 
 
 def batchnorm_model(seed=1):

@@ -16,7 +16,8 @@ import numpy as np
 from graphopt import distributed
 
 
-def _median_ms(comm, run, repeat: int) -> float:
+def median_ms(comm, run, repeat: int) -> float:
+    """Milliseconds of ``run()``, median of ``repeat``, each started together on every process (a barrier)."""
     times = []
     for _ in range(repeat):
         comm.barrier()
@@ -35,10 +36,10 @@ def main() -> None:
     comm = distributed.init(args.engine)
     n = args.elements - args.elements % comm.world_size
     buffer, shard = np.ones(n, np.float32), np.empty(n // comm.world_size, np.float32)
-    results = {"allreduce": _median_ms(comm, lambda: comm.allreduce(buffer), args.repeat),
-               "reduce_scatter+allgather": _median_ms(
+    results = {"allreduce": median_ms(comm, lambda: comm.allreduce(buffer), args.repeat),
+               "reduce_scatter+allgather": median_ms(
                    comm, lambda: comm.allgather(comm.reduce_scatter(buffer, out=shard), out=buffer), args.repeat),
-               "broadcast": _median_ms(comm, lambda: comm.broadcast(buffer), args.repeat)}
+               "broadcast": median_ms(comm, lambda: comm.broadcast(buffer), args.repeat)}
     if comm.rank == 0:
         print(f"{comm.engine}, {comm.world_size} processes, {n} float32:",
               ", ".join(f"{k} {v:.1f} ms" for k, v in results.items()))

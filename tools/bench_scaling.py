@@ -61,7 +61,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from graphopt.runtime import Runtime  # noqa: E402
-from tools.bench_training import mlp_model  # noqa: E402
+from tools.bench_collectives import median_ms  # noqa: E402
+from tools.bench_training import conv_bn_layers, mlp_model  # noqa: E402
 
 MODES = ("weak", "strong")
 PARTS = ("accumulate_ms", "communication_ms", "update_ms", "total_ms")
@@ -74,20 +75,7 @@ def resnet18_cifar_model(rng: np.random.Generator, classes: int = 10) -> onnx.Mo
     Conv + BatchNormalization pairs, 8 basic blocks of widths 64, 128, 256, 512 (two per stage, the first
     of stages 2-4 with stride 2 and a 1x1 projection shortcut), global average pooling, a ``classes``-way Gemm."""
     nodes, inits = [], []
-
-    def conv_bn(x, name, c_in, c_out, k, stride=1, relu=True):
-        w = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k))).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"{name}.w"))
-        for stat, value in (("scale", 1), ("bias", 0), ("mean", 0), ("var", 1)):
-            inits.append(numpy_helper.from_array(np.full(c_out, value, np.float32), f"{name}.bn.{stat}"))
-        nodes.append(helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.c"], strides=[stride] * 2,
-                                      pads=[k // 2] * 4))
-        nodes.append(helper.make_node("BatchNormalization", [f"{name}.c"] + [f"{name}.bn.{s}" for s in
-                                      ("scale", "bias", "mean", "var")], [f"{name}.n"]))
-        if not relu:
-            return f"{name}.n"
-        nodes.append(helper.make_node("Relu", [f"{name}.n"], [f"{name}.r"]))
-        return f"{name}.r"
+    conv_bn = conv_bn_layers(rng, nodes, inits)
 
     x, c_in = conv_bn("x", "stem", 3, 64, 3), 64
     for stage, width in enumerate((64, 128, 256, 512)):
@@ -180,16 +168,6 @@ def timed_steps(trainer, comm, inputs: dict, labels: np.ndarray, warmup: int, st
     return np.array(rows), step_messages
 
 
-def _median_s(comm, run: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        comm.barrier()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def measure_model(name: str, comm, threads: int, args) -> dict:
     """One model's weak and strong scaling steps on this process (rank 0's medians), the allreduce of its
     gradient bytes alone, and the time of a float32 addition over them (a reduction's arithmetic)."""
@@ -219,13 +197,13 @@ def measure_model(name: str, comm, threads: int, args) -> dict:
             plain = trainer.communicator
             trainer.communicator = None
             trainer.step({"x": xs}, labels=ys)  # untimed: the one-call training step compiles here, if it runs
-            entry["plain_step_ms"] = 1e3 * _median_s(comm, lambda: trainer.step({"x": xs}, labels=ys), args.steps)
+            entry["plain_step_ms"] = median_ms(comm, lambda: trainer.step({"x": xs}, labels=ys), args.steps)
             trainer.communicator = plain
         result["modes"][mode] = entry
     buffer = np.ones(parameters, np.float32)
     other = np.ones(parameters, np.float32)
-    result["allreduce_alone_ms"] = 1e3 * _median_s(comm, lambda: comm.allreduce(buffer), max(3, args.steps))
-    result["add_ms"] = 1e3 * _median_s(comm, lambda: np.add(buffer, other, out=buffer), max(3, args.steps))
+    result["allreduce_alone_ms"] = median_ms(comm, lambda: comm.allreduce(buffer), max(3, args.steps))
+    result["add_ms"] = median_ms(comm, lambda: np.add(buffer, other, out=buffer), max(3, args.steps))
     return result
 
 

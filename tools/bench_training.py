@@ -100,12 +100,12 @@ def mlp_iteration_peers(dims: list[int], batch: int, threads: int) -> dict[str, 
     return runs
 
 
-def resnet50_model(rng: np.random.Generator, classes: int = 1000) -> onnx.ModelProto:
-    """ResNet-50 (v1.5: stride in the 3x3 conv) as an inference ONNX model: 53 Conv + BatchNormalization
-    pairs, 16 bottleneck blocks of [3, 4, 6, 3], global average pooling and a 1000-way Gemm."""
-    nodes, inits = [], []
+def conv_bn_layers(rng: np.random.Generator, nodes: list, inits: list) -> Callable[..., str]:
+    """``conv_bn(x, name, c_in, c_out, k, stride=1, relu=True)``: appends to ``nodes`` and ``inits`` a
+    ``k``x``k`` Conv (He-initialized, no bias, "same" padding), a BatchNormalization (fresh statistics) and,
+    with ``relu``, a Relu; returns the last output's name."""
 
-    def conv_bn(x, name, c_in, c_out, k, stride=1, relu=True):
+    def conv_bn(x: str, name: str, c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = True) -> str:
         w = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k))).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"{name}.w"))
         for stat, value in (("scale", 1), ("bias", 0), ("mean", 0), ("var", 1)):
@@ -118,6 +118,15 @@ def resnet50_model(rng: np.random.Generator, classes: int = 1000) -> onnx.ModelP
             return f"{name}.n"
         nodes.append(helper.make_node("Relu", [f"{name}.n"], [f"{name}.r"]))
         return f"{name}.r"
+
+    return conv_bn
+
+
+def resnet50_model(rng: np.random.Generator, classes: int = 1000) -> onnx.ModelProto:
+    """ResNet-50 (v1.5: stride in the 3x3 conv) as an inference ONNX model: 53 Conv + BatchNormalization
+    pairs, 16 bottleneck blocks of [3, 4, 6, 3], global average pooling and a 1000-way Gemm."""
+    nodes, inits = [], []
+    conv_bn = conv_bn_layers(rng, nodes, inits)
 
     x = conv_bn("x", "stem", 3, 64, 7, stride=2)
     nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))

@@ -23,6 +23,7 @@ from graphopt.native.kernel import DOMAIN
 from graphopt.fused.errors import NotFusable
 from graphopt.fused.fragment import render
 from graphopt.update.chunked import ChunkedModels
+from graphopt.update.inplace import implicit_inputs
 
 FLAT = "n"  # the symbolic element count of the flat buffers
 
@@ -155,7 +156,7 @@ def _assemble(model: onnx.ModelProto, nodes: list[onnx.NodeProto], flat_inputs: 
     """``model`` with ``nodes`` (live ones only, in an order valid for ONNX), flat ``[n]`` buffers."""
     graph = model.graph
     outputs = [o.name for o in graph.output]
-    live = _live(nodes, outputs)
+    live = live_nodes(nodes, outputs)
     used = {i for n in live for i in n.input}
     inputs = [_flat(v) if v.name in flat_inputs else v for v in graph.input]
     new_outputs = [_flat(v) if v.name in flat_outputs else v for v in graph.output]
@@ -175,14 +176,16 @@ def _flat(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(value.name, value.type.tensor_type.elem_type, [FLAT])
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    producers = {o: n for n in nodes for o in n.output}
+def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The ``nodes`` that ``outputs`` depend on (through subgraphs' outer reads too), in their order."""
+    producers = {o: n for n in nodes for o in n.output if o}
     live, stack = {}, list(outputs)
     while stack:
         node = producers.get(stack.pop())
         if node is not None and id(node) not in live:
             live[id(node)] = node
             stack.extend(i for i in node.input if i)
+            stack.extend(implicit_inputs(node))
     return [n for n in nodes if id(n) in live]
 
 

@@ -44,7 +44,7 @@ from onnx import TensorProto, helper
 
 from graphopt import names
 from graphopt.fused.errors import NotFusable
-from graphopt.fused.model import FusedModels
+from graphopt.fused.model import FusedModels, live_nodes
 from graphopt.native.kernel import DOMAIN
 from graphopt.update import GroupSpec, ParamSpec
 from graphopt.update.chunked import GRADS, PARAMS, SUM_OF_SQUARES
@@ -125,10 +125,10 @@ class _Splicer:
         self.writers: dict[int, int] = {}  # fused update node (by id) -> the input that can carry an order
 
     def fresh(self, name: str) -> str:
-        return _fresh(name, self.taken)
+        return names.fresh(name, self.taken)
 
     def fresh_node(self, name: str) -> str:
-        return _fresh(name, self.node_names)
+        return names.fresh(name, self.node_names)
 
     def splice(self, model: onnx.ModelProto, inputs: Mapping[str, str], prefix: str) -> dict[str, str]:
         """Copy ``model``'s nodes, its inputs read from the step graph's values ``inputs[name]`` (a name not
@@ -190,7 +190,7 @@ def _assemble(step: onnx.ModelProto, splicer: _Splicer, written: Mapping[str, st
             node.output[k] = renames.get(out, out)
         for k, name in enumerate(node.input):
             node.input[k] = renames.get(name, name)
-    live = _live([*nodes, *splicer.nodes], outputs)
+    live = live_nodes([*nodes, *splicer.nodes], outputs)
     live += _after_readers(live, splicer)
     used = {i for n in live for i in (*n.input, *implicit_inputs(n))}
     new_graph = helper.make_graph(_topological(live, {v.name for v in graph.input} | {t.name for t in
@@ -283,18 +283,6 @@ def _reached(names, step, onward) -> set[int]:
     return seen
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    producers = {o: n for n in nodes for o in n.output if o}
-    live, stack = {}, list(outputs)
-    while stack:
-        node = producers.get(stack.pop())
-        if node is not None and id(node) not in live:
-            live[id(node)] = node
-            stack.extend(i for i in node.input if i)
-            stack.extend(implicit_inputs(node))
-    return [n for n in nodes if id(n) in live]
-
-
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """``nodes`` with producers first, keeping the given order where it is valid (a stable Kahn sort)."""
     producers = {o: k for k, n in enumerate(nodes) for o in n.output if o}
@@ -317,12 +305,3 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.
     if len(ordered) != len(nodes):
         raise NotFusable("the fused training step's nodes have a cycle")
     return ordered
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, k = name, 0
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}.{k}"
-    taken.add(candidate)
-    return candidate

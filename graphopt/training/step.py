@@ -84,7 +84,7 @@ def _scaled_loss(model: onnx.ModelProto, loss: str) -> str:
     dtype = next((o.type.tensor_type.elem_type for o in model.graph.output if o.name == loss), None)
     if dtype is None:
         raise ValueError(f"loss scaling: {loss!r} is not an output of the model")
-    cast, scaled = _fresh(f"{SCALE}.as_loss", taken), _fresh(f"{loss}.scaled", taken)
+    cast, scaled = names.fresh(f"{SCALE}.as_loss", taken), names.fresh(f"{loss}.scaled", taken)
     model.graph.input.append(onnx.helper.make_tensor_value_info(SCALE, onnx.TensorProto.FLOAT, []))
     model.graph.node.extend([onnx.helper.make_node("Cast", [SCALE], [cast], to=dtype),
                              onnx.helper.make_node("Mul", [loss, cast], [scaled])])
@@ -106,7 +106,7 @@ def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: 
     taken = set(values) | set(graph.initializers)
     for name, value in list(update.initializers.items()):  # constants: renamed apart, then moved
         update.initializers.pop(name)
-        value.name = _fresh(f"update/{name}", taken)
+        value.name = names.fresh(f"update/{name}", taken)
         graph.register_initializer(value)
     new_inputs = []
     for value in list(update.inputs):
@@ -120,10 +120,10 @@ def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: 
     node_names = {node.name for node in graph}
     for node in list(update):
         update.remove(node)
-        node.name = _fresh(f"update/{node.name or node.op_type}", node_names)
+        node.name = names.fresh(f"update/{node.name or node.op_type}", node_names)
         for out in node.outputs:
             if out.name in taken:
-                out.name = _fresh(f"update/{out.name}", taken)
+                out.name = names.fresh(f"update/{out.name}", taken)
             taken.add(out.name)
         graph.append(node)
     graph.inputs.extend(new_inputs)
@@ -134,12 +134,3 @@ def _splice(grad_model: onnx.ModelProto, update_model: onnx.ModelProto, params: 
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
     return proto
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, k = name, 0
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}.{k}"
-    taken.add(candidate)
-    return candidate
