@@ -50,8 +50,9 @@ the ~10 row-sized intermediates of an update stay in a core's L2 cache."""
 class Runtime:
     """Execution providers, threads and chunk size for compiled graphs.
 
-    ``threads`` is how many row ranges of a chunked update run at once, each on one
-    ONNX Runtime thread (default: the CPU count on the host, 1 on a GPU); given, it is also the
+    ``threads`` is how many threads a chunked update runs on: row ranges of its standard
+    operators at once, or a fused kernel's parts on its session's threads (default: the CPU
+    count on the host, 1 on a GPU); given, it is also the
     intra-op thread count of every other session (a Trainer's forward and backward: set it to
     cores / processes when several processes share a machine), else ONNX Runtime chooses;
     ``chunk_size`` is the row length. ``device_buffers`` keeps optimizer state in
