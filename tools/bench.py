@@ -292,12 +292,13 @@ def peers(kind: str, n: int, tensors: int, threads: int, chunks: list[int | None
 
 
 def measure(runs: dict[str, Callable[[], None]], rounds: int, steps: int, progress: Callable[[str], None]):
-    """Interleaved rounds: per round, each peer in turn runs one untimed step, then ``steps`` timed
-    ones; returns ms per step per round.
+    """Interleaved rounds: per round, each peer in turn waits ``SETTLE_S``, runs one untimed step,
+    then ``steps`` timed ones; returns ms per step per round.
 
-    The untimed step and a new random order each round keep a peer from paying for the one
-    before it: its data evicted from the caches, or torch's OpenMP threads and ONNX Runtime's
-    thread pool, which keep spinning on the cores for a while after their work is done.
+    The wait, the untimed step and a new random order each round keep a peer from paying for the
+    one before it: torch's OpenMP threads (libgomp spins up to 300,000 times before it sleeps) and
+    ONNX Runtime's thread pools keep spinning on the cores for a while after their work is done,
+    and the previous peer's data is in the caches.
     """
     for run in runs.values():
         run()  # warm up: compile, first-touch
@@ -307,12 +308,16 @@ def measure(runs: dict[str, Callable[[], None]], rounds: int, steps: int, progre
         for name in shuffle.permutation(list(runs)):
             run = runs[name]
             progress(f"round {r + 1}/{rounds} {name}")
+            time.sleep(SETTLE_S)
             run()
             start = time.perf_counter()
             for _ in range(steps):
                 run()
             times[name].append((time.perf_counter() - start) / steps * 1e3)
     return times
+
+
+SETTLE_S = 0.02  # seconds before each peer's turn: the previous peer's threads stop spinning and sleep
 
 
 def summary(samples: list[float]) -> dict[str, float]:
