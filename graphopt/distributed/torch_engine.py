@@ -8,6 +8,7 @@ the remaining processes."""
 
 from __future__ import annotations
 
+import atexit
 import datetime
 
 import numpy as np
@@ -33,9 +34,12 @@ class TorchDistributed(Communicator):
             raise ImportError("graphopt.distributed: the torch engine needs torch (pip install torch)") from error
         if not dist.is_available():
             raise RuntimeError("graphopt.distributed: this torch build has no torch.distributed")
+        self._torch, self._dist = torch, dist
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=None if timeout is None else datetime.timedelta(seconds=timeout))
-        self._torch, self._dist = torch, dist
+            # the group graphopt made is destroyed before the interpreter exits: left to the interpreter's
+            # teardown, gloo's threads can be destroyed while joinable (std::terminate, SIGABRT)
+            atexit.register(self.close)
         self._failures = (RuntimeError,)  # gloo: connection closed / reset, timed out (DistBackendError too)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
