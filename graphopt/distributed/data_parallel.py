@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from graphopt.distributed.communicator import Communicator
-from graphopt.distributed.gradients import BUCKET_BYTES, average_gradients
+from graphopt.distributed.gradients import BUCKET_BYTES, average_gradients, flat_buffers
 from graphopt.distributed.launch import init
 from graphopt.distributed.zero import ShardedState, check_shardable, state_bytes
 
@@ -84,6 +84,5 @@ class DataParallel:
 
 def broadcast_parameters(optimizer, communicator: Communicator, root: int = 0) -> None:
     """Every parameter of ``optimizer`` set to ``root``'s values (one broadcast per flat buffer)."""
-    for group in optimizer._flats:  # noqa: SLF001
-        for flat in group:
-            communicator.broadcast(flat.data, root)
+    for flat in flat_buffers(optimizer):
+        communicator.broadcast(flat.data, root)

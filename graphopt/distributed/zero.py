@@ -47,7 +47,7 @@ import numpy as np
 
 from graphopt import names
 from graphopt.distributed.communicator import Communicator
-from graphopt.distributed.gradients import BUCKET_BYTES
+from graphopt.distributed.gradients import BUCKET_BYTES, agree_gradients, own_weight, weighted_gradients
 from graphopt.optim.flat import FlatGroup, row_length
 from graphopt.parameter import Parameter
 from graphopt.transforms import Chain, chain
@@ -213,16 +213,8 @@ class ShardedState:
         raises, naming one (a shard's step count covers all of its group's tensors)."""
         optimizer, comm = self.optimizer, self.communicator
         summing = optimizer._summing  # noqa: SLF001
-        flats = [(g, s) for g, shards in enumerate(self._shards) for s in shards]
-        local = [_has_gradient(s.flat, i, summing) for _, s in flats for i in range(len(s.flat.params))]
-        if not summing:  # checked (and a gradient set behind the setter moved in) before any collective
-            for _, s in flats:
-                for p in s.flat.params:
-                    if p.grad is not None:
-                        optimizer._stored_grad(p)  # noqa: SLF001
-        mine = 1.0 if weight is None else float(weight)
-        agreed = comm.allreduce(np.array([float(x) for x in local] + [mine]))
-        total, present = agreed[-1], agreed[:-1] > 0
+        flats = [(g, s) for g, shards in enumerate(self._shards) for s in shards]  # `flat_buffers` order
+        present, total = agree_gradients(optimizer, comm, weight)
         if not total > 0:
             raise ValueError(f"{WHERE}: the processes' weights sum to {total}; each must be > 0")
         by_group: dict[int, list[tuple[Parameter, bool]]] = {}
@@ -239,16 +231,10 @@ class ShardedState:
                                  f"optimizer keeps one step count per param group, so it cannot skip one tensor. "
                                  f"Give it a zero gradient (p.grad = zeros: momentum and weight decay then still "
                                  f"apply), or put it in a param group of its own")
-        share = mine / total
+        share = own_weight(weight) / total
         for g, s in flats:
-            if g not in active:
-                continue
-            buffer = s.flat.sum_buffer() if summing else s.flat.grads
-            for i in range(len(s.flat.params)):
-                if not _has_gradient(s.flat, i, summing):
-                    s.flat.view(buffer, i)[...] = 0
-            buffer *= buffer.dtype.type(share)
-            s.reduce_scatter(buffer, comm, self.bucket_bytes)
+            if g in active:
+                s.reduce_scatter(weighted_gradients(s.flat, summing, share), comm, self.bucket_bytes)
         return active
 
     # -- state ---------------------------------------------------------------------------
@@ -336,10 +322,6 @@ class ShardedState:
                 flat = np.asarray(value).reshape(-1)
                 host[lo - s.start:hi - s.start] = flat[lo - s.flat.offsets[i]:hi - s.flat.offsets[i]]
         return host
-
-
-def _has_gradient(flat: FlatGroup, i: int, summing: bool) -> bool:
-    return bool(flat.summed[i]) if summing else flat.params[i].grad is not None
 
 
 def _has_state(optimizer) -> bool:
