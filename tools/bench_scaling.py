@@ -55,14 +55,14 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from graphopt.runtime import Runtime  # noqa: E402
 from tools.bench_collectives import median_ms  # noqa: E402
-from tools.bench_training import conv_bn_layers, mlp_model  # noqa: E402
+from tools.bench_training import classifier_model, conv_bn_layers, mlp_model  # noqa: E402
 
 MODES = ("weak", "strong")
 PARTS = ("accumulate_ms", "communication_ms", "update_ms", "total_ms")
@@ -87,16 +87,9 @@ def resnet18_cifar_model(rng: np.random.Generator, classes: int = 10) -> onnx.Mo
             nodes.append(helper.make_node("Add", [h, shortcut], [f"{name}.sum"]))
             nodes.append(helper.make_node("Relu", [f"{name}.sum"], [f"{name}.out"]))
             x, c_in = f"{name}.out", width
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
-              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
     bound = 1 / np.sqrt(512)
-    inits += [numpy_helper.from_array(rng.uniform(-bound, bound, (classes, 512)).astype(np.float32), "fc.w"),
-              numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b")]
-    graph = helper.make_graph(nodes, "resnet18_cifar",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-                              initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    fc = rng.uniform(-bound, bound, (classes, 512)).astype(np.float32)
+    return classifier_model("resnet18_cifar", nodes, inits, x, (3, 32, 32), fc)
 
 
 @dataclass(frozen=True)

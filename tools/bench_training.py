@@ -122,6 +122,21 @@ def conv_bn_layers(rng: np.random.Generator, nodes: list, inits: list) -> Callab
     return conv_bn
 
 
+def classifier_model(name: str, nodes: list, inits: list, x: str, sample: tuple[int, ...],
+                     fc: np.ndarray) -> onnx.ModelProto:
+    """The float32 convolutional net of ``nodes`` and ``inits`` (input ``x`` of ``["batch", *sample]``, features
+    ``x``), finished with global average pooling, a flatten and a Gemm of weight ``fc`` (``[classes, width]``,
+    bias zero) to ``logits``."""
+    classes = fc.shape[0]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
+    inits += [numpy_helper.from_array(fc, "fc.w"), numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b")]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *sample])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
 def resnet50_model(rng: np.random.Generator, classes: int = 1000) -> onnx.ModelProto:
     """ResNet-50 (v1.5: stride in the 3x3 conv) as an inference ONNX model: 53 Conv + BatchNormalization
     pairs, 16 bottleneck blocks of [3, 4, 6, 3], global average pooling and a 1000-way Gemm."""
@@ -141,15 +156,8 @@ def resnet50_model(rng: np.random.Generator, classes: int = 1000) -> onnx.ModelP
             nodes.append(helper.make_node("Add", [h, shortcut], [f"{name}.sum"]))
             nodes.append(helper.make_node("Relu", [f"{name}.sum"], [f"{name}.out"]))
             x, c_in = f"{name}.out", 4 * width
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
-              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
-    inits += [numpy_helper.from_array((rng.standard_normal((classes, 2048)) * 0.01).astype(np.float32), "fc.w"),
-              numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b")]
-    graph = helper.make_graph(nodes, "resnet50",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-                              initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    fc = (rng.standard_normal((classes, 2048)) * 0.01).astype(np.float32)
+    return classifier_model("resnet50", nodes, inits, x, (3, 224, 224), fc)
 
 
 def resnet50_build_time(threads: int) -> dict:
