@@ -13,7 +13,6 @@ same AdamW update everywhere (``Trainer(..., communicator=comm)``). Rank 0 repor
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -23,7 +22,7 @@ import graphopt
 from graphopt import distributed, losses, optim
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from digits_cnn import accuracy, cnn, digits  # noqa: E402
+from digits_cnn import accuracy, arguments, cnn, digits  # noqa: E402
 
 
 def train(epochs: int = 15, batch: int = 32, seed: int = 0, out: str | pathlib.Path = "digits_out",
@@ -53,10 +52,5 @@ def train(epochs: int = 15, batch: int = 32, seed: int = 0, out: str | pathlib.P
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="digits_out")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     train(args.epochs, args.batch, args.seed, args.out)
