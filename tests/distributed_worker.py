@@ -82,11 +82,12 @@ def mlp(seed: int, batch_norm: bool) -> onnx.ModelProto:
 
 
 def trainer_run(comm, optimizer: str, batch_norm: bool = False, steps: int = STEPS,
-                batch: int = BATCH) -> dict[str, np.ndarray]:
-    """The MLP trained by a data-parallel `Trainer`, cross-entropy on this process's shard."""
+                batch: int = BATCH, **options) -> dict[str, np.ndarray]:
+    """The MLP trained by a data-parallel `Trainer` (``options``: its overlap settings), cross-entropy on this
+    process's shard."""
     x, y, _ = data(batch)
     trainer = graphopt.Trainer(mlp(100 + comm.rank, batch_norm), losses.cross_entropy("logits"),
-                               make_optimizer(optimizer), communicator=comm)
+                               make_optimizer(optimizer), communicator=comm, **options)
     xs, ys = distributed.shard(x, comm), distributed.shard(y, comm)
     found = [trainer.step({"x": xs}, labels=ys) for _ in range(steps)]
     result = {name: p.data.copy() for name, p in trainer.parameters.items()}
@@ -113,9 +114,15 @@ def collectives(comm) -> dict[str, np.ndarray]:
 def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
     """``facade``, ``summed`` (the facade with ``sum_grad`` over 2 parts), ``trainer``, ``odd`` (the
     trainer on a batch of 15: unequal shards), ``bn`` (one step of a model with BatchNormalization),
-    or ``collectives``."""
+    ``whole`` (the trainer without overlap), ``staged`` / ``bnstaged`` (the trainer / bn with a bucket, and so a
+    stage, per tensor; ``staged`` on a batch of 15), or ``collectives``."""
     if mode == "collectives":
         return collectives(comm)
+    if mode == "whole":
+        return trainer_run(comm, optimizer, overlap=False)
+    if mode in ("staged", "bnstaged"):
+        return trainer_run(comm, optimizer, batch_norm=mode == "bnstaged", steps=1 if mode == "bnstaged" else STEPS,
+                           batch=BATCH - (mode == "staged"), bucket_bytes=1)
     if mode in ("facade", "summed"):
         return facade_run(comm, optimizer, micro=2 if mode == "summed" else 1)
     if mode == "odd":

@@ -316,6 +316,22 @@ def test_running_variance_of_a_two_dimensional_batch_is_torchs_unbiased_one(opse
         np.testing.assert_allclose(trainer.buffers["var"], var, rtol=1e-12)
 
 
+@pytest.mark.parametrize("fused_step", ["graph", "two_calls"])
+def test_a_step_leaves_the_running_statistics_arrays_it_read_alone(fused_step):
+    """ONNX Runtime's BatchNormalization writes into the array it reads the running variance from: the trainer
+    feeds copies, so the arrays it held before a step (a caller may hold them too) keep their values, in a step,
+    and in `accumulate`."""
+    data = np.random.default_rng(17)
+    trainer = graphopt.Trainer(batch_norm_model(), losses.mse(), optim.SGD(lr=0.01), fused_step=fused_step)
+    for run in (trainer.step, trainer.accumulate):
+        held = dict(trainer.buffers)
+        before = {name: value.copy() for name, value in held.items()}
+        run({"x": data.standard_normal((4, 3, 2, 2)) + 1}, labels=data.standard_normal((4, 2)))
+        for name, value in held.items():
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+            assert not np.array_equal(trainer.buffers[name], before[name]), name
+
+
 def test_running_statistics_an_exporter_merged_with_the_weights_are_parted():
     """torch's eval-mode export with constant folding merges equal initializers: a fresh
     BatchNorm's running_var (ones) is ``Identity(scale)``, its running_mean ``Identity(bias)``."""

@@ -6,6 +6,7 @@ to many machines from the measured costs (docs/SCALING.md).
     python tools/bench_scaling.py --models mlp --procs 1,2 --engine torch   # torchrun and gloo
     python tools/bench_scaling.py --json scaling.json      # also the measurements as JSON
     python tools/bench_scaling.py --project scaling.json   # the projection only, from a saved measurement
+    python tools/bench_scaling.py --overlap off,1,4,16     # the step without overlap, and with buckets of 1, 4, 16 MiB
 
 Each launch (``mpiexec -n N`` or ``torchrun --nproc-per-node N``) runs this file's worker, which trains each
 model with the data-parallel Trainer (``Trainer(..., communicator=comm)``, `graphopt.distributed.training.
@@ -17,9 +18,14 @@ in two settings:
 * strong scaling: a fixed global batch (``--global-batch``) split between the N processes;
   efficiency ``T1 / (N TN)``.
 
-A step's parts, on rank 0, each the median over the timed steps: forward + backward (``trainer.accumulate``),
-update (``trainer._apply_accumulated``: the optimizer's step) and communication (the rest of the step: the
-gradient allreduces in 32 MiB buckets, the BatchNormalization statistics, the loss, and the wait for the
+Each model runs in every ``--overlap`` setting, side by side in one launch: ``off``, forward and backward in one
+ONNX Runtime call, then the gradient allreduces over whole buffers in 32 MiB pieces (``Trainer(overlap=False)``);
+a size in MiB, the overlapped step in buckets of that size (`graphopt.distributed.overlap`; on one process its
+stages still run, so the one-process row measures what the stages cost). A step's parts, on rank 0, each the
+median over the timed steps: forward + backward (``trainer._gradients_into_buffers``: overlapped, the stages and
+the starting of their buckets' allreduces, which run meanwhile on the progress thread), update
+(``trainer._apply_accumulated``: the optimizer's step) and communication (the rest of the step: the gradient
+allreduces left after the backward pass, the BatchNormalization statistics, the loss, and the wait for the
 slowest process); every step starts after a barrier. The launches alternate over process counts for
 ``--rounds`` rounds (drift on a shared machine hits every count alike); the table reports the median over
 rounds. ``N = 1`` runs the same data-parallel step on a world of one (its allreduces return at once).
@@ -125,8 +131,8 @@ def timed_steps(trainer, comm, inputs: dict, labels: np.ndarray, warmup: int, st
     """``warmup`` untimed then ``steps`` timed data-parallel steps, each after a barrier; per timed step
     (forward + backward, communication, update, total) in seconds, and the bytes of each allreduce of one step.
 
-    ``trainer.accumulate`` and ``trainer._apply_accumulated`` are timed by wrapping them on the instance,
-    the allreduces counted by wrapping ``comm.allreduce``; all three are restored afterwards."""
+    ``trainer._gradients_into_buffers`` and ``trainer._apply_accumulated`` are timed by wrapping them on the
+    instance, the allreduces counted by wrapping ``comm.allreduce``; all three are restored afterwards."""
     from graphopt.distributed.training import data_parallel_step
 
     parts = {"accumulate": 0.0, "update": 0.0}
@@ -137,7 +143,7 @@ def timed_steps(trainer, comm, inputs: dict, labels: np.ndarray, warmup: int, st
         messages.append(int(buffer.nbytes))
         return allreduce(buffer, op)
 
-    trainer.accumulate = _timed(parts, "accumulate", trainer.accumulate)
+    trainer._gradients_into_buffers = _timed(parts, "accumulate", trainer._gradients_into_buffers)  # noqa: SLF001
     trainer._apply_accumulated = _timed(parts, "update", trainer._apply_accumulated)  # noqa: SLF001
     comm.allreduce = counted
     rows, step_messages = [], []
@@ -150,30 +156,39 @@ def timed_steps(trainer, comm, inputs: dict, labels: np.ndarray, warmup: int, st
             data_parallel_step(trainer, inputs, labels)
             total = time.perf_counter() - start
             if not parts["accumulate"] or not parts["update"]:
-                raise RuntimeError("bench_scaling: data_parallel_step no longer calls trainer.accumulate and "
-                                   "trainer._apply_accumulated; update the timing hooks in tools/bench_scaling.py")
+                raise RuntimeError("bench_scaling: data_parallel_step no longer calls trainer._gradients_into_buffers "
+                                   "and trainer._apply_accumulated; update the timing hooks in tools/bench_scaling.py")
             if i >= warmup:
                 rows.append((parts["accumulate"], total - parts["accumulate"] - parts["update"], parts["update"],
                              total))
                 step_messages = list(messages)
     finally:
-        del trainer.accumulate, trainer._apply_accumulated, comm.allreduce
+        del trainer._gradients_into_buffers, trainer._apply_accumulated, comm.allreduce
     return np.array(rows), step_messages
 
 
-def measure_model(name: str, comm, threads: int, args) -> dict:
+def variant_name(name: str, bucket_mib: float | None) -> str:
+    """A model's name in the results: the name itself without overlap, else with its bucket size."""
+    return name if bucket_mib is None else f"{name}, overlap {bucket_mib:g} MiB"
+
+
+def measure_model(name: str, comm, threads: int, args, bucket_mib: float | None = None) -> dict:
     """One model's weak and strong scaling steps on this process (rank 0's medians), the allreduce of its
-    gradient bytes alone, and the time of a float32 addition over them (a reduction's arithmetic)."""
+    gradient bytes alone, and the time of a float32 addition over them (a reduction's arithmetic); overlapped in
+    buckets of ``bucket_mib`` MiB, or (None) not."""
     import graphopt
     from graphopt import distributed, losses, optim
 
     case = MODELS[name]
+    overlap = {"overlap": False} if bucket_mib is None else {"overlap": True,
+                                                             "bucket_bytes": max(1, int(bucket_mib * 2 ** 20))}
     trainer = graphopt.Trainer(case.build(np.random.default_rng(0)), losses.cross_entropy("logits"),
                                optim.SGD(lr=0.01, momentum=0.9, runtime=Runtime(threads=threads)),
-                               communicator=comm)
+                               communicator=comm, **overlap)
     n = comm.world_size
     parameters = int(sum(p.data.size for p in trainer.parameters.values()))
-    result = {"parameters": parameters, "gradient_bytes": 4 * parameters, "modes": {}}
+    result = {"parameters": parameters, "gradient_bytes": 4 * parameters, "overlap_bucket_mib": bucket_mib,
+              "modes": {}}
     for mode in args.modes:
         global_batch = (args.batch or case.batch) * n if mode == "weak" else (args.global_batch or case.global_batch)
         rng = np.random.default_rng(1)
@@ -186,7 +201,7 @@ def measure_model(name: str, comm, threads: int, args) -> dict:
                  **{part: 1e3 * float(np.median(rows[:, k])) for k, part in enumerate(PARTS)},
                  "compute_spread_ms": 1e3 * float(np.median(every.max(0) - every.min(0))),
                  "allreduce_bytes": messages}
-        if n == 1:  # the plain Trainer.step (no communicator), the reference the data-parallel path must match
+        if n == 1 and bucket_mib is None:  # the plain Trainer.step (no communicator): the data-parallel reference
             plain = trainer.communicator
             trainer.communicator = None
             trainer.step({"x": xs}, labels=ys)  # untimed: the one-call training step compiles here, if it runs
@@ -207,7 +222,8 @@ def worker(args) -> None:
     threads = args.threads
     results = {"world_size": comm.world_size, "engine": comm.engine, "threads": threads, "models": {}}
     for name in args.models:
-        results["models"][name] = measure_model(name, comm, threads, args)
+        for bucket_mib in args.overlap:
+            results["models"][variant_name(name, bucket_mib)] = measure_model(name, comm, threads, args, bucket_mib)
     if comm.rank == 0:
         with open(args.worker, "w") as f:
             json.dump(results, f)
@@ -247,7 +263,8 @@ def launch(args, processes: int, threads: int, folder: str, log: Callable[[str],
     out = os.path.join(folder, f"n{processes}.json")
     worker_args = ["--worker", out, "--engine", args.engine, "--threads", str(threads), "--models",
                    ",".join(args.models), "--modes", ",".join(args.modes), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)]
+                   "--warmup", str(args.warmup), "--overlap", ",".join(
+                       "off" if b is None else f"{b:g}" for b in args.overlap)]
     worker_args += ["--batch", str(args.batch)] if args.batch else []
     worker_args += ["--global-batch", str(args.global_batch)] if args.global_batch else []
     command = launch_command(args.engine, processes, worker_args)
@@ -272,7 +289,7 @@ def combine(rounds: list[dict]) -> dict:
     combined["models"] = {}
     for name, model in first["models"].items():
         runs = [r["models"][name] for r in rounds]
-        entry = {k: model[k] for k in ("parameters", "gradient_bytes")}
+        entry = {k: model[k] for k in ("parameters", "gradient_bytes", "overlap_bucket_mib")}
         for key in ("allreduce_alone_ms", "add_ms"):
             entry[key] = float(np.median([r[key] for r in runs]))
         entry["modes"] = {}
@@ -427,6 +444,8 @@ def project(results: dict, machines=(8, 64, 256), links=LINKS, goodput: float = 
     (reduce-scatter + allgather: the same bytes as the allreduce; the update on 1/p of the parameters)."""
     rows = []
     for name, model in results["runs"]["1"]["models"].items():
+        if model.get("overlap_bucket_mib") is not None:  # the projection models overlap itself, from the plain step
+            continue
         cost = costs(model, speedup)
         if mode == "weak" and cost["weak_batch"] is None:
             continue
@@ -558,6 +577,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="the projection's machines compute this many times as fast as the measured process")
     parser.add_argument("--project-global-batch", type=int, default=4096, help="the projection's strong scaling "
                         "global batch")
+    parser.add_argument("--overlap", default="off,4", help="settings of the gradient allreduce, side by side: off "
+                        "(after the backward pass) and bucket sizes in MiB of the overlapped step, e.g. off,1,4")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run as a worker
     parser.add_argument("--threads", type=int, default=None, help="threads per process (default: cores / processes, "
                         "at least 1); 1 gives every process the same resources, so efficiency's ideal is 1")
@@ -573,6 +594,12 @@ def parse(argv=None) -> argparse.Namespace:
     if not set(args.modes) <= set(MODES):
         parser.error(f"--modes: choose from {MODES}")
     args.procs = _ints(args.procs)
+    try:
+        args.overlap = [None if item == "off" else float(item) for item in args.overlap.split(",")]
+    except ValueError:
+        parser.error(f"--overlap: 'off' or bucket sizes in MiB, got {args.overlap!r}")
+    if any(b is not None and b <= 0 for b in args.overlap):
+        parser.error("--overlap: bucket sizes must be positive")
     args.command = shlex.join(["python", "tools/bench_scaling.py", *(sys.argv[1:] if argv is None else argv)])
     return args
 

@@ -10,13 +10,23 @@ failure (gloo's ``RuntimeError`` on a reset connection or a timeout, an ``MPI.Ex
 `CommunicationError` naming the operation, its size, the rank, the world size, the engine and the
 cause, and registers the operation with the engine's `graphopt.distributed.watchdog.Watchdog` when
 it has one (MPI: the engine offers no timeout of its own).
+
+Overlap: `start` runs work around collectives (`allreduce_async`: an allreduce) on the communicator's progress
+thread (`graphopt.distributed.progress`) and returns a `Request` at once; collectives, started or blocking, run
+in the order they were called, since a blocking one first waits for those started before it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import numpy as np
 
+from graphopt.distributed.progress import Progress, Request
+
 OPS = ("sum", "average")
+_PROGRESS_LOCK = threading.Lock()
 TIMEOUT = 600.0
 """Default seconds a collective may wait for its peers before the job is ended (both engines). A wait
 inside a collective includes every imbalance between processes: a first step's compilation, rank 0
@@ -70,6 +80,7 @@ class Communicator:
     world_size: int = 1
     _failures: tuple[type[BaseException], ...] = ()  # the engine's own exceptions, raised as CommunicationError
     _watchdog = None  # a graphopt.distributed.watchdog.Watchdog, for an engine without its own timeout
+    _progress: Progress | None = None  # the thread running started work, made by the first `start`
 
     def allreduce(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
         """Replace ``buffer`` by the element-wise sum (or ``"average"``: sum / world size) of every
@@ -117,18 +128,48 @@ class Communicator:
             self._collective("broadcast", buffer.nbytes, self._broadcast, buffer, root)
         return buffer
 
+    def start(self, work: Callable[[], None], description: str = "") -> Request:
+        """Run ``work`` (collectives of this communicator, and what goes around them) on the progress
+        thread, after everything started before, and return at once; the `Request`'s ``wait`` returns once it
+        ran, raising what it raised. Every process must start the same collectives in the same order, and
+        must not touch their buffers before ``wait``. A world of one process runs ``work`` here, now."""
+        description = description or getattr(work, "__name__", "work")
+        if self.world_size == 1:
+            work()
+            return Request.completed(description)
+        if self._progress is None:
+            with _PROGRESS_LOCK:
+                if self._progress is None:
+                    self._progress = Progress(f"graphopt-{self.engine}-progress")
+        return self._progress.submit(description, work)
+
+    def allreduce_async(self, buffer: np.ndarray, op: str = "sum") -> Request:
+        """`allreduce` of ``buffer``, started (see `start`): ``buffer`` holds the result once ``wait`` returns."""
+        _check_buffer(buffer, "allreduce_async")
+        _check_op(op, buffer, "allreduce_async")
+        return self.start(lambda: self.allreduce(buffer, op), f"allreduce of {buffer.nbytes} bytes")
+
     def barrier(self) -> None:
         """Return once every process has called it."""
         if self.world_size > 1:
             self._collective("barrier", 0, self._barrier)
 
     def close(self) -> None:
-        """Stop the watchdog, if any (the engine's own resources are released by its ``close``)."""
+        """Stop the progress thread and the watchdog, if any (the engine's own resources are released by its
+        ``close``)."""
+        if self._progress is not None:
+            self._progress.close()
         if self._watchdog is not None:
             self._watchdog.close()
 
     def _collective(self, operation: str, nbytes: int, primitive, *args) -> None:
-        """``primitive(*args)``, registered with the watchdog; the engine's failure as `CommunicationError`."""
+        """``primitive(*args)``, after the started work (`start`), registered with the watchdog; the engine's
+        failure as `CommunicationError`, as is an earlier started collective's (then nothing runs)."""
+        progress = self._progress
+        if progress is not None and not progress.on_thread:
+            progress.drain()
+            if progress.failure is not None:
+                raise CommunicationError(operation, nbytes, self, progress.failure)
         watchdog = self._watchdog
         if watchdog is not None:
             watchdog.enter(operation, nbytes)

@@ -20,7 +20,7 @@ changes work as with the facade, and changing a value never recompiles.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,8 +112,8 @@ class Trainer:
             training. Parameters and running statistics are broadcast from rank 0 here; each ``step``
             then takes this process's shard of the batch, and gradients and running statistics are
             averaged over the processes before the same update everywhere
-            (`graphopt.distributed.training`). The step runs as two ONNX Runtime calls (gradients,
-            then update) instead of one.
+            (`graphopt.distributed.training`). The gradients run in stages, one per bucket of them, each
+            bucket's allreduce overlapping the next stage (`graphopt.distributed.overlap`), then the update.
         shard_state: with ``communicator``, each process keeps and updates only its shard of the
             optimizer state (ZeRO-1, `graphopt.distributed.zero`); ``state_dict`` /
             ``load_state_dict`` then consolidate and slice it (collective: every process calls them).
@@ -123,6 +123,11 @@ class Trainer:
             forward and backward writing the gradients into the optimizer's flat buffers, then its fused
             update. Default `DEFAULT_FUSED_STEP`. A step with a non-finite guard (``skip_nonfinite``, a grad
             scaler) runs two calls either way; exports are standard ONNX either way.
+        overlap: with ``communicator``, whether the gradients' allreduce overlaps the backward pass (default: yes
+            with more than one process, unless ``shard_state``, which it does not support). False: forward and
+            backward in one call, then the allreduce of whole buffers.
+        bucket_bytes: gradient bytes per allreduce of the overlapped step (default
+            `graphopt.distributed.overlap.BUCKET_BYTES`, 4 MiB).
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
     ``export`` hold the optimizer's re-entrant lock (as its own methods do), so calls from
@@ -134,7 +139,8 @@ class Trainer:
                  promote_constants: bool | Sequence[str] = False, training_mode: bool = True,
                  providers: Any = None, base_dir: str | os.PathLike | None = None,
                  grad_scaler: GradScaler | None = None, skip_nonfinite: bool | None = None,
-                 communicator: Any = None, shard_state: bool = False, fused_step: str | None = None):
+                 communicator: Any = None, shard_state: bool = False, fused_step: str | None = None,
+                 overlap: bool | None = None, bucket_bytes: int | None = None):
         label = f"model {os.fspath(model)!r}" if not isinstance(model, onnx.ModelProto) else \
             f"model (graph {model.graph.name!r})"
         model = loaded(model, "Trainer", base_dir)
@@ -190,6 +196,8 @@ class Trainer:
         if shard_state:
             from graphopt.distributed.training import shard_trainer_state
             self._zero = shard_trainer_state(self, communicator)
+        from graphopt.distributed.training import overlap_setting
+        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator, shard_state)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
@@ -234,7 +242,7 @@ class Trainer:
         loss = np.empty((), _output_dtype(executable, self.loss))
         buffers = {names.new(name): np.empty_like(value) for name, value in self.buffers.items()}
         outputs = {self.loss: loss, **buffers, **{k: v for b in bindings for k, v in b.outputs.items()}}
-        all_feeds = {**feeds, **self.buffers, **state_feeds}
+        all_feeds = {**feeds, **self._buffer_feeds(), **state_feeds}
         guard = self._guard()
         if guard is not None:
             found = np.empty((), np.bool_)
@@ -295,28 +303,31 @@ class Trainer:
         return self._gradients_into_buffers(inputs, labels, "accumulate")
 
     def _gradients_into_buffers(self, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None,
-                                method: str) -> float:
+                                method: str, started: Callable[[], None] | None = None,
+                                after: Callable[[int], None] | None = None) -> float:
         """Forward and backward; the gradients written into (or, after an earlier batch, added to) the
-        optimizer's flat gradient buffers. ``method`` names the caller in errors."""
-        scaling = self._scaling()
-        if self._gradients is None or self._gradients[0] != scaling:
-            model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers),
-                                    loss_scale=scaling)
-            self._gradients = (scaling, self.optimizer._runtime.compile(model))
-        gradients = self._gradients[1]
+        optimizer's flat gradient buffers. ``method`` names the caller in errors. ``started()`` is called once
+        the feeds are checked, before anything runs; ``after(k)`` once stage ``k`` of an overlapped data-parallel
+        step wrote its bucket of gradients (`graphopt.distributed.overlap`)."""
+        gradients = self._gradient_executable()
         feeds = _checked(gradients, self._feeds(inputs, labels), method, self._batch_inputs)
         self._check_labels(feeds, method)
-        all_feeds = {**feeds, **self._current_weights()}
-        if scaling:
+        all_feeds = {**feeds, **self._current_weights(), **self._buffer_feeds()}
+        if self._scaling():
             all_feeds[SCALE] = self.grad_scaler.feeds()[SCALE]
         _check_complete(gradients, all_feeds, method)
+        if started is not None:
+            started()
         summing = self._accumulating
         loss = np.empty((), _output_dtype(gradients, self.loss))
         outputs = {self.loss: loss, **{names.new(name): np.empty_like(v) for name, v in self.buffers.items()}}
         for name, p in self.parameters.items():  # the first batch's gradients go straight into the flat buffers
             storage = p._grad_storage  # noqa: SLF001
             outputs[names.grad(name)] = np.empty_like(storage) if summing and p.grad is not None else storage
-        gradients.run(all_feeds, outputs)
+        if after is None:
+            gradients.run(all_feeds, outputs)
+        else:
+            gradients.run(all_feeds, outputs, after)
         for name, p in self.parameters.items():
             if outputs[names.grad(name)] is p._grad_storage:  # noqa: SLF001
                 p.grad = p._grad_storage  # noqa: SLF001 - already there: the setter copies nothing
@@ -325,6 +336,23 @@ class Trainer:
         self._commit_buffers(outputs)
         self._accumulating = True
         return float(loss)
+
+    def _gradient_executable(self):
+        """The forward-and-backward model compiled (for the current loss scaling): whole, or in stages by bucket
+        when the data-parallel step overlaps its allreduce (`overlap`)."""
+        scaling = self._scaling()
+        if self._gradients is None or self._gradients[0] != scaling:
+            model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers),
+                                    loss_scale=scaling)
+            runtime = self.optimizer._runtime  # noqa: SLF001
+            if self.overlap:
+                from graphopt.distributed.overlap import OverlappedGradients
+                names_of = {id(p): name for name, p in self.parameters.items()}
+                executable = OverlappedGradients(runtime, model, self.optimizer, names_of, self.bucket_bytes)
+            else:
+                executable = runtime.compile(model)
+            self._gradients = (scaling, executable)
+        return self._gradients[1]
 
     @property
     def fused_update(self) -> bool:
@@ -430,6 +458,12 @@ class Trainer:
         feeds = {**inputs, **self._current_weights(averaged)}
         names_ = list(self._evaluation.output_names)
         return dict(zip(names_, self._evaluation.session.run(names_, feeds)))
+
+    def _buffer_feeds(self) -> dict[str, np.ndarray]:
+        """The running statistics as a training run reads them: copies, since ONNX Runtime's BatchNormalization
+        in training mode writes into the array it reads ``input_var`` from (onnxruntime 1.32, CPU), which would
+        change the trainer's own array before the step commits, and whatever the caller holds of it."""
+        return {name: value.copy() for name, value in self.buffers.items()}
 
     def _current_weights(self, averaged: bool = False) -> dict[str, np.ndarray]:
         if averaged:
@@ -612,5 +646,4 @@ def _checked(executable: Executable, feeds: Mapping[str, Any], method: str,
 
 
 def _output_dtype(executable: Executable, name: str) -> np.dtype:
-    output = next(o for o in executable.session.get_outputs() if o.name == name)
-    return np.dtype(_NUMPY_TYPES[output.type])
+    return np.dtype(_NUMPY_TYPES[executable.outputs[name].type])
