@@ -302,17 +302,32 @@ class _SlowSession:
         self._ended.append((self._k, time.monotonic()))
 
 
-def test_a_failed_allreduce_changes_no_parameter_or_state():
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_failed_allreduce_changes_no_parameter_state_or_running_statistic(overlap):
+    """After a step, the next one's third allreduce fails (overlapped: bucket 1, after the batch sizes' sum and
+    bucket 0; not: the whole buffer's, after the sizes and loss, and the presence check): parameters, optimizer
+    state and running statistics stay as they were, the gradients are dropped; the error names the lost peer."""
     inputs, labels = _data()
-    trainer = _trainer(communicator=Mirror(fail_at=3), bucket_bytes=1)  # the sizes' sum, bucket 0, then bucket 1
+    per_step = 1 + 6 + 2 if overlap else 4  # sizes, 6 buckets, loss, statistics; or sizes, presence, buffer, stats
+    comm = Mirror(fail_at=per_step + 3)
+    trainer = _trainer(True, communicator=comm, bucket_bytes=1, overlap=overlap)
+    trainer.step(inputs, labels)
+    assert comm.calls == per_step
     before = {name: p.data.copy() for name, p in trainer.parameters.items()}
-    state = trainer.optimizer.state_dict()
-    with pytest.raises(CommunicationError, match="Connection reset by peer"):
+    buffers = {name: value.copy() for name, value in trainer.buffers.items()}
+    state = trainer.optimizer.state_dict()["state"]
+    with pytest.raises(CommunicationError, match="Connection reset by peer.*probably died"):
         trainer.step(inputs, labels)
     for name, p in trainer.parameters.items():
         np.testing.assert_array_equal(p.data, before[name])
-    after = trainer.optimizer.state_dict()
-    assert after["state"] == state["state"] and all(p.grad is None for p in trainer.parameters.values())
+        assert p.grad is None
+    for name, value in trainer.buffers.items():
+        np.testing.assert_array_equal(value, buffers[name])
+    after = trainer.optimizer.state_dict()["state"]
+    assert after.keys() == state.keys() and state
+    for key, slots in state.items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(after[key][slot], value, err_msg=f"{key} {slot}")
 
 
 def test_overlap_settings_are_checked():

@@ -131,6 +131,10 @@ def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
             (grads,) = [s for s in row["allreduce_bytes"] if s > 2048]  # one bucket: < 32 MiB
             assert 4 * parameters <= grads < 4 * (parameters + 32768)  # the flat buffer: padded to whole rows
             assert 0 < row["efficiency"] < 2 * n and (n > 1 or row["efficiency"] == 1)
+            overlapped = run["models"]["mlp, overlap 4 MiB"]["modes"][mode]  # the default --overlap off,4
+            buckets = [s for s in overlapped["allreduce_bytes"] if s > 2048]
+            assert len(buckets) == 2 and sum(buckets) == grads  # fc2 and fc1 (4 MiB and more), then fc0
+            assert all(overlapped[part] > 0 for part in ("accumulate_ms", "update_ms", "total_ms"))
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mlp | weak") or
              line.startswith("| mlp | strong")]
     assert len(table) == 4 + 2 * 3 * 3  # 2 counts x 2 settings measured; 3 networks x 3 machine counts projected

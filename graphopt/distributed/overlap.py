@@ -129,19 +129,16 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
             request.wait()
         _average_buffers(trainer, communicator, size / sizes[0])
     except BaseException:
-        _discard(trainer, requests)
+        _wait_quietly(requests)  # the caller drops the gradients: nothing may write into them after that
         raise
     trainer._apply_accumulated()  # noqa: SLF001
     return float(total_loss[0] / sizes[0])
 
 
-def _discard(trainer, requests) -> None:
-    """After a failure before the update: once the started work has stopped writing into the gradient buffers,
-    the gradients are dropped, so the failed step changes no parameter, state or gradient."""
+def _wait_quietly(requests) -> None:
+    """Wait for every started request, ignoring their failures (the one being raised already says it)."""
     for request in requests:
         try:
             request.wait()
-        except BaseException:  # noqa: BLE001, S110 - the failure being raised already says it
+        except BaseException:  # noqa: BLE001, S110
             pass
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer._accumulating = False  # noqa: SLF001

@@ -62,10 +62,26 @@ def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator
 def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
     """Forward and backward on this process's shard, gradients and running statistics averaged over
     the processes (weighted by shard size), the same update on every process; the whole batch's loss.
-    Overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls or shards state."""
-    if trainer.overlap and not trainer._accumulating:  # noqa: SLF001
-        from graphopt.distributed.overlap import overlapped_step
-        return overlapped_step(trainer, inputs, labels)
+    Overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls or shards state.
+
+    A step that raises before the update (a `CommunicationError`: a peer died) leaves the parameters, the
+    optimizer state and the running statistics as they were, and drops the gradients (those summed by earlier
+    `Trainer.accumulate` calls too: they were scaled in place)."""
+    buffers = dict(trainer.buffers)
+    try:
+        if trainer.overlap and not trainer._accumulating:  # noqa: SLF001
+            from graphopt.distributed.overlap import overlapped_step
+            return overlapped_step(trainer, inputs, labels)
+        return _step_after_backward(trainer, inputs, labels)
+    except BaseException:
+        trainer.buffers = buffers  # the arrays themselves are never written: a step commits new ones
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer._accumulating = False  # noqa: SLF001
+        raise
+
+
+def _step_after_backward(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
+    """The step whose allreduces start after the whole backward pass (whole buffers, or ZeRO-1's shards)."""
     communicator = trainer.communicator
     loss = trainer.accumulate(inputs, labels)
     size = _batch_size(inputs, labels)
