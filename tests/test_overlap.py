@@ -22,7 +22,7 @@ from graphopt.distributed.overlap import gradient_buckets, in_backward_order
 from graphopt.runtime import Runtime
 from graphopt.runtime.staged import StagedExecutable
 from graphopt.training import GradScaler, build_gradients
-from graphopt.training.stages import split_stages
+from graphopt.training.stages import StageSplitError, split_stages
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import distributed_worker as worker  # noqa: E402
@@ -181,6 +181,40 @@ def test_groups_must_name_distinct_outputs():
         split_stages(model, [["W2.grad"], ["W2.grad", "B2.grad"]])
 
 
+def test_a_sequence_cannot_cross_between_stages():
+    nodes = [helper.make_node("SequenceConstruct", ["x", "x"], ["seq"]),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["first"]),
+             helper.make_node("SequenceLength", ["seq"], ["length"])]
+    graph = helper.make_graph(nodes, "sequences", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("first", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("length", TensorProto.INT64, [])],
+                              [numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    with pytest.raises(StageSplitError, match="'seq' would cross between stages, and its type is a sequence"):
+        split_stages(model, [["first"], ["length"]])
+    assert len(split_stages(model, [["first", "length"]]).stages) == 1
+
+
+def test_a_model_that_cannot_be_cut_trains_in_one_stage_with_a_warning(monkeypatch):
+    """Where the cut fails, the trainer warns, runs one stage completing every bucket, and trains as before."""
+    from graphopt.distributed import overlap
+
+    def refuse_cuts(model, groups):
+        if len(groups) > 1:
+            raise StageSplitError("split_stages: 'h' would cross between stages, and its type is a sequence")
+        return split_stages(model, groups)
+
+    monkeypatch.setattr(overlap, "split_stages", refuse_cuts)
+    inputs, labels = _data()
+    plain, overlapped = _trainer(), _trainer(communicator=Mirror(), bucket_bytes=1)
+    with pytest.warns(RuntimeWarning, match="cannot overlap the backward pass of this model: .*'h' would cross"):
+        overlapped.step(inputs, labels)
+    plain.step(inputs, labels)
+    assert [len(c) for c in overlapped._gradient_executable().completes] == [4]  # noqa: SLF001
+    for name, p in plain.parameters.items():
+        np.testing.assert_array_equal(overlapped.parameters[name].data, p.data, err_msg=name)
+
+
 # -- buckets ---------------------------------------------------------------------------------------------------
 
 def test_buckets_cover_each_flat_buffer_once_from_its_end_in_the_backward_passs_order():
@@ -249,7 +283,7 @@ def test_the_overlapped_step_equals_the_plain_trainer(optimizer, batch_norm):
     inputs, labels = _data()
     plain, overlapped = _trainer(batch_norm, optimizer), _trainer(batch_norm, optimizer, communicator=Mirror(),
                                                                   bucket_bytes=1)
-    assert overlapped.overlap and len(overlapped._gradient_executable().stages) == 4 + 2 * batch_norm  # noqa: SLF001
+    assert overlapped.overlap and len(overlapped._gradient_executable().completes) == 4 + 2 * batch_norm  # noqa: SLF001
     for _ in range(3):
         assert overlapped.step(inputs, labels) == plain.step(inputs, labels)
     for name, p in plain.parameters.items():

@@ -26,6 +26,7 @@ each), so there is no agreement on which do. Steps after `Trainer.accumulate`, a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from graphopt import names
 from graphopt.distributed.gradients import flat_buffers
 from graphopt.runtime import Runtime
 from graphopt.runtime.staged import StagedExecutable
-from graphopt.training.stages import split_stages
+from graphopt.training.stages import StageSplitError, split_stages
 
 BUCKET_BYTES = 4 << 20
 """Default bytes of gradients per bucket of the overlapped step (``Trainer(bucket_bytes=...)``). Smaller buckets
@@ -92,12 +93,24 @@ def in_backward_order(model: onnx.ModelProto, buckets: Sequence[Bucket]) -> list
 
 class OverlappedGradients(StagedExecutable):
     """The forward-and-backward ``model`` split into stages by ``optimizer``'s buckets, in the order the backward
-    pass completes them, compiled by ``runtime``; ``buckets[k]`` is what stage ``k`` completes."""
+    pass completes them, compiled by ``runtime``; ``completes[k]``: the buckets stage ``k`` completes (one each).
+
+    A model that cannot be cut there (a value crossing a cut is not a tensor of known type:
+    `graphopt.training.stages.StageSplitError`) runs as one stage that completes every bucket, with a warning
+    saying why: the allreduces then start after the whole backward pass, as without overlap."""
 
     def __init__(self, runtime: Runtime, model: onnx.ModelProto, optimizer, names_of: Mapping[int, str],
                  bucket_bytes: int):
-        self.buckets = in_backward_order(model, gradient_buckets(optimizer, names_of, bucket_bytes))
-        super().__init__(runtime, split_stages(model, [bucket.grads for bucket in self.buckets]))
+        buckets = in_backward_order(model, gradient_buckets(optimizer, names_of, bucket_bytes))
+        try:
+            split = split_stages(model, [bucket.grads for bucket in buckets])
+            self.completes = tuple((bucket,) for bucket in buckets)
+        except StageSplitError as error:
+            warnings.warn(f"Trainer: the gradient allreduce cannot overlap the backward pass of this model: {error}",
+                          RuntimeWarning, stacklevel=4)
+            split = split_stages(model, [[name for bucket in buckets for name in bucket.grads]])
+            self.completes = (tuple(buckets),)
+        super().__init__(runtime, split)
 
 
 def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
@@ -107,7 +120,7 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
     from graphopt.distributed.training import _average_buffers, _batch_size
     communicator, optimizer = trainer.communicator, trainer.optimizer
     size = _batch_size(inputs, labels)
-    buckets = trainer._gradient_executable().buckets  # noqa: SLF001
+    completes = trainer._gradient_executable().completes  # noqa: SLF001
     sizes = np.array([size], np.float64)
     requests = []
 
@@ -119,8 +132,9 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
         communicator.allreduce(view)
 
     def after(k: int) -> None:
-        view = buckets[k].view(optimizer)
-        requests.append(communicator.start(lambda: reduce(view), f"allreduce of bucket {k} ({view.nbytes} bytes)"))
+        for bucket in completes[k]:
+            view = bucket.view(optimizer)
+            requests.append(communicator.start(lambda view=view: reduce(view), f"allreduce of {view.nbytes} bytes"))
 
     try:
         loss = trainer._gradients_into_buffers(inputs, labels, "step", started=started, after=after)  # noqa: SLF001

@@ -29,6 +29,11 @@ from onnx import numpy_helper
 from graphopt.update.inplace import implicit_inputs
 
 
+class StageSplitError(ValueError):
+    """The model cannot be cut where asked: a value that would cross between stages is not a tensor of known
+    type (what ONNX Runtime can hand from one session to the next)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage: its model; which of its inputs are values of earlier stages (``received``) and shared
@@ -52,7 +57,8 @@ def split_stages(model: onnx.ModelProto, groups: Sequence[Sequence[str]]) -> Spl
     """``model`` cut into ``len(groups)`` stages, stage ``k`` computing the outputs in ``groups[k]``.
 
     Raises ValueError naming the output if a group names a value that is not an output of ``model``, or
-    names one twice; a group whose outputs earlier stages already computed gives a stage with no nodes."""
+    names one twice, and `StageSplitError` naming the value that cannot cross between stages; a group whose
+    outputs earlier stages already computed gives a stage with no nodes."""
     graph = model.graph
     outputs = [o.name for o in graph.output]
     _check_groups(groups, outputs)
@@ -150,10 +156,14 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 
 def _value_info(name: str, typed: dict[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    """``name``'s value info, for a stage's input or output: a tensor of a known element type."""
     info = typed.get(name)
-    if info is None or not info.type.tensor_type.elem_type:
-        raise ValueError(f"split_stages: the type of {name!r}, which crosses between stages, is unknown "
-                         "(ONNX shape inference could not tell it)")
+    kind = info.type.WhichOneof("value") if info is not None else None
+    if kind != "tensor_type" or not info.type.tensor_type.elem_type:
+        what = f"a {kind.removesuffix('_type')}" if kind not in (None, "tensor_type") else \
+            "unknown (ONNX shape inference could not tell it)"
+        raise StageSplitError(f"split_stages: {name!r} would cross between stages, and its type is {what}; "
+                              "only tensors of a known element type can")
     result = onnx.ValueInfoProto()
     result.CopyFrom(info)
     return result
