@@ -170,3 +170,26 @@ def test_bench_scaling_projection_loses_efficiency_with_machines_and_gains_with_
             assert r["compute_ms"] == 40.0  # weak scaling: the measured batch on every machine
     slow, fast = bench_scaling.LINKS[0].name, bench_scaling.LINKS[-1].name
     assert all(by[slow, p]["efficiency_none"] < by[fast, p]["efficiency_none"] for p in (8, 64, 256))
+
+
+def test_bench_overlap_waits_the_rings_time_and_a_step_without_overlap_waits_all_of_it():
+    """tools/bench_overlap.py on the MLP, 4 simulated machines on 1 Gb/s: each step waits the ring's time for
+    exactly its allreduces, and a step that reduces after the backward pass takes at least all of that wait."""
+    from tools import bench_overlap
+    from tools.bench_scaling import allreduce_time
+
+    rows = bench_overlap.main(["--models", "mlp", "--links", "1:100", "--machines", "4", "--buckets", "4",
+                               "--batch", "8", "--steps", "1", "--warmup", "1", "--rounds", "1", "--threads", "1"])
+    assert [r["bucket_mib"] for r in rows] == [None, 4.0]
+
+    def ring_ms(*sizes):
+        return 1e3 * sum(allreduce_time(s, 4, 100e-6, 1 / (1e9 / 8 * 0.9), 0.0, "ring") for s in sizes)
+
+    fc0, fc1, fc2 = 4 * (784 * 1024 + 1024), 4 * (1024 * 1024 + 1024), 4 * (1024 * 10 + 10)
+    padding = 4 * 32768 - (fc0 + fc1 + fc2) % (4 * 32768)  # the flat buffer holds whole rows of the update
+    whole, overlapped = rows
+    # batch size and loss, which tensors have gradients (6 and the weight, float64), the gradient buffer
+    assert whole["link_ms"] == pytest.approx(ring_ms(16, 56, fc0 + fc1 + fc2 + padding), rel=1e-9)
+    assert whole["step_ms"] >= whole["link_ms"]
+    # batch size; fc2 and fc1 (4 MiB and more), then fc0 with the padding; the loss
+    assert overlapped["link_ms"] == pytest.approx(ring_ms(8, fc2 + fc1, fc0 + padding, 8), rel=1e-9)
