@@ -96,6 +96,12 @@ def trainer_run(comm, optimizer: str, batch_norm: bool = False, steps: int = STE
     return result
 
 
+def counts(n: int) -> list[int]:
+    """Unequal parts of ``8 n`` elements for reduce-scatter: rank 0 gets none, the last rank the rest."""
+    parts = [0] + [r + 1 for r in range(1, n)]
+    return parts[:-1] + [8 * n - sum(parts[:-1])]
+
+
 def collectives(comm) -> dict[str, np.ndarray]:
     """Each collective on rank-dependent inputs: rank r holds ``arange(8 * n) + 100 r`` (float32)."""
     n, r = comm.world_size, comm.rank
@@ -105,6 +111,7 @@ def collectives(comm) -> dict[str, np.ndarray]:
               "count": comm.allreduce(np.array([1, r], np.int64)),
               "reduce_scatter": comm.reduce_scatter(mine()),
               "reduce_scatter_average": comm.reduce_scatter(mine(), op="average"),
+              "reduce_scatter_counts": comm.reduce_scatter(mine(), counts=counts(n)),
               "allgather": comm.allgather(np.full(3, r, np.float64)),
               "broadcast": comm.broadcast(mine(), root=n - 1)}
     comm.barrier()

@@ -156,6 +156,9 @@ def _check_collectives(results: list[dict[str, np.ndarray]], n: int) -> None:
         np.testing.assert_array_equal(result["count"], [n, sum(range(n))])
         np.testing.assert_allclose(result["reduce_scatter"], total[8 * r:8 * (r + 1)], rtol=1e-6)
         np.testing.assert_allclose(result["reduce_scatter_average"], total[8 * r:8 * (r + 1)] / n, rtol=1e-6)
+        parts = worker.counts(n)
+        start = sum(parts[:r])
+        np.testing.assert_allclose(result["reduce_scatter_counts"], total[start:start + parts[r]], rtol=1e-6)
         np.testing.assert_array_equal(result["allgather"], np.repeat(np.arange(n, dtype=np.float64), 3))
         np.testing.assert_array_equal(result["broadcast"], base + 100 * (n - 1))
 
@@ -187,6 +190,9 @@ def test_a_world_of_one_leaves_buffers_and_checks_them():
     buffer = np.arange(6, dtype=np.float32)
     assert comm.allreduce(buffer, op="average") is buffer and np.array_equal(buffer, np.arange(6))
     np.testing.assert_array_equal(comm.reduce_scatter(buffer.copy()), np.arange(6))
+    np.testing.assert_array_equal(comm.reduce_scatter(buffer.copy(), counts=[6]), np.arange(6))
+    with pytest.raises(ValueError, match=r"counts must be 1 sizes >= 0, one per rank, summing to the buffer's 6"):
+        comm.reduce_scatter(buffer.copy(), counts=[5])
     np.testing.assert_array_equal(comm.allgather(buffer), np.arange(6))
     with pytest.raises(ValueError, match="op must be one of"):
         comm.allreduce(buffer, op="max")

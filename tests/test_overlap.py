@@ -367,8 +367,6 @@ def test_a_failed_allreduce_changes_no_parameter_state_or_running_statistic(over
 def test_overlap_settings_are_checked():
     with pytest.raises(ValueError, match="overlap=True needs a communicator"):
         _trainer(overlap=True)
-    with pytest.raises(ValueError, match="does not support shard_state=True"):
-        _trainer(overlap=True, communicator=Mirror(), shard_state=True)
     with pytest.raises(ValueError, match="bucket_bytes must be a positive number of bytes, got 0"):
         _trainer(communicator=Mirror(), bucket_bytes=0)
     with pytest.raises(ValueError, match="overlap must be True, False or None"):

@@ -24,8 +24,8 @@ import zero_worker as worker  # noqa: E402
 from test_distributed import needs_mpi, needs_torch  # noqa: E402
 
 CASES = ["facade-sgd", "facade-adamw", "summed-sgd", "clip-adamw", "nan-adamw", "trainer-sgd", "trainer-adamw",
-         "odd-adamw", "bn-sgd"]
-ENGINE_CASES = {"mpi": CASES, "torch": ["facade-adamw", "clip-adamw", "trainer-sgd", "bn-sgd"]}  # gloo starts slowly
+         "odd-adamw", "staged-sgd", "bn-sgd"]
+ENGINE_CASES = {"mpi": CASES, "torch": ["facade-adamw", "clip-adamw", "staged-sgd", "bn-sgd"]}  # gloo starts slowly
 TIMEOUT = 180  # seconds per launch: 4 processes importing torch on 2 shared cores take a minute
 WHOLE_BATCH = [c for c in CASES if not c.startswith("bn")]  # shard-wise BatchNorm differs from the whole batch
 
@@ -61,7 +61,7 @@ def _reference(case: str, n: int) -> dict[str, np.ndarray]:
         options = {"size": 400, "clip": 0.5} if mode == "clip" else {"nan_at": 2} if mode == "nan" else {}
         result = worker.facade_run(SingleProcess(), name, False, c_grad=1 / n, micro=1 + (mode == "summed"), **options)
     else:
-        result = worker.trainer_run(SingleProcess(), name, False, batch=15 if mode == "odd" else 16)
+        result = worker.trainer_run(SingleProcess(), name, False, batch=15 if mode in ("odd", "staged") else 16)
     result.pop("bytes")
     return result
 

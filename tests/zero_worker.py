@@ -71,17 +71,18 @@ def facade_run(comm, optimizer: str, shard: bool, c_grad: float = 1.0, micro: in
     return result
 
 
-def trainer(comm, optimizer: str, shard: bool, batch_norm: bool = False) -> graphopt.Trainer:
+def trainer(comm, optimizer: str, shard: bool, batch_norm: bool = False, **options) -> graphopt.Trainer:
     return graphopt.Trainer(mlp(100 + comm.rank, batch_norm), losses.cross_entropy("logits"),
-                            make_optimizer(optimizer), communicator=comm, shard_state=shard)
+                            make_optimizer(optimizer), communicator=comm, shard_state=shard, **options)
 
 
 def trainer_run(comm, optimizer: str, shard: bool, batch_norm: bool = False, batch: int = 16,
-                steps: int = STEPS, start: graphopt.Trainer | None = None) -> dict[str, np.ndarray]:
+                steps: int = STEPS, start: graphopt.Trainer | None = None, **options) -> dict[str, np.ndarray]:
     """The MLP of distributed_worker trained by a data-parallel `Trainer` (cross-entropy on this
-    process's shard of the batch), ``steps`` steps from ``start`` (default: a new trainer)."""
+    process's shard of the batch; ``options``: its overlap settings), ``steps`` steps from ``start`` (default:
+    a new trainer)."""
     x, y, _ = data(batch)
-    t = start if start is not None else trainer(comm, optimizer, shard, batch_norm)
+    t = start if start is not None else trainer(comm, optimizer, shard, batch_norm, **options)
     xs, ys = distributed.shard(x, comm), distributed.shard(y, comm)
     found = [t.step({"x": xs}, labels=ys) for _ in range(steps)]
     result = {name: p.data.copy() for name, p in t.parameters.items()}
@@ -115,7 +116,8 @@ def run(mode: str, optimizer: str, comm, shard: bool, out: str) -> dict[str, np.
     """``facade``; ``summed`` (``sum_grad`` over 2 parts); ``clip`` (a w of 400 x 3, clipping by the
     global norm 0.5, collectives through 1 KiB buckets); ``nan`` (a NaN gradient on the last rank at
     the third step, ``skip_nonfinite``); ``trainer``; ``odd`` (a batch of 15: unequal
-    shards); ``bn`` (BatchNormalization); ``save`` and ``resume`` (sharded only: the checkpoint)."""
+    shards); ``staged`` (``odd`` with a bucket, and so a stage, per tensor: reduced while the backward pass
+    runs); ``bn`` (BatchNormalization); ``save`` and ``resume`` (sharded only: the checkpoint)."""
     if mode in ("facade", "summed", "clip", "nan"):
         options = {"size": 400, "clip": 0.5, "bucket_bytes": 1024} if mode == "clip" else \
             {"nan_at": 2} if mode == "nan" else {}
@@ -124,7 +126,9 @@ def run(mode: str, optimizer: str, comm, shard: bool, out: str) -> dict[str, np.
         return save_run(comm, optimizer, out)
     if mode == "resume":
         return resume_run(comm, optimizer, out)
-    return trainer_run(comm, optimizer, shard, batch_norm=mode == "bn", batch=15 if mode == "odd" else 16)
+    options = {"bucket_bytes": 1} if mode == "staged" else {}
+    return trainer_run(comm, optimizer, shard, batch_norm=mode == "bn", batch=15 if mode in ("odd", "staged") else 16,
+                       **options)
 
 
 def main() -> None:

@@ -72,8 +72,8 @@ def _likely_cause(text: str) -> str:
 class Communicator:
     """The interface: ``rank``, ``world_size`` and five collectives. Engines override the
     ``_allreduce_sum`` / ``_broadcast`` / ``_allgather`` / ``_barrier`` primitives (and may override
-    ``_reduce_scatter_sum``) and set ``_failures``; the checks, ``average``, error translation and
-    the watchdog's registration are shared."""
+    ``_reduce_scatter_sum`` and ``_reduce_scatter_counts``) and set ``_failures``; the checks, ``average``,
+    error translation and the watchdog's registration are shared."""
 
     engine = "abstract"
     rank: int = 0
@@ -93,17 +93,24 @@ class Communicator:
             buffer *= buffer.dtype.type(1 / self.world_size)
         return buffer
 
-    def reduce_scatter(self, buffer: np.ndarray, op: str = "sum", out: np.ndarray | None = None) -> np.ndarray:
+    def reduce_scatter(self, buffer: np.ndarray, op: str = "sum", out: np.ndarray | None = None,
+                       counts: list[int] | None = None) -> np.ndarray:
         """This process's shard (``rank``-th of ``world_size`` equal parts) of the reduction of every
-        process's ``buffer``; ``buffer`` itself is left as the engine leaves it (use a copy to keep it)."""
+        process's ``buffer``; ``buffer`` itself is left as the engine leaves it (use a copy to keep it).
+        ``counts``: the parts' sizes instead, rank by rank (the same on every process, summing to the
+        buffer's size; a part may be empty), as MPI_Reduce_scatter takes them."""
         _check_buffer(buffer, "reduce_scatter")
         _check_op(op, buffer, "reduce_scatter")
-        if buffer.size % self.world_size:
-            raise ValueError(f"reduce_scatter: buffer of {buffer.size} elements does not split into "
-                             f"{self.world_size} equal shards; pad it to a multiple of the world size")
-        shard = buffer.size // self.world_size
-        out = _output(out, shard, buffer.dtype, "reduce_scatter", "out")
-        self._collective("reduce_scatter", buffer.nbytes, self._reduce_scatter_sum, buffer, out)
+        if counts is None:
+            if buffer.size % self.world_size:
+                raise ValueError(f"reduce_scatter: buffer of {buffer.size} elements does not split into "
+                                 f"{self.world_size} equal shards; pad it to a multiple of the world size")
+            out = _output(out, buffer.size // self.world_size, buffer.dtype, "reduce_scatter", "out")
+            self._collective("reduce_scatter", buffer.nbytes, self._reduce_scatter_sum, buffer, out)
+        else:
+            counts = _checked_counts(counts, buffer, self.world_size)
+            out = _output(out, counts[self.rank], buffer.dtype, "reduce_scatter", "out")
+            self._collective("reduce_scatter", buffer.nbytes, self._reduce_scatter_counts, buffer, counts, out)
         if op == "average" and self.world_size > 1:
             out *= out.dtype.type(1 / self.world_size)
         return out
@@ -192,6 +199,12 @@ class Communicator:
         self._allreduce_sum(buffer)
         np.copyto(out, buffer.reshape(-1)[self.rank * out.size:(self.rank + 1) * out.size])
 
+    def _reduce_scatter_counts(self, buffer: np.ndarray, counts: list[int], out: np.ndarray) -> None:
+        """Default: a full allreduce, then this rank's part (MPI overrides with MPI_Reduce_scatter)."""
+        self._allreduce_sum(buffer)
+        start = sum(counts[:self.rank])
+        np.copyto(out, buffer.reshape(-1)[start:start + out.size])
+
     def _allgather(self, shard: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError
 
@@ -210,6 +223,9 @@ class SingleProcess(Communicator):
     def _reduce_scatter_sum(self, buffer: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, buffer.reshape(-1))
 
+    def _reduce_scatter_counts(self, buffer: np.ndarray, counts: list[int], out: np.ndarray) -> None:
+        np.copyto(out, buffer.reshape(-1))
+
 
 def _check_buffer(buffer: np.ndarray, where: str) -> None:
     if not isinstance(buffer, np.ndarray):
@@ -226,6 +242,15 @@ def _output(out: np.ndarray | None, size: int, dtype: np.dtype, where: str, name
     if out.size != size or out.dtype != dtype:
         raise ValueError(f"{where}: {name} must hold {size} elements of {dtype}, got {out.size} of {out.dtype}")
     return out.reshape(-1)
+
+
+def _checked_counts(counts, buffer: np.ndarray, world_size: int) -> list[int]:
+    counts = list(counts)
+    if len(counts) != world_size or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0
+                                        for c in counts) or sum(counts) != buffer.size:
+        raise ValueError(f"reduce_scatter: counts must be {world_size} sizes >= 0, one per rank, summing to the "
+                         f"buffer's {buffer.size} elements; got {counts}")
+    return [int(c) for c in counts]
 
 
 def _check_op(op: str, buffer: np.ndarray, where: str) -> None:

@@ -61,6 +61,9 @@ class MPI(Communicator):
     def _reduce_scatter_sum(self, buffer: np.ndarray, out: np.ndarray) -> None:
         self.comm.Reduce_scatter_block(buffer, out, op=self._mpi.SUM)
 
+    def _reduce_scatter_counts(self, buffer: np.ndarray, counts: list[int], out: np.ndarray) -> None:
+        self.comm.Reduce_scatter(buffer, out, recvcounts=counts, op=self._mpi.SUM)
+
     def _allgather(self, shard: np.ndarray, out: np.ndarray) -> None:
         self.comm.Allgather(shard, out)
 

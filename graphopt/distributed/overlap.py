@@ -55,6 +55,10 @@ class Bucket:
     stop: int
     grads: tuple[str, ...]
 
+    def start(self, optimizer) -> int:
+        """The bucket's first element in its flat buffer."""
+        return flat_buffers(optimizer)[self.flat].offsets[self.first]
+
     def view(self, optimizer) -> np.ndarray:
         """The bucket's part of its flat gradient buffer (with the buffer's padding, for its last bucket)."""
         flat = flat_buffers(optimizer)[self.flat]
@@ -127,14 +131,21 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
     def started() -> None:  # the feeds are checked: from here on every process makes the same collectives
         requests.append(communicator.allreduce_async(sizes))
 
-    def reduce(view: np.ndarray) -> None:  # on the progress thread, after the sizes' sum
+    zero = trainer._zero  # noqa: SLF001 - ZeRO-1's sharded state, or None
+    shards = None if zero is None else zero.flat_shards()
+
+    def reduce(bucket: Bucket, view: np.ndarray) -> None:  # on the progress thread, after the sizes' sum
         view *= view.dtype.type(size / sizes[0])
-        communicator.allreduce(view)
+        if shards is None:
+            communicator.allreduce(view)
+        else:  # the step holds the optimizer's lock meanwhile: nothing here may take it
+            shards[bucket.flat].reduce_bucket(view, bucket.start(optimizer), communicator)
 
     def after(k: int) -> None:
         for bucket in completes[k]:
             view = bucket.view(optimizer)
-            requests.append(communicator.start(lambda view=view: reduce(view), f"allreduce of {view.nbytes} bytes"))
+            requests.append(communicator.start(lambda b=bucket, v=view: reduce(b, v), f"reduction of {view.nbytes} "
+                                               "bytes"))
 
     try:
         loss = trainer._gradients_into_buffers(inputs, labels, "step", started=started, after=after)  # noqa: SLF001
@@ -145,7 +156,12 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
     except BaseException:
         _wait_quietly(requests)  # the caller drops the gradients: nothing may write into them after that
         raise
-    trainer._apply_accumulated()  # noqa: SLF001
+    if zero is None:
+        trainer._apply_accumulated()  # noqa: SLF001
+    else:
+        zero.step_reduced()
+        optimizer.zero_grad(set_to_none=True)
+        trainer._accumulating = False  # noqa: SLF001
     return float(total_loss[0] / sizes[0])
 
 

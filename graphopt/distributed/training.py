@@ -39,8 +39,8 @@ def broadcast_trainer(trainer, communicator: Communicator, root: int = 0) -> Non
         trainer.buffers[name] = communicator.broadcast(np.ascontiguousarray(value).copy(), root)
 
 
-def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator: Communicator | None,
-                    shard_state: bool) -> tuple[bool, int]:
+def overlap_setting(overlap: bool | None, bucket_bytes: int | None,
+                    communicator: Communicator | None) -> tuple[bool, int]:
     """``Trainer(overlap=..., bucket_bytes=...)`` checked: whether the data-parallel step overlaps its allreduce
     with the backward pass (`graphopt.distributed.overlap`), and its bucket size."""
     from graphopt.distributed.overlap import BUCKET_BYTES
@@ -48,21 +48,18 @@ def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator
         raise ValueError(f"Trainer: overlap must be True, False or None, got {overlap!r}")
     if overlap and communicator is None:
         raise ValueError("Trainer: overlap=True needs a communicator (communicator=graphopt.distributed.init())")
-    if overlap and shard_state:
-        raise ValueError("Trainer: overlap=True does not support shard_state=True (its reduce-scatter of whole "
-                         "buffers runs after the backward pass); pass overlap=False or leave it unset")
     if bucket_bytes is not None and (isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int)
                                      or bucket_bytes < 1):
         raise ValueError(f"Trainer: bucket_bytes must be a positive number of bytes, got {bucket_bytes!r}")
     if overlap is None:
-        overlap = communicator is not None and communicator.world_size > 1 and not shard_state
+        overlap = communicator is not None and communicator.world_size > 1
     return overlap, BUCKET_BYTES if bucket_bytes is None else bucket_bytes
 
 
 def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
     """Forward and backward on this process's shard, gradients and running statistics averaged over
     the processes (weighted by shard size), the same update on every process; the whole batch's loss.
-    Overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls or shards state.
+    Overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls.
 
     A step that raises before the update (a `CommunicationError`: a peer died) leaves the parameters, the
     optimizer state and the running statistics as they were, and drops the gradients (those summed by earlier
@@ -81,7 +78,7 @@ def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.nda
 
 
 def _step_after_backward(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
-    """The step whose allreduces start after the whole backward pass (whole buffers, or ZeRO-1's shards)."""
+    """The step whose reductions start after the whole backward pass (whole buffers, or ZeRO-1's shards)."""
     communicator = trainer.communicator
     loss = trainer.accumulate(inputs, labels)
     size = _batch_size(inputs, labels)

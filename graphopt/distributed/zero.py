@@ -107,6 +107,16 @@ class _Shard:
                 send[r, part.size:] = 0
             communicator.reduce_scatter(send.reshape(-1), out=self.local.grads[c:d])
 
+    def reduce_bucket(self, bucket: np.ndarray, lo: int, communicator: Communicator) -> None:
+        """The sum over the processes of ``bucket`` (elements ``lo`` to ``lo + bucket.size`` of the flat
+        buffer): each rank receives the part its shard owns (one reduce-scatter of the bucket's own size);
+        this shard's into ``local.grads``."""
+        hi = lo + bucket.size
+        counts = [max(0, min(hi, (r + 1) * self.size) - max(lo, r * self.size)) for r in range(self.world)]
+        own_lo, own_hi = self.owned(lo, hi)
+        own = self.local.grads[max(0, own_lo - self.start):max(0, own_hi - self.start)]
+        communicator.reduce_scatter(bucket, out=own, counts=counts)
+
     def allgather(self, communicator: Communicator, bucket_bytes: int) -> None:
         """Every process's updated shard into the flat parameter buffer."""
         data = self.flat.data
@@ -165,41 +175,65 @@ class ShardedState:
     def step(self, weight: float | None = None) -> None:
         """Average the gradients (weighted by ``weight``, as `average_gradients`), update this process's
         shard, gather every shard's parameters. Collective."""
-        optimizer, comm = self.optimizer, self.communicator
-        with optimizer._lock:  # noqa: SLF001
+        with self.optimizer._lock:  # noqa: SLF001
+            layouts = self._checked_layouts()
+            self._update(layouts, self._agree_gradients(weight))
+
+    def flat_shards(self) -> list[_Shard]:
+        """This process's shard of every flat buffer, in `flat_buffers` order: the overlapped step
+        (`graphopt.distributed.overlap`) reduces each bucket of gradients into them as the backward pass makes
+        it (`_Shard.reduce_bucket`, on the progress thread), then calls `step_reduced`."""
+        with self.optimizer._lock:  # noqa: SLF001
             self._add_groups()
-            layouts = optimizer._layouts()  # noqa: SLF001 - validated settings, chains, hyperparameters
-            for g, layout in enumerate(layouts):
-                _check_chain(type(optimizer).__name__, g, layout.transform, layout.flats, self._checked)
-            active = self._agree_gradients(weight)
-            if optimizer.skip_nonfinite:
-                found = [optimizer._executor.any_nonfinite([s.local.grads])  # noqa: SLF001
-                         for g in active for s in self._shards[g]]
-                optimizer.found_inf = bool(comm.allreduce(np.array([float(any(found))]))[0])
-                if optimizer.found_inf:
-                    optimizer.skipped_steps += 1
-                    self._finish()
-                    return
-            plans = []
-            for g in active:
-                layout, shards = layouts[g], self._shards[g]
-                for s in shards:
-                    s.load_parameters()
-                locals_ = [s.local for s in shards]
-                plans.append(optimizer._executor.plan(  # noqa: SLF001
-                    layout.group, locals_, layout.transform, layout.hypers,
-                    [[f"{layout.group}.shard{f}"] for f in range(len(shards))], [[s.local.grads] for s in shards],
-                    False))
-            for plan in plans:
-                plan.prepare()
-            for plan in plans:  # clipping by the global norm: the shards' sums of squares summed over the processes
-                plan.run(sum_over=lambda local: float(comm.allreduce(np.array([local]))[0]))
-            for plan in plans:
-                plan.commit()
-            for g in active:
-                for s in self._shards[g]:
-                    s.allgather(comm, self.bucket_bytes)
-            self._finish()
+            return [s for group in self._shards for s in group]
+
+    def step_reduced(self) -> None:
+        """After every bucket was reduced into the shards (`flat_shards`): update this process's shards, gather
+        the parameters. Every tensor of every group had a gradient (a Trainer's do)."""
+        with self.optimizer._lock:  # noqa: SLF001
+            layouts = self._checked_layouts()
+            self._update(layouts, list(range(len(self._shards))))
+
+    def _checked_layouts(self) -> list:
+        """The optimizer's layouts (validated settings, chains, hyperparameters), each chain checked shardable."""
+        optimizer = self.optimizer
+        self._add_groups()
+        layouts = optimizer._layouts()  # noqa: SLF001
+        for g, layout in enumerate(layouts):
+            _check_chain(type(optimizer).__name__, g, layout.transform, layout.flats, self._checked)
+        return layouts
+
+    def _update(self, layouts: list, active: list[int]) -> None:
+        """The ``active`` groups' shards updated from their reduced gradients, then every shard gathered."""
+        optimizer, comm = self.optimizer, self.communicator
+        if optimizer.skip_nonfinite:
+            found = [optimizer._executor.any_nonfinite([s.local.grads])  # noqa: SLF001
+                     for g in active for s in self._shards[g]]
+            optimizer.found_inf = bool(comm.allreduce(np.array([float(any(found))]))[0])
+            if optimizer.found_inf:
+                optimizer.skipped_steps += 1
+                self._finish()
+                return
+        plans = []
+        for g in active:
+            layout, shards = layouts[g], self._shards[g]
+            for s in shards:
+                s.load_parameters()
+            locals_ = [s.local for s in shards]
+            plans.append(optimizer._executor.plan(  # noqa: SLF001
+                layout.group, locals_, layout.transform, layout.hypers,
+                [[f"{layout.group}.shard{f}"] for f in range(len(shards))], [[s.local.grads] for s in shards],
+                False))
+        for plan in plans:
+            plan.prepare()
+        for plan in plans:  # clipping by the global norm: the shards' sums of squares summed over the processes
+            plan.run(sum_over=lambda local: float(comm.allreduce(np.array([local]))[0]))
+        for plan in plans:
+            plan.commit()
+        for g in active:
+            for s in self._shards[g]:
+                s.allgather(comm, self.bucket_bytes)
+        self._finish()
 
     def _finish(self) -> None:
         self.optimizer._summing = False  # noqa: SLF001 - a sum of gradients is used once

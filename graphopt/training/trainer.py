@@ -123,9 +123,9 @@ class Trainer:
             forward and backward writing the gradients into the optimizer's flat buffers, then its fused
             update. Default `DEFAULT_FUSED_STEP`. A step with a non-finite guard (``skip_nonfinite``, a grad
             scaler) runs two calls either way; exports are standard ONNX either way.
-        overlap: with ``communicator``, whether the gradients' allreduce overlaps the backward pass (default: yes
-            with more than one process, unless ``shard_state``, which it does not support). False: forward and
-            backward in one call, then the allreduce of whole buffers.
+        overlap: with ``communicator``, whether the gradients' reduction (allreduce, or reduce-scatter with
+            ``shard_state``) overlaps the backward pass (default: yes, with more than one process). False: forward
+            and backward in one call, then the reduction of whole buffers.
         bucket_bytes: gradient bytes per allreduce of the overlapped step (default
             `graphopt.distributed.overlap.BUCKET_BYTES`, 4 MiB).
 
@@ -197,7 +197,7 @@ class Trainer:
             from graphopt.distributed.training import shard_trainer_state
             self._zero = shard_trainer_state(self, communicator)
         from graphopt.distributed.training import overlap_setting
-        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator, shard_state)
+        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
