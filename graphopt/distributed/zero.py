@@ -11,7 +11,9 @@ parameters, their averaged gradient and the only copy of their optimizer state. 
 
 1. which tensors have a gradient, and the processes' weights, are agreed (one small allreduce);
 2. reduce-scatter of the weighted gradients (``sum_r w_r g_r / sum_r w_r``, `average_gradients`'s
-   weighting): each rank receives the average over its shard only;
+   weighting): each rank receives the average over its shard only (a Trainer's overlapped step,
+   `graphopt.distributed.overlap`, reduce-scatters each bucket into the shards as the backward pass makes it,
+   `flat_shards`, then calls `step_reduced` for 3 and 4);
 3. the wrapped optimizer's own update (its transform chain and hyperparameters, read from its
    ``param_groups`` at every step, so lr changes and schedulers apply) runs on the shard, on the
    chunked path (fused kernels where the runtime has them);
