@@ -70,9 +70,10 @@ def split_stages(model: onnx.ModelProto, groups: Sequence[Sequence[str]]) -> Spl
     constants = {node.output[0]: node for node in graph.node if node.op_type == "Constant" and not node.input}
     producer_stage = {out: stage_of[i] for i, node in enumerate(graph.node) for out in node.output if out}
     graph_inputs = {i.name: i for i in graph.input}
+    order = _order(graph)
     stages = []
     for k in range(len(groups)):
-        read = sorted({name for name, stages_ in readers.items() if k in stages_}, key=_order(graph))
+        read = sorted({name for name, stages_ in readers.items() if k in stages_}, key=order)
         copied = [constants[n] for n in read if n in constants and producer_stage[n] != k]
         nodes = copied + [node for i, node in enumerate(graph.node) if stage_of[i] == k]
         received = tuple(n for n in read if producer_stage.get(n, k) < k and n not in constants)
@@ -123,7 +124,8 @@ def _assign(graph: onnx.GraphProto, groups: Sequence[Sequence[str]]) -> list[int
 
 
 def _readers(graph: onnx.GraphProto, stage_of: list[int]) -> dict[str, set[int]]:
-    """For each value read, the stages whose nodes read it; a graph output is read by the stage that makes it."""
+    """For each value read, the stages whose nodes read it; an output the model returns as it is (an input or
+    initializer) counts as read by stage 0, which returns it."""
     readers: dict[str, set[int]] = {}
     for i, node in enumerate(graph.node):
         for name in _inputs_of(node):
