@@ -60,10 +60,12 @@ def check_gradients(nodes, inputs: dict, wrt, output="y", initializers=(), eps=1
 
 
 rng = np.random.default_rng(0)
+"""Where `r` draws from: during a test, that test's own generator (tests/conftest.py replaces this one)."""
 
 
-def r(*shape, positive=False):
-    x = rng.standard_normal(shape)
+def r(*shape, positive=False, generator=None):
+    """Standard normal float64 data of ``shape`` (``abs + 0.5`` if ``positive``), from ``generator`` or the test's."""
+    x = (rng if generator is None else generator).standard_normal(shape)
     return np.abs(x) + 0.5 if positive else x
 
 

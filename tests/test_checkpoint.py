@@ -21,17 +21,19 @@ import graphopt
 from graphopt import checkpoint, losses, optim
 from graphopt import CheckpointError
 
-rng = np.random.default_rng(5)
+rng = np.random.default_rng(5)  # each test gets its own: conftest.py reseeds it from the node id
 
 
-def _optimizer_state(steps=3):
-    """An Adam (amsgrad, two groups) after ``steps`` steps of random gradients, and its parameters."""
+def _optimizer_state(steps=3, generator=None):
+    """An Adam (amsgrad, two groups) after ``steps`` steps of random gradients (from ``generator``, else the
+    test's), and its parameters."""
+    generator = rng if generator is None else generator
     params = [graphopt.Parameter(np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)),
               graphopt.Parameter(np.array([0.5, -0.5], np.float32))]
     optimizer = optim.Adam([{"params": params[:1]}, {"params": params[1:], "lr_mult": 0.5}], amsgrad=True)
     for _ in range(steps):
         for p in params:
-            p.grad = rng.standard_normal(p.shape).astype(np.float32)
+            p.grad = generator.standard_normal(p.shape).astype(np.float32)
         optimizer.step()
     return optimizer, params
 
@@ -460,8 +462,9 @@ _FUZZ = {}
 
 
 def _fuzz_source(tmp_path_factory):
+    """The files both fuzz tests mutate, written by the first of them (the same whichever that is)."""
     if not _FUZZ:
-        optimizer, _ = _optimizer_state(steps=2)
+        optimizer, _ = _optimizer_state(steps=2, generator=np.random.default_rng(5))
         folder = tmp_path_factory.mktemp("fuzz")
         for kind, state in (("optimizer", optimizer.state_dict()),
                             ("trainer", {"parameters": {"W": np.arange(4.0)}, "buffers": {"n": np.arange(3)},

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from graphopt import losses, optim
 
-rng = np.random.default_rng(0)
+rng = np.random.default_rng(0)  # each test gets its own: conftest.py reseeds it from the node id
 
 
 def classifier(classes: int | str = 4, dtype=np.float32) -> onnx.ModelProto:

@@ -22,7 +22,8 @@ import distributed_worker as worker  # noqa: E402
 
 WORKER = pathlib.Path(worker.__file__)
 ROOT = WORKER.parent.parent
-TIMEOUT = 60
+TIMEOUT = 180  # seconds per launch: a hang guard, generous for 4 processes on 2 cores busy with other tests
+pytestmark = pytest.mark.xdist_group("processes")  # one pytest-xdist worker runs the multi-process tests in turn
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 

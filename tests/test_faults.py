@@ -3,7 +3,7 @@ on MPI (mpiexec ends the job; the watchdog ends it when a peer freezes) and gloo
 `CommunicationError`); an engine's error becomes a `CommunicationError`; a run killed mid-way and
 restarted from its last checkpoint ends with the parameters of an uninterrupted run.
 
-Every launch is bounded by test_distributed's TIMEOUT (60 s); the fault cases use collective timeouts
+Every launch is bounded by test_distributed's TIMEOUT (180 s); the fault cases use collective timeouts
 of 3 s, and each checks the time from the fault to the end of the job."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import faults_worker as worker  # noqa: E402
 
 WORKER = pathlib.Path(worker.__file__)
 PROMPT = 15  # seconds from a fault to the end of the job (process teardown on a loaded 2-core machine)
+pytestmark = pytest.mark.xdist_group("processes")  # one pytest-xdist worker runs the multi-process tests in turn
 
 
 def _launch(engine: str, n: int, args: list[str], **options) -> tuple[list[tuple[int, str]], float]:

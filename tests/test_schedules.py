@@ -10,6 +10,7 @@ import pytest
 import graphopt
 from graphopt import names, optim
 from graphopt.optim import schedules as S
+from tests.test_trainer_features import linear_model  # here, not in a test: its generator is reseeded per test
 
 torch = pytest.importorskip("torch")
 lr_scheduler = torch.optim.lr_scheduler
@@ -124,7 +125,6 @@ def test_an_exported_update_follows_its_schedule_in_bare_onnxruntime():
 
 def test_a_trainers_exported_training_step_follows_its_schedule():
     from graphopt.training import losses
-    from tests.test_trainer_features import linear_model
 
     model = linear_model()
     trainer = graphopt.Trainer(model, losses.mse("y"), optim.SGD(lr=0.05, momentum=0.9))

@@ -15,6 +15,7 @@ import graphopt
 from graphopt import optim
 from graphopt.runtime import Runtime
 from tests.test_trainer import regression_model
+from tests.test_trainer_features import linear_model  # here, not in a test: its generator is reseeded per test
 
 THREADS, STEPS_EACH = 6, 20
 
@@ -94,7 +95,6 @@ def test_trainer_steps_and_snapshots_from_threads():
 
 def _training_model():
     from graphopt.training import losses
-    from tests.test_trainer_features import linear_model
 
     trainer = graphopt.Trainer(linear_model(), losses.mse("y"), optim.Adam(lr=0.01))
     return trainer.export(kind="training_info")

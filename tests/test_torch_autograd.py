@@ -17,7 +17,7 @@ from tests.gradcheck import check_against_torch as compare
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-rng = np.random.default_rng(7)
+rng = np.random.default_rng(7)  # each test gets its own: conftest.py reseeds it from the node id
 
 
 def r(*shape, positive=False):

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt
 from graphopt import losses, optim
 
-rng = np.random.default_rng(11)
+rng = np.random.default_rng(11)  # each test gets its own: conftest.py reseeds it from the node id
 
 
 def linear_model(n_in=3, n_out=4, zero=False) -> onnx.ModelProto:

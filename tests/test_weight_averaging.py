@@ -11,6 +11,7 @@ from graphopt import optim
 from graphopt.checkpoint import load_state_dict, save_state_dict
 from graphopt.runtime import Runtime
 from graphopt.training import losses
+from tests.test_trainer_features import linear_model  # here, not in a test: its generator is reseeded per test
 
 SHAPES = [(9, 7), (5,), (3, 2)]
 
@@ -138,8 +139,6 @@ def test_the_average_is_checkpointed_and_a_resumed_run_continues_exactly(tmp_pat
 
 
 def test_trainer_evaluates_and_exports_the_averaged_weights():
-    from tests.test_trainer_features import linear_model
-
     rng = np.random.default_rng(4)
     trainer = graphopt.Trainer(linear_model(), losses.mse("y"), optim.SGD(lr=0.1, averaging=optim.SWA()))
     x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 4))

@@ -28,6 +28,7 @@ CASES = ["facade-sgd", "facade-adamw", "summed-sgd", "clip-adamw", "nan-adamw", 
 ENGINE_CASES = {"mpi": CASES, "torch": ["facade-adamw", "clip-adamw", "staged-sgd", "bn-sgd"]}  # gloo starts slowly
 TIMEOUT = 180  # seconds per launch: 4 processes importing torch on 2 shared cores take a minute
 WHOLE_BATCH = [c for c in CASES if not c.startswith("bn")]  # shard-wise BatchNorm differs from the whole batch
+pytestmark = pytest.mark.xdist_group("processes")  # one pytest-xdist worker runs the multi-process tests in turn
 
 
 def _launch(engine: str, n: int, args: list[str]) -> None:
