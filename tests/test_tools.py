@@ -100,6 +100,7 @@ def test_soak_verdict_calls_growth_beyond_the_tolerance_a_leak():
     assert soak.verdict([(10, 100.0), (50, 110.0), (100, 120.0)], tolerance_mb=8) == (20.0, False)
 
 
+@pytest.mark.xdist_group("processes")  # with the other multi-process tests (tests/test_distributed.py), in turn
 def test_bench_scaling_quick_mode_times_one_and_two_processes(capsys):
     """The scaling tool's quick mode (the MLP, mpiexec) on 1 and 2 processes: every part of a step timed,
     the batches as asked, one gradient allreduce of the MLP's 4-byte parameters, a markdown row per run."""
