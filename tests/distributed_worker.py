@@ -129,7 +129,7 @@ def run(mode: str, optimizer: str, comm) -> dict[str, np.ndarray]:
         return trainer_run(comm, optimizer, overlap=False)
     if mode in ("staged", "bnstaged"):
         return trainer_run(comm, optimizer, batch_norm=mode == "bnstaged", steps=1 if mode == "bnstaged" else STEPS,
-                           batch=BATCH - (mode == "staged"), bucket_bytes=1)
+                           batch=BATCH - (mode == "staged"), bucket_bytes=1, overlap=True)
     if mode in ("facade", "summed"):
         return facade_run(comm, optimizer, micro=2 if mode == "summed" else 1)
     if mode == "odd":

@@ -206,7 +206,7 @@ def test_a_model_that_cannot_be_cut_trains_in_one_stage_with_a_warning(monkeypat
 
     monkeypatch.setattr(overlap, "split_stages", refuse_cuts)
     inputs, labels = _data()
-    plain, overlapped = _trainer(), _trainer(communicator=Mirror(), bucket_bytes=1)
+    plain, overlapped = _trainer(), _trainer(communicator=Mirror(), bucket_bytes=1, overlap=True)
     with pytest.warns(RuntimeWarning, match="cannot overlap the backward pass of this model: .*'h' would cross"):
         overlapped.step(inputs, labels)
     plain.step(inputs, labels)
@@ -282,7 +282,7 @@ def test_the_overlapped_step_equals_the_plain_trainer(optimizer, batch_norm):
     and stage (the weighted average of equal gradients is the gradient; running statistics likewise)."""
     inputs, labels = _data()
     plain, overlapped = _trainer(batch_norm, optimizer), _trainer(batch_norm, optimizer, communicator=Mirror(),
-                                                                  bucket_bytes=1)
+                                                                  bucket_bytes=1, overlap=True)
     assert overlapped.overlap and len(overlapped._gradient_executable().completes) == 4 + 2 * batch_norm  # noqa: SLF001
     for _ in range(3):
         assert overlapped.step(inputs, labels) == plain.step(inputs, labels)
@@ -297,7 +297,8 @@ def test_overlap_with_a_grad_scaler_and_after_accumulate():
     after `accumulate` sums both batches and averages whole buffers (not overlapped): both as one process."""
     inputs, labels = _data()
     plain = _trainer(grad_scaler=GradScaler(init_scale=2.0 ** 10))
-    overlapped = _trainer(grad_scaler=GradScaler(init_scale=2.0 ** 10), communicator=Mirror(), bucket_bytes=64)
+    overlapped = _trainer(grad_scaler=GradScaler(init_scale=2.0 ** 10), communicator=Mirror(), bucket_bytes=64,
+                          overlap=True)
     for trainer in (plain, overlapped):
         trainer.accumulate(inputs, labels)
         trainer.step(inputs, labels)
@@ -311,7 +312,7 @@ def test_buckets_are_reduced_while_later_stages_compute():
     """Each stage after the first takes 30 ms (a session that sleeps after running): the first bucket's
     allreduce starts on the progress thread before the last stage ends."""
     comm = Mirror(delay=0.005)
-    trainer = _trainer(communicator=comm, bucket_bytes=1)
+    trainer = _trainer(communicator=comm, bucket_bytes=1, overlap=True)
     staged = trainer._gradient_executable()  # noqa: SLF001
     ended = []
     for k, executable in enumerate(staged.executables):
@@ -373,6 +374,10 @@ def test_overlap_settings_are_checked():
         _trainer(communicator=Mirror(), overlap="yes")
     assert not _trainer(communicator=SingleProcess()).overlap
     assert not _trainer(communicator=Mirror(), overlap=False).overlap
+    assert not _trainer(communicator=Mirror()).overlap  # multi-threaded sessions: not by default
+    one_thread = graphopt.Trainer(worker.mlp(100, False), losses.cross_entropy("logits"),
+                                  optim.SGD(lr=0.1, runtime=Runtime(threads=1)), communicator=Mirror())
+    assert one_thread.overlap and one_thread.bucket_bytes == 4 << 20
 
 
 # -- processes ----------------------------------------------------------------------------------------------------

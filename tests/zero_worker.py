@@ -126,7 +126,7 @@ def run(mode: str, optimizer: str, comm, shard: bool, out: str) -> dict[str, np.
         return save_run(comm, optimizer, out)
     if mode == "resume":
         return resume_run(comm, optimizer, out)
-    options = {"bucket_bytes": 1} if mode == "staged" else {}
+    options = {"bucket_bytes": 1, "overlap": True} if mode == "staged" else {}
     return trainer_run(comm, optimizer, shard, batch_norm=mode == "bn", batch=15 if mode in ("odd", "staged") else 16,
                        **options)
 

@@ -11,11 +11,13 @@ for the ring algorithm's time on the link, ``2 (p-1) alpha + 2 (p-1)/p n / B`` (
 `allreduce_time`, without the reduction's arithmetic), then holds the sum. The compute is real: the Trainer's
 stages on all this machine's cores, the update, the Python between them.
 
-Per model, side by side in one run, the median step time (``--steps`` after ``--warmup``, ``--rounds`` times
-alternating the settings) of: the step on an infinitely fast link (no wait: the compute and what the
-data-parallel step adds, with and without stages); without overlap (``Trainer(overlap=False)``); overlapped in
-buckets of each ``--buckets`` MiB. "Exposed" is a step's time beyond the infinitely fast link's without overlap;
-"hidden" the share of the link's allreduce time (the sum over the step's allreduces) that is not exposed.
+Per model and link, side by side in one run (``--rounds`` rounds, the settings' order rotated each round), the
+step without overlap (``Trainer(overlap=False)``) and overlapped in buckets of each ``--buckets`` MiB; per setting
+the medians (over ``--steps`` steps after ``--warmup``, then over rounds) of a step's parts, timed as
+tools/bench_scaling.py times them (`timed_steps`): forward + backward (overlapped: the stages, so what they cost
+shows here), the communication left after it (what overlap shortens), the update, the step. "Hidden" is the
+share of the communication left without overlap that the overlapped step removes; the link's wait per step is
+the sum of the ring's times of the step's allreduces (the same bytes in every setting, in other pieces).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(0, ROOT)
 
 from graphopt.distributed import Communicator  # noqa: E402
 from graphopt.runtime import Runtime  # noqa: E402
-from tools.bench_scaling import MODELS, Link, allreduce_time  # noqa: E402
+from tools.bench_scaling import MODELS, PARTS, Link, allreduce_time, timed_steps  # noqa: E402
 
 
 class SimulatedLink(Communicator):
@@ -62,15 +64,17 @@ class SimulatedLink(Communicator):
         pass
 
 
-def step_ms(name: str, link: Link | None, args, bucket_mib: float | None) -> tuple[float, float]:
-    """Median ms of a data-parallel step of ``name`` on ``link``, overlapped in ``bucket_mib`` MiB buckets (None:
-    not), and the median ms the link waited per step."""
+def step_parts(name: str, link: Link | None, args, bucket_mib: float | None) -> dict[str, float]:
+    """A data-parallel step of ``name`` on ``link``, overlapped in ``bucket_mib`` MiB buckets (None: not): the
+    medians over the timed steps of its parts (tools/bench_scaling.py's `timed_steps`: forward + backward, the
+    communication left after it, the update, the total) and the link's wait per step, in ms."""
     import graphopt
     from graphopt import losses, optim
 
     case = MODELS[name]
     comm = SimulatedLink(args.machines, link, args.goodput)
-    overlap = {"overlap": False} if bucket_mib is None else {"bucket_bytes": max(1, int(bucket_mib * 2 ** 20))}
+    overlap = {"overlap": False} if bucket_mib is None else {"overlap": True,
+                                                             "bucket_bytes": max(1, int(bucket_mib * 2 ** 20))}
     trainer = graphopt.Trainer(case.build(np.random.default_rng(0)), losses.cross_entropy("logits"),
                                optim.SGD(lr=0.01, momentum=0.9, runtime=Runtime(threads=args.threads)),
                                communicator=comm, **overlap)
@@ -78,39 +82,29 @@ def step_ms(name: str, link: Link | None, args, bucket_mib: float | None) -> tup
     batch = args.batch or case.batch
     x = rng.standard_normal((batch, *case.sample)).astype(np.float32)
     y = rng.integers(0, case.classes, batch).astype(np.int64)
-    times, waits = [], []
-    for i in range(args.warmup + args.steps):
-        comm.waited = 0.0
-        start = time.perf_counter()
-        trainer.step({"x": x}, labels=y)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-            waits.append(comm.waited)
+    rows, _ = timed_steps(trainer, comm, {"x": x}, y, args.warmup, args.steps)
     comm.close()
-    return 1e3 * float(np.median(times)), 1e3 * float(np.median(waits))
+    parts = {part: 1e3 * float(np.median(rows[:, k])) for k, part in enumerate(PARTS)}
+    return {**parts, "link_ms": 1e3 * comm.waited / (args.warmup + args.steps)}  # every step waits the same
 
 
 def measure(args) -> list[dict]:
     rows = []
-    settings = [None, *args.buckets]
     for name in args.models:
         for link in args.links:
-            per_round: dict[tuple, list[tuple[float, float]]] = {}
+            settings = [None, *args.buckets]
+            per_round: dict[float | None, list[dict]] = {b: [] for b in settings}
             for r in range(args.rounds):
-                order = [(None, None), *((link, b) for b in settings)]
-                order = order[r % len(order):] + order[:r % len(order)]  # rotated: drift hits every setting
-                for key in order:
-                    print(f"{name}, {key[0].name if key[0] else 'no link'}, "
-                          f"{'overlap off' if key[1] is None else f'{key[1]:g} MiB'}: round {r + 1}", file=sys.stderr)
-                    per_round.setdefault(key, []).append(step_ms(name, *key[:1], args, key[1]))
-            median = {key: tuple(float(np.median([m[i] for m in ms])) for i in range(2))
-                      for key, ms in per_round.items()}
-            free = median[(None, None)][0]
-            for bucket in settings:
-                step, waited = median[(link, bucket)]
-                rows.append({"model": name, "link": link.name, "machines": args.machines, "bucket_mib": bucket,
-                             "free_ms": free, "step_ms": step, "link_ms": waited, "exposed_ms": step - free,
-                             "hidden": 1 - max(0.0, step - free) / waited if waited else 0.0})
+                for bucket in settings[r % len(settings):] + settings[:r % len(settings)]:  # rotated each round
+                    print(f"{name}, {link.name}, {'overlap off' if bucket is None else f'{bucket:g} MiB'}: "
+                          f"round {r + 1}", file=sys.stderr)
+                    per_round[bucket].append(step_parts(name, link, args, bucket))
+            for bucket, runs in per_round.items():
+                row = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
+                rows.append({"model": name, "link": link.name, "machines": args.machines, "bucket_mib": bucket, **row})
+            off = rows[-len(settings)]["communication_ms"]
+            for row in rows[-len(settings):]:
+                row["hidden"] = 1 - row["communication_ms"] / off if off > 0 else 0.0
     return rows
 
 
@@ -118,13 +112,14 @@ def report(rows: list[dict], args) -> str:
     lines = [f"command: `{args.command}`", "",
              f"one process as one of {args.machines} machines, {args.threads} threads; ms per step, median of "
              f"{args.steps} steps after {args.warmup}, then of {args.rounds} rounds", "",
-             "| model | link | allreduce | bucket | step, infinitely fast link | step | link's allreduce time | "
-             "exposed | hidden |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | link | allreduce | bucket | link's wait per step | fwd+bwd | communication left after it | "
+             "update | step | communication hidden |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mode = "after backward" if r["bucket_mib"] is None else "overlapped"
         bucket = "32 MiB" if r["bucket_mib"] is None else f"{r['bucket_mib']:g} MiB"
-        lines.append(f"| {r['model']} | {r['link']} | {mode} | {bucket} | {r['free_ms']:.1f} | {r['step_ms']:.1f} | "
-                     f"{r['link_ms']:.1f} | {r['exposed_ms']:.1f} | {r['hidden']:.0%} |")
+        lines.append(f"| {r['model']} | {r['link']} | {mode} | {bucket} | {r['link_ms']:.1f} | "
+                     f"{r['accumulate_ms']:.1f} | {r['communication_ms']:.1f} | {r['update_ms']:.1f} | "
+                     f"{r['total_ms']:.1f} | {r['hidden']:.0%} |")
     return "\n".join(lines)
 
 

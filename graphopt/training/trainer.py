@@ -112,8 +112,8 @@ class Trainer:
             training. Parameters and running statistics are broadcast from rank 0 here; each ``step``
             then takes this process's shard of the batch, and gradients and running statistics are
             averaged over the processes before the same update everywhere
-            (`graphopt.distributed.training`). The gradients run in stages, one per bucket of them, each
-            bucket's allreduce overlapping the next stage (`graphopt.distributed.overlap`), then the update.
+            (`graphopt.distributed.training`); see ``overlap`` for when each bucket's reduction overlaps the
+            rest of the backward pass.
         shard_state: with ``communicator``, each process keeps and updates only its shard of the
             optimizer state (ZeRO-1, `graphopt.distributed.zero`); ``state_dict`` /
             ``load_state_dict`` then consolidate and slice it (collective: every process calls them).
@@ -124,8 +124,11 @@ class Trainer:
             update. Default `DEFAULT_FUSED_STEP`. A step with a non-finite guard (``skip_nonfinite``, a grad
             scaler) runs two calls either way; exports are standard ONNX either way.
         overlap: with ``communicator``, whether the gradients' reduction (allreduce, or reduce-scatter with
-            ``shard_state``) overlaps the backward pass (default: yes, with more than one process). False: forward
-            and backward in one call, then the reduction of whole buffers.
+            ``shard_state``) overlaps the backward pass, which then runs in stages (`graphopt.distributed.overlap`).
+            Default: yes with more than one process when the optimizer's runtime runs one thread per session
+            (``Runtime(threads=1)``: a process per core), else no: multi-threaded stages lose more speed than the
+            overlap hides on the machines measured (docs/SCALING.md). False: forward and backward in one call,
+            then the reduction of whole buffers.
         bucket_bytes: gradient bytes per allreduce of the overlapped step (default
             `graphopt.distributed.overlap.BUCKET_BYTES`, 4 MiB).
 
@@ -197,7 +200,8 @@ class Trainer:
             from graphopt.distributed.training import shard_trainer_state
             self._zero = shard_trainer_state(self, communicator)
         from graphopt.distributed.training import overlap_setting
-        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator)
+        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator,
+                                                          optimizer._runtime.session_threads)  # noqa: SLF001
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
