@@ -382,6 +382,7 @@ def test_overlap_settings_are_checked():
 
 # -- processes ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.xdist_group("processes")  # with the other multi-process tests (tests/test_distributed.py), in turn
 @pytest.mark.parametrize("engine, n", [pytest.param("mpi", 2, marks=needs_mpi), pytest.param("mpi", 4, marks=needs_mpi),
                                        pytest.param("torch", 2, marks=needs_torch)])
 def test_overlapped_processes_equal_one_process_on_the_whole_batch(tmp_path, engine, n):
