@@ -1,4 +1,5 @@
-"""The gradient allreduce overlapped with the backward pass: the Trainer's data-parallel step by default.
+"""The gradient reduction overlapped with the backward pass: the Trainer's data-parallel step with ``overlap``
+(by default with more than one process of one thread per session, `graphopt.distributed.training.overlap_setting`).
 
 Buckets (`gradient_buckets`): each flat gradient buffer (`graphopt.optim.flat.FlatGroup`) cut into runs of
 adjacent tensors of at least ``bucket_bytes`` each (a larger tensor is a bucket of its own), from the buffer's
@@ -14,14 +15,16 @@ A step (`overlapped_step`), the same collectives in the same order on every proc
    (`Communicator.start`);
 2. each stage runs (`graphopt.runtime.staged.StagedExecutable`); once it has written its bucket's gradients into
    the flat buffer, the bucket's ``g <- g * n / N`` (``n`` this process's batch size, ``N`` the sum) and allreduce
-   are started on the progress thread, and the next stage computes meanwhile;
+   (with sharded state, ZeRO-1: its reduce-scatter into the shards, `graphopt.distributed.zero`) are started on
+   the progress thread, and the next stage computes meanwhile;
 3. the batch's loss and the running statistics are averaged (blocking collectives, so after the buckets);
-4. every process applies the same update to the averaged gradients (the optimizer's step).
+4. every process applies the same update to the averaged gradients (the optimizer's step; ZeRO-1: each its
+   shard's, then the allgather).
 
 The result is the one of `graphopt.distributed.gradients.average_gradients` over whole buffers: the same
 weights, the same sums. Every parameter of a Trainer has a gradient (its model's backward pass makes one for
-each), so there is no agreement on which do. Steps after `Trainer.accumulate`, and sharded state
-(``shard_state=True``: reduce-scatter, not allreduce), run the step of `graphopt.distributed.training`.
+each), so there is no agreement on which do. Steps after `Trainer.accumulate` run the step of
+`graphopt.distributed.training`, which reduces the summed gradients after the backward pass.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ class OverlappedGradients(StagedExecutable):
 
     A model that cannot be cut there (a value crossing a cut is not a tensor of known type:
     `graphopt.training.stages.StageSplitError`) runs as one stage that completes every bucket, with a warning
-    saying why: the allreduces then start after the whole backward pass, as without overlap."""
+    saying why: the reductions then start after the whole backward pass, as without overlap."""
 
     def __init__(self, runtime: Runtime, model: onnx.ModelProto, optimizer, names_of: Mapping[int, str],
                  bucket_bytes: int):
@@ -110,7 +113,7 @@ class OverlappedGradients(StagedExecutable):
             split = split_stages(model, [bucket.grads for bucket in buckets])
             self.completes = tuple((bucket,) for bucket in buckets)
         except StageSplitError as error:
-            warnings.warn(f"Trainer: the gradient allreduce cannot overlap the backward pass of this model: {error}",
+            warnings.warn(f"Trainer: the gradient reduction cannot overlap the backward pass of this model: {error}",
                           RuntimeWarning, stacklevel=4)
             split = split_stages(model, [[name for bucket in buckets for name in bucket.grads]])
             self.completes = (tuple(buckets),)

@@ -63,7 +63,7 @@ def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator
 def data_parallel_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
     """Forward and backward on this process's shard, gradients and running statistics averaged over
     the processes (weighted by shard size), the same update on every process; the whole batch's loss.
-    Overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls.
+    With ``trainer.overlap``, overlapped (`graphopt.distributed.overlap`) unless it follows `Trainer.accumulate` calls.
 
     A step that raises before the update (a `CommunicationError`: a peer died) leaves the parameters, the
     optimizer state and the running statistics as they were, and drops the gradients (those summed by earlier

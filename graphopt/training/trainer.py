@@ -129,7 +129,7 @@ class Trainer:
             (``Runtime(threads=1)``: a process per core), else no: multi-threaded stages lose more speed than the
             overlap hides on the machines measured (docs/SCALING.md). False: forward and backward in one call,
             then the reduction of whole buffers.
-        bucket_bytes: gradient bytes per allreduce of the overlapped step (default
+        bucket_bytes: gradient bytes per reduction of the overlapped step (default
             `graphopt.distributed.overlap.BUCKET_BYTES`, 4 MiB).
 
     Thread safety: ``step``, ``accumulate``, ``state_dict``, ``load_state_dict``, ``evaluate`` and
@@ -343,7 +343,7 @@ class Trainer:
 
     def _gradient_executable(self):
         """The forward-and-backward model compiled (for the current loss scaling): whole, or in stages by bucket
-        when the data-parallel step overlaps its allreduce (`overlap`)."""
+        when the data-parallel step overlaps its reduction (`overlap`)."""
         scaling = self._scaling()
         if self._gradients is None or self._gradients[0] != scaling:
             model = build_gradients(self._train_model, self.loss, list(self.parameters), list(self.buffers),
