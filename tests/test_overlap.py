@@ -374,10 +374,8 @@ def test_overlap_settings_are_checked():
         _trainer(communicator=Mirror(), overlap="yes")
     assert not _trainer(communicator=SingleProcess()).overlap
     assert not _trainer(communicator=Mirror(), overlap=False).overlap
-    assert not _trainer(communicator=Mirror()).overlap  # multi-threaded sessions: not by default
-    one_thread = graphopt.Trainer(worker.mlp(100, False), losses.cross_entropy("logits"),
-                                  optim.SGD(lr=0.1, runtime=Runtime(threads=1)), communicator=Mirror())
-    assert one_thread.overlap and one_thread.bucket_bytes == 4 << 20
+    default = _trainer(communicator=Mirror())
+    assert default.overlap and default.bucket_bytes == 4 << 20
 
 
 # -- processes ----------------------------------------------------------------------------------------------------

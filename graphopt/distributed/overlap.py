@@ -1,5 +1,5 @@
-"""The gradient reduction overlapped with the backward pass: the Trainer's data-parallel step with ``overlap``
-(by default with more than one process of one thread per session, `graphopt.distributed.training.overlap_setting`).
+"""The gradient reduction overlapped with the backward pass: the Trainer's data-parallel step (``overlap``, on by
+default with more than one process).
 
 Buckets (`gradient_buckets`): each flat gradient buffer (`graphopt.optim.flat.FlatGroup`) cut into runs of
 adjacent tensors of at least ``bucket_bytes`` each (a larger tensor is a bucket of its own), from the buffer's

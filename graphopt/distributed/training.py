@@ -39,14 +39,11 @@ def broadcast_trainer(trainer, communicator: Communicator, root: int = 0) -> Non
         trainer.buffers[name] = communicator.broadcast(np.ascontiguousarray(value).copy(), root)
 
 
-def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator: Communicator | None,
-                    session_threads: int) -> tuple[bool, int]:
+def overlap_setting(overlap: bool | None, bucket_bytes: int | None,
+                    communicator: Communicator | None) -> tuple[bool, int]:
     """``Trainer(overlap=..., bucket_bytes=...)`` checked: whether the data-parallel step overlaps its reduction
-    with the backward pass (`graphopt.distributed.overlap`), and its bucket size. Default: with more than one
-    process whose sessions run one thread each (``Runtime(threads=1)``, a process per core): multi-threaded
-    stage sessions, whose thread pools must not spin (they would take the next stage's cores), lose a third of
-    their speed to waking their threads for every operator (ResNet-18, 2 threads: 573 instead of 422 ms a
-    forward and backward pass), more than the overlap hides (docs/SCALING.md)."""
+    with the backward pass (`graphopt.distributed.overlap`; default: with more than one process), and its bucket
+    size."""
     from graphopt.distributed.overlap import BUCKET_BYTES
     if overlap not in (None, True, False):
         raise ValueError(f"Trainer: overlap must be True, False or None, got {overlap!r}")
@@ -56,7 +53,7 @@ def overlap_setting(overlap: bool | None, bucket_bytes: int | None, communicator
                                      or bucket_bytes < 1):
         raise ValueError(f"Trainer: bucket_bytes must be a positive number of bytes, got {bucket_bytes!r}")
     if overlap is None:
-        overlap = communicator is not None and communicator.world_size > 1 and session_threads == 1
+        overlap = communicator is not None and communicator.world_size > 1
     return overlap, BUCKET_BYTES if bucket_bytes is None else bucket_bytes
 
 

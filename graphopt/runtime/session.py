@@ -83,10 +83,12 @@ class Runtime:
         self.sessions_built = 0
 
     def compile(self, model: onnx.ModelProto, *, intra_op_threads: int = 0, keep_optimized: bool = False,
-                kernel: Any = None, spinning: bool = True) -> Executable:
+                kernel: Any = None, spinning: bool | str = True) -> Executable:
         """A session for ``model``; ``intra_op_threads`` 0: the runtime's ``threads`` if given, else
         ONNX Runtime uses every core. ``spinning`` False: the session's idle threads sleep at once
-        instead of spinning a while for the next work (so they leave the cores to the next session).
+        instead of spinning a while for the next work (so they leave the cores to the next session);
+        ``"during_run"``: they spin between the operators of a run and stop when it returns (sessions run one
+        after another, whose threads would otherwise sleep and be woken for every operator).
         ``keep_optimized`` keeps the graph the session runs as ``Executable.optimized``, which
         is what a proof that two bound buffers may alias must look at (`graphopt.update.inplace`).
         ``kernel`` (a `graphopt.native.Kernel`) is the fused kernel the model's custom node needs."""
@@ -109,12 +111,14 @@ class Runtime:
         self.sessions_built += 1
         return Executable(session, optimized)
 
-    def _options(self, intra_op_threads: int, kernel: Any = None, spinning: bool = True) -> ort.SessionOptions:
+    def _options(self, intra_op_threads: int, kernel: Any = None, spinning: bool | str = True) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif spinning == "during_run":
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         return options if kernel is None else kernel.session_options(options)
 
     def _session_keeping_optimized(self, serialized: bytes, options: ort.SessionOptions):

@@ -5,8 +5,10 @@ ones as ONNX Runtime values that stay where the provider made them (no copy to n
 once its last reader has run, and calls ``after(k)`` once stage ``k`` has written its outputs: there the
 caller starts work on them (an allreduce of a bucket of gradients) while the next stage computes.
 
-The stages' sessions do not spin after a run (``spinning=False``): their idle threads would take the cores
-from the next stage, and from the thread that communicates meanwhile.
+The stages' threads spin between the operators of a run and stop when it returns (``spinning="during_run"``):
+spinning after it, they would take the cores from the next stage and from the thread that communicates; never
+spinning, they must be woken for every operator, which cost a two-thread ResNet-18 forward and backward pass in
+stages 731 ms against 577 (median of 15; the whole model 592).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class StagedExecutable:
         self.stages = split.stages
         self.shared = split.shared
         self.device = runtime.device
-        self.executables = [runtime.compile(stage.model, spinning=False) for stage in split.stages]
+        self.executables = [runtime.compile(stage.model, spinning="during_run") for stage in split.stages]
         internal = {name for stage in split.stages for name in (*stage.received, *stage.shared)}
         self.inputs = {name: info for executable in self.executables for name, info in executable.inputs.items()
                        if name not in internal}

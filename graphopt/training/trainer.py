@@ -124,11 +124,9 @@ class Trainer:
             update. Default `DEFAULT_FUSED_STEP`. A step with a non-finite guard (``skip_nonfinite``, a grad
             scaler) runs two calls either way; exports are standard ONNX either way.
         overlap: with ``communicator``, whether the gradients' reduction (allreduce, or reduce-scatter with
-            ``shard_state``) overlaps the backward pass, which then runs in stages (`graphopt.distributed.overlap`).
-            Default: yes with more than one process when the optimizer's runtime runs one thread per session
-            (``Runtime(threads=1)``: a process per core), else no: multi-threaded stages lose more speed than the
-            overlap hides on the machines measured (docs/SCALING.md). False: forward and backward in one call,
-            then the reduction of whole buffers.
+            ``shard_state``) overlaps the backward pass, which then runs in stages (`graphopt.distributed.overlap`;
+            default: yes, with more than one process). False: forward and backward in one call, then the
+            reduction of whole buffers (docs/SCALING.md measures both).
         bucket_bytes: gradient bytes per reduction of the overlapped step (default
             `graphopt.distributed.overlap.BUCKET_BYTES`, 4 MiB).
 
@@ -200,8 +198,7 @@ class Trainer:
             from graphopt.distributed.training import shard_trainer_state
             self._zero = shard_trainer_state(self, communicator)
         from graphopt.distributed.training import overlap_setting
-        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator,
-                                                          optimizer._runtime.session_threads)  # noqa: SLF001
+        self.overlap, self.bucket_bytes = overlap_setting(overlap, bucket_bytes, communicator)
 
     def _default_trainable(self, frozen: Selector, promoted: bool | Sequence[str]) -> list[str]:
         """The model's weights the loss depends on differentiably (`preparation.default_trainable`),
