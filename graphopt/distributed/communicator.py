@@ -135,26 +135,25 @@ class Communicator:
             self._collective("broadcast", buffer.nbytes, self._broadcast, buffer, root)
         return buffer
 
-    def start(self, work: Callable[[], None], description: str = "") -> Request:
+    def start(self, work: Callable[[], None]) -> Request:
         """Run ``work`` (collectives of this communicator, and what goes around them) on the progress
         thread, after everything started before, and return at once; the `Request`'s ``wait`` returns once it
         ran, raising what it raised. Every process must start the same collectives in the same order, and
         must not touch their buffers before ``wait``. A world of one process runs ``work`` here, now."""
-        description = description or getattr(work, "__name__", "work")
         if self.world_size == 1:
             work()
-            return Request.completed(description)
+            return Request.completed()
         if self._progress is None:
             with _PROGRESS_LOCK:
                 if self._progress is None:
                     self._progress = Progress(f"graphopt-{self.engine}-progress")
-        return self._progress.submit(description, work)
+        return self._progress.submit(work)
 
     def allreduce_async(self, buffer: np.ndarray, op: str = "sum") -> Request:
         """`allreduce` of ``buffer``, started (see `start`): ``buffer`` holds the result once ``wait`` returns."""
         _check_buffer(buffer, "allreduce_async")
         _check_op(op, buffer, "allreduce_async")
-        return self.start(lambda: self.allreduce(buffer, op), f"allreduce of {buffer.nbytes} bytes")
+        return self.start(lambda: self.allreduce(buffer, op))
 
     def barrier(self) -> None:
         """Return once every process has called it."""

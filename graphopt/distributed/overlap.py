@@ -147,8 +147,7 @@ def overlapped_step(trainer, inputs: Mapping[str, np.ndarray], labels: np.ndarra
     def after(k: int) -> None:
         for bucket in completes[k]:
             view = bucket.view(optimizer)
-            requests.append(communicator.start(lambda b=bucket, v=view: reduce(b, v), f"reduction of {view.nbytes} "
-                                               "bytes"))
+            requests.append(communicator.start(lambda b=bucket, v=view: reduce(b, v)))
 
     try:
         loss = trainer._gradients_into_buffers(inputs, labels, "step", started=started, after=after)  # noqa: SLF001

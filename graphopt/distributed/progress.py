@@ -21,8 +21,7 @@ from collections.abc import Callable
 class Request:
     """Work started on the progress thread: `wait` returns once it ran (raising its error, if any)."""
 
-    def __init__(self, description: str):
-        self.description = description
+    def __init__(self):
         self._done = threading.Event()
         self._error: BaseException | None = None
 
@@ -40,9 +39,9 @@ class Request:
         self._done.set()
 
     @classmethod
-    def completed(cls, description: str) -> Request:
+    def completed(cls) -> Request:
         """A request with nothing left to do (a world of one process)."""
-        request = cls(description)
+        request = cls()
         request._finish()
         return request
 
@@ -63,9 +62,9 @@ class Progress:
         """Whether the caller is the progress thread itself."""
         return threading.current_thread() is self._thread
 
-    def submit(self, description: str, work: Callable[[], None]) -> Request:
+    def submit(self, work: Callable[[], None]) -> Request:
         """Queue ``work`` after everything submitted before; its `Request`."""
-        request = Request(description)
+        request = Request()
         with self._idle:
             self._pending += 1
         self._queue.put((request, work))
