@@ -63,12 +63,12 @@ def split_stages(model: onnx.ModelProto, groups: Sequence[Sequence[str]]) -> Spl
     outputs = [o.name for o in graph.output]
     _check_groups(groups, outputs)
     stage_of = _assign(graph, groups)
+    producer_stage = {out: stage_of[i] for i, node in enumerate(graph.node) for out in node.output if out}
     typed = _value_types(model)
-    readers = _readers(graph, stage_of)
+    readers = _readers(graph, stage_of, producer_stage)
     initializers = {t.name: t for t in graph.initializer}
     shared = {name for name, stages in readers.items() if name in initializers and len(stages) > 1}
     constants = {node.output[0]: node for node in graph.node if node.op_type == "Constant" and not node.input}
-    producer_stage = {out: stage_of[i] for i, node in enumerate(graph.node) for out in node.output if out}
     graph_inputs = {i.name: i for i in graph.input}
     order = _order(graph)
     stages = []
@@ -123,16 +123,15 @@ def _assign(graph: onnx.GraphProto, groups: Sequence[Sequence[str]]) -> list[int
     return stage_of
 
 
-def _readers(graph: onnx.GraphProto, stage_of: list[int]) -> dict[str, set[int]]:
+def _readers(graph: onnx.GraphProto, stage_of: list[int], producer_stage: dict[str, int]) -> dict[str, set[int]]:
     """For each value read, the stages whose nodes read it; an output the model returns as it is (an input or
     initializer) counts as read by stage 0, which returns it."""
     readers: dict[str, set[int]] = {}
     for i, node in enumerate(graph.node):
         for name in _inputs_of(node):
             readers.setdefault(name, set()).add(stage_of[i])
-    produced_in = {out: stage_of[i] for i, node in enumerate(graph.node) for out in node.output if out}
     for output in graph.output:
-        if output.name not in produced_in:  # an input or initializer returned as it is: the first stage does
+        if output.name not in producer_stage:  # an input or initializer returned as it is: the first stage does
             readers.setdefault(output.name, set()).add(0)
     return readers
 
